@@ -1,0 +1,325 @@
+/*
+ * shm.c -- the shared-memory backend: creating and joining a group's segment, the
+ * spin-then-sleep wait every transfer is built on, and the backend vtable.
+ *
+ * Waiting: a member spins briefly while the job has no more ranks than cores, and otherwise
+ * yields a few times and then sleeps on a futex in the segment, so that 8 ranks on 2 cores
+ * keep making progress. A poster only makes a system call when someone sleeps. Sleeps are
+ * bounded (50 ms) so that aborts, deadlines and dead peers are noticed.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "backends/shm/shm.h"
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield");
+#endif
+}
+
+static void futex_wait(_Atomic uint32_t *addr, uint32_t val, double seconds) {
+  struct timespec ts;
+  ts.tv_sec = (time_t)seconds;
+  ts.tv_nsec = (long)((seconds - (double)ts.tv_sec) * 1e9);
+  syscall(SYS_futex, (uint32_t *)addr, FUTEX_WAIT, val, &ts, NULL, 0);
+}
+
+static void futex_wake_all(_Atomic uint32_t *addr) {
+  syscall(SYS_futex, (uint32_t *)addr, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+void par__shm_wake(shm_state *st) {
+  if (atomic_load(&st->hdr->sleepers) > 0) {
+    atomic_fetch_add(&st->hdr->wake, 1);
+    futex_wake_all(&st->hdr->wake);
+  }
+}
+
+void par__shm_post(shm_state *st, uint64_t epoch) {
+  /* seq_cst: pairs with the sleeper count in par__shm_wait (a Dekker handshake). */
+  atomic_store(&st->ctrl[st->me].epoch, epoch);
+  par__shm_wake(st);
+}
+
+/* 1 when the member's process is gone or a zombie. */
+static int peer_dead(shm_state *st, int j) {
+  pid_t pid = st->ctrl[j].pid;
+  if (pid <= 0) return 0;
+  if (kill(pid, 0) < 0 && errno == ESRCH) return 1;
+  char path[64], buf[256];
+  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+  FILE *f = fopen(path, "r");
+  if (!f) return 0;
+  size_t got = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[got] = '\0';
+  const char *p = strrchr(buf, ')');
+  return p && p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X');
+}
+
+par_status par__shm_wait(shm_state *st, const shm_waitctx *wc, shm_pred pred, const void *arg) {
+  int who = pred(st, arg);
+  if (who < 0) return PAR_OK;
+  for (int i = 0; i < st->spin; i++) {
+    cpu_relax();
+    if ((who = pred(st, arg)) < 0) return PAR_OK;
+  }
+  for (int i = 0; i < st->yields; i++) {
+    sched_yield();
+    if ((who = pred(st, arg)) < 0) return PAR_OK;
+  }
+  double start = par__now(), next_check = start + 0.5;
+  for (;;) {
+    par_group *g = wc->g;
+    if (atomic_load(&st->hdr->abort) || atomic_load(&g->aborted))
+      return par__error(PAR_ERR_ABORTED, "%s on group '%s' (op #%llu): the group was aborted",
+                        wc->what, g->name, (unsigned long long)wc->seq);
+    atomic_fetch_add(&st->hdr->sleepers, 1);
+    uint32_t v = atomic_load(&st->hdr->wake);
+    who = pred(st, arg);
+    double now = par__now();
+    if (who >= 0 && now < wc->deadline) {
+      double left = wc->deadline - now;
+      futex_wait(&st->hdr->wake, v, left < 0.05 ? left : 0.05);
+      who = pred(st, arg);
+      now = par__now();
+    }
+    atomic_fetch_sub(&st->hdr->sleepers, 1);
+    if (who < 0) return PAR_OK;
+    if (now >= wc->deadline)
+      return par__error(PAR_ERR_TIMEOUT,
+                        "%s on group '%s' (op #%llu) timed out after %.3g s waiting for member "
+                        "%d (rank %d)",
+                        wc->what, g->name, (unsigned long long)wc->seq, now - start, who,
+                        g->ranks[who]);
+    if (now >= next_check) {
+      next_check = now + 0.5;
+      if (peer_dead(st, who))
+        return par__error(PAR_ERR_PEER_LOST,
+                          "%s on group '%s' (op #%llu): member %d (rank %d, pid %d) died",
+                          wc->what, g->name, (unsigned long long)wc->seq, who, g->ranks[who],
+                          (int)st->ctrl[who].pid);
+    }
+  }
+}
+
+static int pred_all(shm_state *st, const void *arg) {
+  uint64_t e = *(const uint64_t *)arg;
+  for (int j = 0; j < st->n; j++)
+    if (atomic_load_explicit(&st->ctrl[j].epoch, memory_order_acquire) < e) return j;
+  return -1;
+}
+
+typedef struct one_arg {
+  int j;
+  uint64_t e;
+} one_arg;
+
+static int pred_one(shm_state *st, const void *arg) {
+  const one_arg *a = arg;
+  return atomic_load_explicit(&st->ctrl[a->j].epoch, memory_order_acquire) < a->e ? a->j : -1;
+}
+
+par_status par__shm_wait_all(shm_state *st, const shm_waitctx *wc, uint64_t epoch) {
+  return par__shm_wait(st, wc, pred_all, &epoch);
+}
+
+par_status par__shm_wait_one(shm_state *st, const shm_waitctx *wc, int j, uint64_t epoch) {
+  one_arg a = {j, epoch};
+  return par__shm_wait(st, wc, pred_one, &a);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Segment lifecycle                                                                        */
+/* ---------------------------------------------------------------------------------------- */
+
+static size_t align_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
+
+static void layout(shm_header *h, int n, size_t chunk) {
+  memset(h, 0, sizeof *h);
+  h->version = SHM_VERSION;
+  h->n = (uint32_t)n;
+  h->chunk = chunk;
+  h->p2p_chunk = SHM_P2P_CHUNK;
+  h->p2p_slots = SHM_P2P_SLOTS;
+  h->off_ctrl = align_up(sizeof(shm_header), 4096);
+  h->off_data = align_up(h->off_ctrl + (size_t)n * sizeof(shm_ctrl), 4096);
+  h->off_p2p = h->off_data + (size_t)n * 4 * chunk;
+  h->p2p_stride = align_up(sizeof(shm_chan) + SHM_P2P_SLOTS * (sizeof(shm_slot) + SHM_P2P_CHUNK),
+                           4096);
+  h->size = h->off_p2p + (n > 1 ? (size_t)n * (size_t)n * h->p2p_stride : 0);
+}
+
+static int pred_attached(shm_state *st, const void *arg) {
+  (void)arg;
+  uint32_t a = atomic_load(&st->hdr->attached);
+  return a >= (uint32_t)st->n ? -1 : (int)a;
+}
+
+static par_status map_segment(shm_state *st, int fd, size_t size) {
+  void *p = mmap(NULL, size, PROT_READ | PROT_WRITE,
+                 MAP_SHARED | MAP_POPULATE | (fd < 0 ? MAP_ANONYMOUS : 0), fd, 0);
+  PAR_RETURN_ERROR_IF(p == MAP_FAILED, PAR_ERR_SYSTEM, "shm: cannot map %zu bytes of %s: %s",
+                      size, st->name, strerror(errno));
+  st->base = p;
+  st->size = size;
+  st->hdr = p;
+  return PAR_OK;
+}
+
+static par_status create_segment(par_group *g, shm_state *st, size_t chunk) {
+  shm_header h;
+  layout(&h, st->n, chunk);
+  int fd = -1;
+  if (st->n > 1) {
+    fd = shm_open(st->name, O_CREAT | O_EXCL | O_RDWR, 0600);
+    PAR_RETURN_ERROR_IF(fd < 0, PAR_ERR_SYSTEM, "shm: cannot create segment %s for group '%s': %s",
+                        st->name, g->name, strerror(errno));
+    if (ftruncate(fd, (off_t)h.size) < 0) {
+      int e = errno;
+      close(fd);
+      shm_unlink(st->name);
+      return par__error(PAR_ERR_SYSTEM, "shm: cannot size segment %s to %llu bytes: %s",
+                        st->name, (unsigned long long)h.size, strerror(e));
+    }
+  }
+  par_status s = map_segment(st, fd, h.size);
+  if (fd >= 0) close(fd);
+  if (s < 0) {
+    if (st->n > 1) shm_unlink(st->name);
+    return s;
+  }
+  memcpy(st->hdr, &h, sizeof h);
+  __atomic_store_n(&st->hdr->magic, SHM_MAGIC, __ATOMIC_RELEASE);
+  return PAR_OK;
+}
+
+static par_status open_segment(par_group *g, shm_state *st) {
+  int fd = shm_open(st->name, O_RDWR, 0600);
+  PAR_RETURN_ERROR_IF(fd < 0, PAR_ERR_SYSTEM, "shm: cannot open segment %s of group '%s': %s",
+                      st->name, g->name, strerror(errno));
+  struct stat sb;
+  if (fstat(fd, &sb) < 0 || (size_t)sb.st_size < sizeof(shm_header)) {
+    close(fd);
+    return par__error(PAR_ERR_PROTOCOL, "shm: segment %s is too small", st->name);
+  }
+  par_status s = map_segment(st, fd, (size_t)sb.st_size);
+  close(fd);
+  PAR_FORWARD_IF_ERROR(s);
+  shm_header *h = st->hdr;
+  PAR_RETURN_ERROR_IF(__atomic_load_n(&h->magic, __ATOMIC_ACQUIRE) != SHM_MAGIC ||
+                          h->version != SHM_VERSION || h->n != (uint32_t)st->n ||
+                          h->size != (uint64_t)sb.st_size,
+                      PAR_ERR_PROTOCOL,
+                      "shm: segment %s does not match group '%s' (%u members, want %d)",
+                      st->name, g->name, h->n, st->n);
+  return PAR_OK;
+}
+
+static void shm_fini(par_group *g) {
+  shm_state *st = g->be_state;
+  if (!st) return;
+  if (st->base) munmap(st->base, st->size);
+  if (!st->unlinked && st->me == 0 && st->n > 1) shm_unlink(st->name);
+  free(st->srcs);
+  free(st);
+  g->be_state = NULL;
+}
+
+static par_status shm_init(par_group *g) {
+  shm_state *st = calloc(1, sizeof *st);
+  PAR_RETURN_ERROR_IF(!st, PAR_ERR_NOMEM, "shm: out of memory");
+  g->be_state = st;
+  st->n = g->n;
+  st->me = g->index;
+  st->srcs = calloc((size_t)g->n, sizeof(void *));
+  if (!st->srcs) {
+    shm_fini(g);
+    return par__error(PAR_ERR_NOMEM, "shm: out of memory");
+  }
+  const par__env *env = par__env_get();
+  long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+  int oversubscribed = ncpu > 0 && g->world->local_size > ncpu;
+  st->spin = env->spin >= 0 ? env->spin : oversubscribed ? 64 : 20000;
+  st->yields = oversubscribed ? 16 : 0;
+  snprintf(st->name, sizeof st->name, "/par-%s-%s", g->world->job_id, g->uid);
+  if (st->n == 1) st->unlinked = 1;
+
+  par_world *w = g->world;
+  char key[96];
+  snprintf(key, sizeof key, "par/shm/%s", g->uid);
+  par_status s;
+  if (st->me == 0) {
+    /* Rounds that split the chunk n ways need at least a cache line per member. */
+    size_t chunk = env->shm_chunk ? env->shm_chunk : SHM_DEFAULT_CHUNK;
+    size_t least = align_up((size_t)st->n * 64 * 8, 4096);
+    s = create_segment(g, st, chunk > least ? align_up(chunk, 4096) : least);
+    if (s >= 0 && st->n > 1) s = par__store_set(w->store, key, st->name, strlen(st->name));
+  } else {
+    char got[96];
+    size_t len = 0;
+    double left = g->create_deadline - par__now();
+    s = par__store_get(w->store, key, got, sizeof got - 1, &len, left > 0 ? left : 0.001);
+    if (s >= 0) s = open_segment(g, st);
+  }
+  if (s < 0) {
+    shm_fini(g);
+    return s;
+  }
+  st->ctrl = (shm_ctrl *)(st->base + st->hdr->off_ctrl);
+  st->ctrl[st->me].pid = (int32_t)getpid();
+  atomic_fetch_add(&st->hdr->attached, 1);
+  par__shm_wake(st);
+
+  shm_waitctx wc = {g, "creating the group", 0, g->create_deadline};
+  s = par__shm_wait(st, &wc, pred_attached, NULL);
+  if (s >= 0 && st->me == 0 && st->n > 1) {
+    /* Everyone has it mapped: the name is no longer needed, and a crash leaves nothing. */
+    shm_unlink(st->name);
+    st->unlinked = 1;
+    par__store_del(w->store, key);
+  }
+  if (s < 0) {
+    shm_fini(g);
+    return s;
+  }
+  return PAR_OK;
+}
+
+static par_status shm_run(par_group *g, par__op *ops, int nops) {
+  shm_state *st = g->be_state;
+  if (par__op_is_p2p(ops[0].kind)) return par__shm_p2p(g, st, ops, nops);
+  return par__shm_collective(g, st, &ops[0]);
+}
+
+static void shm_abort(par_group *g) {
+  shm_state *st = g->be_state;
+  if (!st || !st->hdr) return;
+  atomic_store(&st->hdr->abort, 1);
+  atomic_fetch_add(&st->hdr->wake, 1);
+  futex_wake_all(&st->hdr->wake);
+}
+
+const par__backend par__shm_backend = {
+    .version = 1,
+    .name = "shm",
+    .group_init = shm_init,
+    .group_fini = shm_fini,
+    .run = shm_run,
+    .abort = shm_abort,
+};

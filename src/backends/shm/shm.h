@@ -1,0 +1,111 @@
+/*
+ * shm.h -- the shared-memory backend's segment layout and the primitives its collectives and
+ * point-to-point channels are built from. One segment per group:
+ *
+ *   header page    magic, sizes, abort flag, futex word and sleeper count (own lines)
+ *   ctrl[n]        per member: its epoch counter (the only word it writes), pid, fingerprints
+ *   data[n]        per member: 2 sets (round parity) x 2 areas (input, result) x chunk bytes
+ *   p2p[n][n]      per ordered pair: sent/acked counters (own lines) and a ring of slots
+ *
+ * Every op runs in rounds. In a round a member writes only its own areas of set (round & 1),
+ * then posts its epoch; readers wait for the writers' epochs. Before writing, a member waits
+ * until every member has posted the previous round: each posts only after it has finished
+ * reading the round before that, so the set it is about to overwrite is no longer read.
+ */
+#ifndef PAR_SHM_H
+#define PAR_SHM_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "coll/group.h"
+
+#define SHM_MAGIC 0x7061722d73686d31ull /* "par-shm1" */
+#define SHM_VERSION 1
+#define SHM_LINE 128 /* two cache lines: adjacent-line prefetch must not couple flags */
+#define SHM_DEFAULT_CHUNK (256u << 10)
+#define SHM_P2P_CHUNK (32u << 10)
+#define SHM_P2P_SLOTS 4u
+#define SHM_SMALL_MAX (32u << 10) /* allreduce/reduce at most this size take one round */
+
+typedef struct shm_header {
+  uint64_t magic;
+  uint32_t version, n;
+  uint64_t chunk, p2p_chunk, p2p_slots, size;
+  uint64_t off_ctrl, off_data, off_p2p, p2p_stride;
+  _Alignas(SHM_LINE) _Atomic uint32_t abort;
+  _Alignas(SHM_LINE) _Atomic uint32_t wake;
+  _Atomic uint32_t sleepers;
+  _Alignas(SHM_LINE) _Atomic uint32_t attached;
+} shm_header;
+
+typedef struct shm_ctrl {
+  _Alignas(SHM_LINE) _Atomic uint64_t epoch;
+  int32_t pid;
+  uint64_t fp[2][3]; /* PAR_CHECK fingerprints, by round parity */
+} shm_ctrl;
+
+typedef struct shm_slot {
+  uint64_t total; /* bytes of the whole message */
+  uint32_t dt;
+  uint32_t len; /* bytes in this slot */
+  char pad[48];
+} shm_slot;
+
+typedef struct shm_chan {
+  _Alignas(SHM_LINE) _Atomic uint64_t sent;  /* written by the sender */
+  _Alignas(SHM_LINE) _Atomic uint64_t acked; /* written by the receiver */
+} shm_chan;
+
+typedef struct shm_state {
+  shm_header *hdr;
+  char *base;
+  size_t size;
+  int n, me;
+  int unlinked;
+  char name[96];
+  shm_ctrl *ctrl;
+  uint64_t epoch;          /* my last posted epoch; equal on all members between ops */
+  uint64_t round;          /* rounds run so far; its parity picks the data set */
+  uint64_t prev_round_end; /* epoch at the end of the previous round */
+  int spin, yields;        /* waiting policy */
+  const void **srcs;       /* n pointers, scratch for reductions */
+} shm_state;
+
+/* What a wait is for, to name it in a timeout message. */
+typedef struct shm_waitctx {
+  par_group *g;
+  const char *what;
+  uint64_t seq;
+  double deadline;
+} shm_waitctx;
+
+/* Returns -1 when the condition holds, else the index of a member it still waits for. */
+typedef int (*shm_pred)(shm_state *st, const void *arg);
+
+par_status par__shm_wait(shm_state *st, const shm_waitctx *wc, shm_pred pred, const void *arg);
+void par__shm_post(shm_state *st, uint64_t epoch);
+void par__shm_wake(shm_state *st);
+par_status par__shm_wait_all(shm_state *st, const shm_waitctx *wc, uint64_t epoch);
+par_status par__shm_wait_one(shm_state *st, const shm_waitctx *wc, int j, uint64_t epoch);
+
+static inline char *shm_area(shm_state *st, int r, int set, int area) {
+  return st->base + st->hdr->off_data +
+         (((size_t)r * 2 + (size_t)set) * 2 + (size_t)area) * st->hdr->chunk;
+}
+
+static inline shm_chan *shm_chan_of(shm_state *st, int from, int to) {
+  return (shm_chan *)(st->base + st->hdr->off_p2p +
+                      ((size_t)from * (size_t)st->n + (size_t)to) * st->hdr->p2p_stride);
+}
+
+static inline shm_slot *shm_slot_of(shm_state *st, shm_chan *ch, uint64_t i) {
+  size_t per = sizeof(shm_slot) + st->hdr->p2p_chunk;
+  return (shm_slot *)((char *)ch + sizeof(shm_chan) + (size_t)(i % st->hdr->p2p_slots) * per);
+}
+
+/* Collectives (shm_coll.c) and point-to-point (shm_p2p.c). */
+par_status par__shm_collective(par_group *g, shm_state *st, const par__op *op);
+par_status par__shm_p2p(par_group *g, shm_state *st, par__op *ops, int nops);
+
+#endif /* PAR_SHM_H */

@@ -1,0 +1,77 @@
+/*
+ * bootstrap.h -- who am I (rank, size, local rank/size from options or the launcher's
+ * environment) and the rendezvous store: a small TCP key-value store that demands the job
+ * token. Internal to libpar; parrun links it too (it hosts the store).
+ */
+#ifndef PAR_BOOTSTRAP_H
+#define PAR_BOOTSTRAP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "par.h"
+
+/* ---------------------------------------------------------------------------------------- */
+/* Who am I                                                                                 */
+/* ---------------------------------------------------------------------------------------- */
+
+typedef struct par__whoami {
+  int rank, size, local_rank, local_size;
+  char store_host[256]; /* "" when there is no store (world of 1) */
+  int store_port;
+  int host_store;       /* 1: this process (rank 0) must host the store itself */
+  char token[256];      /* "" when no token was given */
+  const char *source;   /* "options", "parrun/torchrun", "Open MPI", "PMI", "Slurm", "none" */
+} par__whoami;
+
+/*
+ * Fills *who from, in order: explicit options (fields != -1 / non-NULL); RANK WORLD_SIZE
+ * LOCAL_RANK LOCAL_WORLD_SIZE; OMPI_COMM_WORLD_RANK/SIZE/LOCAL_RANK/LOCAL_SIZE; PMI_RANK
+ * PMI_SIZE (MPI_LOCALRANKID / PMI_LOCAL_RANK / PMI_LOCAL_SIZE when present); SLURM_PROCID
+ * SLURM_NTASKS SLURM_LOCALID (SLURM_NTASKS_PER_NODE / SLURM_TASKS_PER_NODE for the local
+ * size when simple); none: a world of 1. The store comes from opts->store_addr, else
+ * PAR_STORE_ADDR ("host:port", hosted by a launcher such as parrun), else MASTER_ADDR and
+ * MASTER_PORT (rank 0 hosts it: host_store = 1). The token from opts->token, else PAR_TOKEN.
+ * `getenv_fn` reads a variable (NULL: getenv); tests pass their own. Returns
+ * PAR_ERR_BOOTSTRAP with a detail naming the variable when a value is malformed or
+ * inconsistent (rank >= size, a size > 1 without any store address, ...).
+ */
+par_status par__whoami_resolve(const par_world_options *opts,
+                               const char *(*getenv_fn)(const char *name), par__whoami *who);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Store client                                                                             */
+/* ---------------------------------------------------------------------------------------- */
+
+typedef struct par__store par__store;
+
+/* Connects (retrying until timeout_s: the server may not be up yet) and authenticates with the
+ * token (HMAC-SHA256 of a server nonce). A wrong token gives PAR_ERR_AUTH with a clear detail. */
+par_status par__store_connect(const char *host, int port, const char *token, double timeout_s,
+                              par__store **out);
+void par__store_close(par__store *s);
+/* Sets key to the value (overwrites). Thread-safe. */
+par_status par__store_set(par__store *s, const char *key, const void *val, size_t len);
+/* Waits until key exists (at most timeout_s), then copies up to cap bytes into buf and the
+ * full length into *len. PAR_ERR_TIMEOUT naming the key when it does not appear. Thread-safe. */
+par_status par__store_get(par__store *s, const char *key, void *buf, size_t cap, size_t *len,
+                          double timeout_s);
+/* Atomically adds delta to the integer at key (missing = 0) and returns the new value. */
+par_status par__store_add(par__store *s, const char *key, int64_t delta, int64_t *newval);
+/* Deletes a key (missing is fine). */
+par_status par__store_del(par__store *s, const char *key);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Store server                                                                             */
+/* ---------------------------------------------------------------------------------------- */
+
+typedef struct par__store_server par__store_server;
+
+/* Starts a server thread listening on bind_host:port (port 0: any free port; the port chosen
+ * is returned in *bound_port). Every connection must pass the token challenge first; one that
+ * fails is told why and closed. Lengths from the wire are bounded before they are trusted. */
+par_status par__store_server_start(const char *bind_host, int port, const char *token,
+                                   par__store_server **out, int *bound_port);
+void par__store_server_stop(par__store_server *srv);
+
+#endif /* PAR_BOOTSTRAP_H */

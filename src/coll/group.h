@@ -1,0 +1,169 @@
+/*
+ * group.h -- the internal shape of worlds, groups, ops and work handles, and the backend
+ * vtable. A call on a group is checked once at the API edge (api.c), turned into a par__op,
+ * queued in issue order (work.c) and completed by the group's backend.
+ */
+#ifndef PAR_COLL_GROUP_H
+#define PAR_COLL_GROUP_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "bootstrap/bootstrap.h"
+#include "core/core.h"
+
+/* ---------------------------------------------------------------------------------------- */
+/* Ops                                                                                      */
+/* ---------------------------------------------------------------------------------------- */
+
+typedef enum par__op_kind {
+  PAR__ALLREDUCE,
+  PAR__ALLGATHER,
+  PAR__REDUCE_SCATTER,
+  PAR__BROADCAST,
+  PAR__REDUCE,
+  PAR__ALLTOALL,
+  PAR__BARRIER,
+  PAR__SEND,
+  PAR__RECV,
+  PAR__OP_KIND_COUNT
+} par__op_kind;
+
+const char *par__op_kind_name(par__op_kind k);
+
+static inline int par__op_is_p2p(par__op_kind k) { return k == PAR__SEND || k == PAR__RECV; }
+
+/* One issued op, fully validated. `root` is the root index (broadcast, reduce) or the peer
+ * index (send, recv). */
+typedef struct par__op {
+  par__op_kind kind;
+  const void *sendbuf;
+  void *recvbuf;
+  size_t count;
+  par_dtype dt;
+  par_op op;
+  int root;
+  uint64_t seq;    /* issue number on the group, from 1 */
+  double deadline; /* absolute par__now() time; set when the op starts running */
+  double timeout_s;
+} par__op;
+
+/* ---------------------------------------------------------------------------------------- */
+/* Backends                                                                                 */
+/* ---------------------------------------------------------------------------------------- */
+
+typedef struct par__backend {
+  int version; /* 1 */
+  const char *name;
+  /* Collective over the members: joins (or creates) the group's transport. Sets g->be_state.
+   * Blocks at most until g->create_deadline. */
+  par_status (*group_init)(par_group *g);
+  /* Releases the transport. Not collective; never blocks on peers. */
+  void (*group_fini)(par_group *g);
+  /* Runs ops to completion in this thread. nops == 1 except for a run of consecutive
+   * send/recv ops, which must progress together (so that two ranks that both send first do
+   * not deadlock). Honours each op's deadline and the group's abort flag. On error returns
+   * the status with a detail via par__error naming the op, the group and the rank waited on. */
+  par_status (*run)(par_group *g, par__op *ops, int nops);
+  /* Makes pending and later run() calls of every member fail with PAR_ERR_ABORTED. Called
+   * from any thread. */
+  void (*abort)(par_group *g);
+} par__backend;
+
+extern const par__backend par__shm_backend;
+
+/* The backend table: NULL where the backend is not built. */
+const par__backend *par__backend_get(par_backend b);
+
+/* ---------------------------------------------------------------------------------------- */
+/* World and group                                                                          */
+/* ---------------------------------------------------------------------------------------- */
+
+typedef struct par__created {
+  uint64_t hash;
+  uint32_t count;
+} par__created;
+
+struct par_world {
+  int rank, size, local_rank, local_size;
+  double timeout_s;
+  par__store *store;          /* NULL for a world of 1 */
+  par__store_server *server;  /* when rank 0 hosts the store */
+  char job_id[32];            /* names shared-memory segments: /par-<job_id>-... */
+  char host_id[160];          /* hostname and boot id: ranks with equal ids share a host */
+  char **host_ids;            /* per rank, fetched on demand (NULL until needed) */
+  par_group *world_group;
+  pthread_mutex_t mu;         /* guards created[], host_ids, last_error */
+  par__created *created;      /* how many groups were made per member list, by hash */
+  size_t ncreated, capcreated;
+  char last_error[PAR__ERRLEN];
+};
+
+struct par_group {
+  par_world *world;
+  int n, index;
+  int *ranks;
+  char name[64];
+  char uid[48]; /* identifies the group in the job: member-list hash and creation number */
+  double timeout_s;
+  double create_deadline;
+  int is_world;
+
+  const par__backend *be;
+  par_backend backend;
+  void *be_state;
+
+  _Atomic int aborted;
+  _Atomic int broken; /* the status of the error that broke the group; 0 while healthy */
+  char broken_detail[PAR__ERRLEN];
+  char last_error[PAR__ERRLEN];
+
+  /* Issue-order queue (work.c). */
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  par_work *head, *tail;
+  int busy;     /* an op of this group is running (inline or in the worker) */
+  int stopping; /* the worker should exit once the queue is empty */
+  int has_worker;
+  pthread_t worker;
+  uint64_t seq;
+};
+
+/* Internal group creation used for the world group too. */
+par_status par__group_create(par_world *world, const int *ranks, int n,
+                             const par_group_options *opts, int is_world, par_group **out);
+void par__group_free(par_group *g);
+
+/* Host id of a rank (fetched from the store once). */
+par_status par__world_host_id(par_world *w, int rank, const char **out);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Work                                                                                     */
+/* ---------------------------------------------------------------------------------------- */
+
+/* Runs after an op succeeded, in the thread that ran it, before the work counts as done; its
+ * status becomes the op's. Used by tensor ops that post-process an op's output (mesh gather). */
+typedef par_status (*par__then_fn)(void *ctx);
+
+struct par_work {
+  par_group *g;
+  par__op op;
+  _Atomic int done;
+  par_status status;
+  char error[PAR__ERRLEN];
+  par_work *next;
+  par__then_fn then;
+  void *then_ctx;
+  void (*then_free)(void *ctx); /* frees then_ctx when the work is freed */
+};
+
+/* Issues a validated op: blocking (runs it, inline when the queue is idle) or async (queues it
+ * and returns a handle in *work). */
+par_status par__submit(par_group *g, const par__op *op, par_work **work);
+/* Async submit with a continuation (see par__then_fn); then_free may be NULL. */
+par_status par__submit_then(par_group *g, const par__op *op, par__then_fn then, void *ctx,
+                            void (*then_free)(void *), par_work **work);
+/* Stops the worker after draining the queue (pending ops fail fast if the group aborted). */
+void par__work_shutdown(par_group *g);
+
+#endif /* PAR_COLL_GROUP_H */

@@ -1,0 +1,232 @@
+/*
+ * work.c -- issue order and async work. Ops on a group run one at a time in the order they
+ * were issued. A blocking op runs inline in the caller's thread when nothing is queued (the
+ * fast path: no thread hop, no allocation); otherwise ops go through a FIFO drained by one
+ * worker thread per group, started on the first async op. A run of consecutive send/recv ops
+ * at the head of the queue is handed to the backend together so they progress at once.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "coll/group.h"
+
+#define MAX_P2P_BATCH 64
+
+/* Runs ops in the calling thread and records their outcome. Called with g->busy held. */
+static void execute(par_group *g, par_work **ws, int n) {
+  par__op ops[MAX_P2P_BATCH];
+  par_status st;
+  int broken = atomic_load(&g->broken);
+
+  par__error_clear();
+  if (atomic_load(&g->aborted)) {
+    st = par__error(PAR_ERR_ABORTED, "%s on group '%s': the group was aborted",
+                    par__op_kind_name(ws[0]->op.kind), g->name);
+  } else if (broken) {
+    st = par__error(PAR_ERR_STATE,
+                    "%s on group '%s': the group is broken by an earlier error (%s: %s); "
+                    "destroy it",
+                    par__op_kind_name(ws[0]->op.kind), g->name,
+                    par_status_name((par_status)broken), g->broken_detail);
+  } else {
+    double now = par__now();
+    for (int i = 0; i < n; i++) {
+      ops[i] = ws[i]->op;
+      ops[i].deadline = now + ops[i].timeout_s;
+    }
+    st = g->be->run(g, ops, n);
+    if (st < 0 && !atomic_load(&g->broken)) {
+      /* A failed transfer leaves the members out of step: the group cannot be trusted. */
+      par__error_copy(g->broken_detail);
+      atomic_store(&g->broken, (int)st);
+    }
+  }
+  for (int i = 0; i < n; i++) {
+    par_status s = st;
+    if (s >= 0 && ws[i]->then) s = ws[i]->then(ws[i]->then_ctx);
+    ws[i]->status = s;
+    if (s < 0)
+      par__error_copy(ws[i]->error);
+    else
+      ws[i]->error[0] = '\0';
+  }
+}
+
+static void mark_done(par_group *g, par_work **ws, int n) {
+  pthread_mutex_lock(&g->mu);
+  g->busy = 0;
+  for (int i = 0; i < n; i++) atomic_store_explicit(&ws[i]->done, 1, memory_order_release);
+  pthread_cond_broadcast(&g->cv);
+  pthread_mutex_unlock(&g->mu);
+}
+
+static void *worker_main(void *arg) {
+  par_group *g = arg;
+  par_work *batch[MAX_P2P_BATCH];
+
+  pthread_mutex_lock(&g->mu);
+  for (;;) {
+    if (!g->head || g->busy) {
+      if (g->stopping && !g->head) break;
+      pthread_cond_wait(&g->cv, &g->mu);
+      continue;
+    }
+    int n = 0;
+    batch[n++] = g->head;
+    g->head = g->head->next;
+    if (par__op_is_p2p(batch[0]->op.kind))
+      while (g->head && n < MAX_P2P_BATCH && par__op_is_p2p(g->head->op.kind)) {
+        batch[n++] = g->head;
+        g->head = g->head->next;
+      }
+    if (!g->head) g->tail = NULL;
+    g->busy = 1;
+    pthread_mutex_unlock(&g->mu);
+    execute(g, batch, n);
+    mark_done(g, batch, n);
+    pthread_mutex_lock(&g->mu);
+  }
+  pthread_mutex_unlock(&g->mu);
+  return NULL;
+}
+
+/* Called with g->mu held. */
+static par_status ensure_worker(par_group *g) {
+  if (g->has_worker) return PAR_OK;
+  int rc = pthread_create(&g->worker, NULL, worker_main, g);
+  PAR_RETURN_ERROR_IF(rc != 0, PAR_ERR_SYSTEM, "group '%s': cannot start its worker thread: %s",
+                      g->name, strerror(rc));
+  g->has_worker = 1;
+  return PAR_OK;
+}
+
+static void enqueue(par_group *g, par_work *w) {
+  w->next = NULL;
+  if (g->tail)
+    g->tail->next = w;
+  else
+    g->head = w;
+  g->tail = w;
+  pthread_cond_broadcast(&g->cv);
+}
+
+static void work_init(par_work *w, par_group *g, const par__op *op) {
+  memset(w, 0, sizeof *w);
+  w->g = g;
+  w->op = *op;
+  w->op.seq = ++g->seq;
+  if (w->op.timeout_s <= 0) w->op.timeout_s = g->timeout_s;
+}
+
+static par_status submit_async(par_group *g, par_work *w, par_work **out) {
+  pthread_mutex_lock(&g->mu);
+  par_status st = ensure_worker(g);
+  if (st < 0) {
+    pthread_mutex_unlock(&g->mu);
+    free(w);
+    return st;
+  }
+  enqueue(g, w);
+  pthread_mutex_unlock(&g->mu);
+  *out = w;
+  return PAR_OK;
+}
+
+par_status par__submit_then(par_group *g, const par__op *op, par__then_fn then, void *ctx,
+                            void (*then_free)(void *), par_work **out) {
+  par_work *w = malloc(sizeof *w);
+  PAR_RETURN_ERROR_IF(!w, PAR_ERR_NOMEM, "cannot allocate a work handle");
+  pthread_mutex_lock(&g->mu);
+  work_init(w, g, op);
+  pthread_mutex_unlock(&g->mu);
+  w->then = then;
+  w->then_ctx = ctx;
+  w->then_free = then_free;
+  return submit_async(g, w, out);
+}
+
+par_status par__submit(par_group *g, const par__op *op, par_work **out) {
+  if (out) return par__submit_then(g, op, NULL, NULL, NULL, out);
+
+  /* Blocking: the work lives on this stack frame. */
+  par_work w;
+  pthread_mutex_lock(&g->mu);
+  work_init(&w, g, op);
+  if (!g->busy && !g->head) {
+    g->busy = 1;
+    pthread_mutex_unlock(&g->mu);
+    par_work *one = &w;
+    execute(g, &one, 1);
+    mark_done(g, &one, 1);
+  } else {
+    par_status st = ensure_worker(g);
+    if (st < 0) {
+      pthread_mutex_unlock(&g->mu);
+      return st;
+    }
+    enqueue(g, &w);
+    while (!atomic_load(&w.done)) pthread_cond_wait(&g->cv, &g->mu);
+    pthread_mutex_unlock(&g->mu);
+  }
+  if (w.status < 0) par__error(w.status, "%s", w.error);
+  return w.status;
+}
+
+void par__work_shutdown(par_group *g) {
+  pthread_mutex_lock(&g->mu);
+  g->stopping = 1;
+  pthread_cond_broadcast(&g->cv);
+  int has = g->has_worker;
+  /* A blocking op of another thread may still be running inline. */
+  while (g->busy && !has) pthread_cond_wait(&g->cv, &g->mu);
+  pthread_mutex_unlock(&g->mu);
+  if (has) pthread_join(g->worker, NULL);
+  g->has_worker = 0;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Public work API                                                                          */
+/* ---------------------------------------------------------------------------------------- */
+
+par_status par_work_test(par_work *w) {
+  if (!w) return par__error(PAR_ERR_NULL, "par_work_test: work is NULL");
+  if (!atomic_load_explicit(&w->done, memory_order_acquire)) return PAR_IN_PROGRESS;
+  return w->status;
+}
+
+par_status par_work_wait(par_work *w, double timeout_s) {
+  if (!w) return par__error(PAR_ERR_NULL, "par_work_wait: work is NULL");
+  if (atomic_load_explicit(&w->done, memory_order_acquire)) return w->status;
+
+  par_group *g = w->g;
+  /* The op enforces its own deadline; a wait without a bound of its own still gives up a
+   * little after the op's timeout could have run out, so it cannot hang. */
+  double limit = timeout_s >= 0 ? timeout_s : w->op.timeout_s * 2 + 5;
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  double end = (double)ts.tv_sec + ts.tv_nsec * 1e-9 + limit;
+  ts.tv_sec = (time_t)end;
+  ts.tv_nsec = (long)((end - (double)ts.tv_sec) * 1e9);
+
+  pthread_mutex_lock(&g->mu);
+  int rc = 0;
+  while (!atomic_load(&w->done) && rc != ETIMEDOUT) rc = pthread_cond_timedwait(&g->cv, &g->mu, &ts);
+  pthread_mutex_unlock(&g->mu);
+  if (!atomic_load_explicit(&w->done, memory_order_acquire))
+    return par__error(PAR_ERR_TIMEOUT, "%s on group '%s' (op #%llu) not complete after %.3g s",
+                      par__op_kind_name(w->op.kind), g->name, (unsigned long long)w->op.seq,
+                      limit);
+  if (w->status < 0) par__error(w->status, "%s", w->error);
+  return w->status;
+}
+
+const char *par_work_error(const par_work *w) { return w ? w->error : ""; }
+
+void par_work_free(par_work *w) {
+  if (!w) return;
+  while (!atomic_load_explicit(&w->done, memory_order_acquire)) par_work_wait(w, 1.0);
+  if (w->then_free) w->then_free(w->then_ctx);
+  free(w);
+}

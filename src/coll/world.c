@@ -1,0 +1,183 @@
+/*
+ * world.c -- this process's world: who it is (bootstrap/whoami.c), the rendezvous store
+ * (hosted by parrun, or by rank 0 under torchrun-style launchers), the job id that names
+ * shared-memory segments, host ids that tell which ranks share a host, and the world group.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "coll/group.h"
+
+static void read_host_id(char *out, size_t len) {
+  char host[128] = "localhost", boot[64] = "";
+  gethostname(host, sizeof host - 1);
+  FILE *f = fopen("/proc/sys/kernel/random/boot_id", "r");
+  if (f) {
+    if (!fgets(boot, sizeof boot, f)) boot[0] = '\0';
+    fclose(f);
+    boot[strcspn(boot, "\n")] = '\0';
+  }
+  snprintf(out, len, "%s/%s", host, boot);
+}
+
+static void random_hex(char *out, int nhex) {
+  unsigned char b[16] = {0};
+  FILE *f = fopen("/dev/urandom", "rb");
+  size_t got = f ? fread(b, 1, sizeof b, f) : 0;
+  if (f) fclose(f);
+  if (got < sizeof b) {
+    unsigned long long x = (unsigned long long)getpid() ^ (unsigned long long)(par__now() * 1e9);
+    memcpy(b, &x, sizeof x);
+  }
+  for (int i = 0; i < nhex; i++) out[i] = "0123456789abcdef"[(b[i / 2] >> (i % 2 ? 0 : 4)) & 15];
+  out[nhex] = '\0';
+}
+
+/* Agrees on the job id: parrun's PAR_JOB_ID, else one rank 0 draws and publishes. */
+static par_status agree_job_id(par_world *w) {
+  const char *env = getenv("PAR_JOB_ID");
+  if (env && *env && strlen(env) < sizeof w->job_id && !strchr(env, '/')) {
+    snprintf(w->job_id, sizeof w->job_id, "%s", env);
+    return PAR_OK;
+  }
+  if (!w->store) {
+    random_hex(w->job_id, 8);
+    return PAR_OK;
+  }
+  if (w->rank == 0) {
+    random_hex(w->job_id, 8);
+    return par__store_set(w->store, "par/job_id", w->job_id, strlen(w->job_id));
+  }
+  size_t len = 0;
+  PAR_FORWARD_IF_ERROR(
+      par__store_get(w->store, "par/job_id", w->job_id, sizeof w->job_id - 1, &len, w->timeout_s));
+  w->job_id[len < sizeof w->job_id ? len : sizeof w->job_id - 1] = '\0';
+  return PAR_OK;
+}
+
+static par_status world_connect(par_world *w, const par__whoami *who) {
+  if (who->size == 1 && !who->store_host[0]) return PAR_OK;
+  if (who->host_store && who->rank == 0) {
+    int port = 0;
+    PAR_FORWARD_IF_ERROR(par__store_server_start(who->store_host, who->store_port, who->token,
+                                                 &w->server, &port));
+  }
+  PAR_FORWARD_IF_ERROR(
+      par__store_connect(who->store_host, who->store_port, who->token, w->timeout_s, &w->store));
+  char key[32];
+  snprintf(key, sizeof key, "par/host/%d", w->rank);
+  return par__store_set(w->store, key, w->host_id, strlen(w->host_id));
+}
+
+par_status par_world_create(const par_world_options *opts, par_world **out) {
+  PAR_RETURN_ERROR_IF(!out, PAR_ERR_NULL, "par_world_create: out is NULL");
+  *out = NULL;
+  par_world_options defaults = PAR_WORLD_OPTIONS_INIT;
+  if (!opts) opts = &defaults;
+
+  par__whoami who;
+  PAR_FORWARD_IF_ERROR(par__whoami_resolve(opts, NULL, &who));
+
+  par_world *w = calloc(1, sizeof *w);
+  PAR_RETURN_ERROR_IF(!w, PAR_ERR_NOMEM, "par_world_create: out of memory");
+  pthread_mutex_init(&w->mu, NULL);
+  w->rank = who.rank;
+  w->size = who.size;
+  w->local_rank = who.local_rank;
+  w->local_size = who.local_size;
+  w->timeout_s = opts->timeout_s > 0 ? opts->timeout_s : par__env_get()->timeout_s;
+  read_host_id(w->host_id, sizeof w->host_id);
+  par__log_set_rank(w->size > 1 ? w->rank : -1);
+
+  par_status s = world_connect(w, &who);
+  if (s >= 0) s = agree_job_id(w);
+  if (s >= 0) {
+    int *all = malloc(sizeof(int) * (size_t)w->size);
+    if (!all) {
+      s = par__error(PAR_ERR_NOMEM, "par_world_create: out of memory");
+    } else {
+      for (int i = 0; i < w->size; i++) all[i] = i;
+      par_group_options go = PAR_GROUP_OPTIONS_INIT;
+      go.name = "world";
+      s = par__group_create(w, all, w->size, &go, 1, &w->world_group);
+      free(all);
+    }
+  }
+  if (s < 0) {
+    char detail[PAR__ERRLEN];
+    par__error_copy(detail);
+    par_world_destroy(w);
+    return par__error(s, "%s", detail);
+  }
+  PAR__LOG_DEBUG("world: rank %d of %d (local %d of %d) from %s, job %s", w->rank, w->size,
+                 w->local_rank, w->local_size, who.source, w->job_id);
+  *out = w;
+  return PAR_OK;
+}
+
+void par_world_destroy(par_world *w) {
+  if (!w) return;
+  if (w->world_group) par__group_free(w->world_group);
+  if (w->store && w->server) {
+    /* Rank 0 hosts the store: keep it up until every rank has said goodbye. */
+    int64_t v = 0;
+    par__store_add(w->store, "par/bye", 1, &v);
+    double end = par__now() + 10.0;
+    while (v < w->size && par__now() < end) {
+      usleep(2000);
+      if (par__store_add(w->store, "par/bye", 0, &v) < 0) break;
+    }
+  } else if (w->store) {
+    int64_t v;
+    par__store_add(w->store, "par/bye", 1, &v);
+  }
+  par__store_close(w->store);
+  par__store_server_stop(w->server);
+  if (w->host_ids) {
+    for (int i = 0; i < w->size; i++) free(w->host_ids[i]);
+    free(w->host_ids);
+  }
+  free(w->created);
+  pthread_mutex_destroy(&w->mu);
+  free(w);
+}
+
+par_status par__world_host_id(par_world *w, int rank, const char **out) {
+  if (rank == w->rank || !w->store) {
+    *out = w->host_id;
+    return PAR_OK;
+  }
+  pthread_mutex_lock(&w->mu);
+  if (!w->host_ids) w->host_ids = calloc((size_t)w->size, sizeof(char *));
+  char *have = w->host_ids ? w->host_ids[rank] : NULL;
+  pthread_mutex_unlock(&w->mu);
+  PAR_RETURN_ERROR_IF(!w->host_ids, PAR_ERR_NOMEM, "out of memory");
+  if (!have) {
+    char key[32], buf[sizeof w->host_id];
+    size_t len = 0;
+    snprintf(key, sizeof key, "par/host/%d", rank);
+    PAR_FORWARD_IF_ERROR(par__store_get(w->store, key, buf, sizeof buf - 1, &len, w->timeout_s));
+    buf[len < sizeof buf ? len : sizeof buf - 1] = '\0';
+    have = strdup(buf);
+    PAR_RETURN_ERROR_IF(!have, PAR_ERR_NOMEM, "out of memory");
+    pthread_mutex_lock(&w->mu);
+    if (w->host_ids[rank]) {
+      free(have);
+      have = w->host_ids[rank];
+    } else {
+      w->host_ids[rank] = have;
+    }
+    pthread_mutex_unlock(&w->mu);
+  }
+  *out = have;
+  return PAR_OK;
+}
+
+int par_world_rank(const par_world *w) { return w ? w->rank : -1; }
+int par_world_size(const par_world *w) { return w ? w->size : -1; }
+int par_world_local_rank(const par_world *w) { return w ? w->local_rank : -1; }
+int par_world_local_size(const par_world *w) { return w ? w->local_size : -1; }
+par_group *par_world_group(par_world *w) { return w ? w->world_group : NULL; }
+const char *par_world_last_error(const par_world *w) { return w ? w->last_error : ""; }

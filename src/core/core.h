@@ -1,0 +1,107 @@
+/*
+ * core.h -- what every part of libpar shares: error reporting, logging, the environment read
+ * once, clocks, and the reduction kernels. Internal: names are par__ / PAR__.
+ */
+#ifndef PAR_CORE_H
+#define PAR_CORE_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "par.h"
+
+/* ---------------------------------------------------------------------------------------- */
+/* Errors                                                                                   */
+/* ---------------------------------------------------------------------------------------- */
+
+/* Every internal function that fails records a one-line detail in a thread-local buffer and
+ * returns the status. The API edge copies that detail into the handle's last-error string. */
+#define PAR__ERRLEN 512
+
+/* Records the formatted detail (printf-style) and returns s. */
+par_status par__error(par_status s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The detail recorded by the last par__error on this thread ("" if none). */
+const char *par__error_detail(void);
+/* Clears this thread's detail. */
+void par__error_clear(void);
+/* Copies this thread's detail into dst (size PAR__ERRLEN). */
+void par__error_copy(char *dst);
+
+#define PAR_RETURN_ERROR_IF(cond, status, ...)                                                 \
+  do {                                                                                         \
+    if (cond) return par__error((status), __VA_ARGS__);                                        \
+  } while (0)
+
+#define PAR_FORWARD_IF_ERROR(expr)                                                             \
+  do {                                                                                         \
+    par_status par__fwd_s = (expr);                                                            \
+    if (par__fwd_s < 0) return par__fwd_s;                                                     \
+  } while (0)
+
+/* ---------------------------------------------------------------------------------------- */
+/* Logging                                                                                  */
+/* ---------------------------------------------------------------------------------------- */
+
+void par__log(par_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Sets the rank shown in log lines ("par[3]"); -1 shows none. */
+void par__log_set_rank(int rank);
+int par__log_enabled(par_log_level level);
+
+#define PAR__LOG_ERROR(...) par__log(PAR_LOG_ERROR, __VA_ARGS__)
+#define PAR__LOG_WARN(...) par__log(PAR_LOG_WARN, __VA_ARGS__)
+#define PAR__LOG_INFO(...) par__log(PAR_LOG_INFO, __VA_ARGS__)
+#define PAR__LOG_DEBUG(...)                                                                    \
+  do {                                                                                         \
+    if (par__log_enabled(PAR_LOG_DEBUG)) par__log(PAR_LOG_DEBUG, __VA_ARGS__);                 \
+  } while (0)
+
+/* ---------------------------------------------------------------------------------------- */
+/* Environment, read once (docs/env.md lists every variable)                                */
+/* ---------------------------------------------------------------------------------------- */
+
+typedef struct par__env {
+  par_log_level log_level; /* PAR_LOG */
+  double timeout_s;        /* PAR_TIMEOUT, default 300 */
+  par_backend backend;     /* PAR_BACKEND, default auto */
+  int check;               /* PAR_CHECK=1: fingerprint every collective */
+  size_t shm_chunk;        /* PAR_SHM_CHUNK: bytes per rank per pipeline stage */
+  int spin;                /* PAR_SPIN: spin iterations before sleeping; -1 = automatic */
+} par__env;
+
+/* The environment, parsed on first use. Thread-safe. */
+const par__env *par__env_get(void);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Time                                                                                     */
+/* ---------------------------------------------------------------------------------------- */
+
+/* Monotonic seconds. */
+double par__now(void);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Reduction kernels (src/core/reduce.c)                                                    */
+/* ---------------------------------------------------------------------------------------- */
+
+/*
+ * dst[i] = src[0][i] op src[1][i] op ... op src[nsrc-1][i], combined strictly left to right
+ * (index order), for i < count. f16/bf16 accumulate in f32 and round once at the end; integer
+ * types wrap (two's complement) on sum and prod. PAR_AVG divides the sum by `divisor` at the
+ * end (integer types truncate toward zero). dst may alias src[0] (only src[0]). nsrc >= 1.
+ * The result depends only on the inputs, never on how the call is chunked, so any chunking of
+ * the element range gives the same bits.
+ */
+void par__reduce(void *dst, const void *const *src, int nsrc, size_t count, par_dtype dt,
+                 par_op op, int divisor);
+
+/* Scalar conversions used by the kernels and tests; round to nearest even. */
+float par__f16_to_f32(uint16_t h);
+uint16_t par__f32_to_f16(float f);
+float par__bf16_to_f32(uint16_t h);
+uint16_t par__f32_to_bf16(float f);
+
+/* Validity checks used at the API edge. */
+static inline int par__dtype_valid(par_dtype dt) { return (unsigned)dt < PAR_DTYPE_COUNT; }
+static inline int par__op_valid(par_op op) { return (unsigned)op < PAR_OP_COUNT; }
+
+#endif /* PAR_CORE_H */

@@ -1,0 +1,93 @@
+/*
+ * env.c -- every PAR_* environment variable is read here, once (docs/env.md lists them).
+ * A malformed value falls back to the default with a warning: the environment is advice and
+ * must never stop a job that has valid code-level options.
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "core/core.h"
+
+static par__env env;
+static pthread_once_t env_once = PTHREAD_ONCE_INIT;
+static char env_warnings[4][160];
+static int env_nwarnings;
+
+static void warn_later(const char *name, const char *value) {
+  /* The logger's level itself comes from here, so warnings are queued until parsing ends. */
+  if (env_nwarnings < 4)
+    snprintf(env_warnings[env_nwarnings++], sizeof env_warnings[0],
+             "ignoring %s=%.60s: not a valid value", name, value);
+}
+
+static void env_read(void) {
+  env.log_level = PAR_LOG_WARN;
+  env.timeout_s = 300.0;
+  env.backend = PAR_BACKEND_AUTO;
+  env.check = 0;
+  env.shm_chunk = 0; /* 0: the backend's default */
+  env.spin = -1;
+
+  const char *v;
+  if ((v = getenv("PAR_LOG")) && *v) {
+    static const char *levels[] = {"off", "error", "warn", "info", "debug"};
+    int found = 0;
+    for (int i = 0; i < 5; i++)
+      if (!strcasecmp(v, levels[i])) env.log_level = (par_log_level)i, found = 1;
+    if (!found && !strcasecmp(v, "warning")) env.log_level = PAR_LOG_WARN, found = 1;
+    if (!found) warn_later("PAR_LOG", v);
+  }
+  if ((v = getenv("PAR_TIMEOUT")) && *v) {
+    char *end;
+    double t = strtod(v, &end);
+    if (*end == '\0' && t > 0)
+      env.timeout_s = t;
+    else
+      warn_later("PAR_TIMEOUT", v);
+  }
+  if ((v = getenv("PAR_BACKEND")) && *v) {
+    par_backend b;
+    if (par_backend_parse(v, &b) == PAR_OK)
+      env.backend = b;
+    else
+      warn_later("PAR_BACKEND", v);
+  }
+  if ((v = getenv("PAR_CHECK")) && *v) env.check = strcmp(v, "0") != 0;
+  if ((v = getenv("PAR_SHM_CHUNK")) && *v) {
+    char *end;
+    unsigned long long c = strtoull(v, &end, 10);
+    if (*end == 'K' || *end == 'k') c <<= 10, end++;
+    if (*end == 'M' || *end == 'm') c <<= 20, end++;
+    if (*end == '\0' && c >= 4096 && c <= (64ull << 20))
+      env.shm_chunk = (size_t)c;
+    else
+      warn_later("PAR_SHM_CHUNK", v);
+  }
+  if ((v = getenv("PAR_SPIN")) && *v) {
+    char *end;
+    long s = strtol(v, &end, 10);
+    if (*end == '\0' && s >= 0)
+      env.spin = (int)s;
+    else
+      warn_later("PAR_SPIN", v);
+  }
+}
+
+const par__env *par__env_get(void) {
+  pthread_once(&env_once, env_read);
+  /* Logged after the once-block: par__log reads the level through this function. */
+  static int warned;
+  if (env_nwarnings && !__atomic_exchange_n(&warned, 1, __ATOMIC_ACQ_REL))
+    for (int i = 0; i < env_nwarnings; i++) par__log(PAR_LOG_WARN, "%s", env_warnings[i]);
+  return &env;
+}
+
+double par__now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}

@@ -1,0 +1,373 @@
+/*
+ * reduce.c -- the reduction kernels (par__reduce) and the f16/bf16 <-> f32 conversions.
+ *
+ * par__reduce is the inner loop of every reducing collective, so it is written for speed while
+ * keeping one exact meaning: dst[i] = ((src0[i] op src1[i]) op src2[i]) op ..., combined in
+ * source order, element by element. Because each element is computed on its own and in a fixed
+ * order, the result does not depend on chunking, on the vector width the CPU dispatch picked,
+ * or on the number of threads: every path performs the same IEEE operations on the same
+ * operands (no reassociation, no fused multiply-add).
+ *
+ * How it is fast: the element range is walked in blocks of BLOCK_BYTES of accumulator, small
+ * enough to stay in L1. For each block the first two sources are combined into the
+ * accumulator, then the remaining sources are folded in up to three at a time, so every source
+ * byte is read from memory once and the accumulator is written back once. Each step is a
+ * plain loop over restrict pointers that GCC auto-vectorises; on x86-64 each type/op driver is
+ * compiled twice (AVX2 and baseline) and picked at load time by target_clones.
+ *
+ * Semantics worth knowing:
+ *  - f16/bf16 are widened to f32, combined in f32 and rounded once when the block is stored.
+ *  - Integer sum/prod wrap modulo 2^bits: they run on the unsigned type of the same width,
+ *    which gives the two's-complement bits without signed-overflow UB.
+ *  - min/max on floating types propagate NaN: if any operand of a step is NaN the step yields
+ *    the first NaN operand; otherwise ties (including -0 vs +0) keep the earlier operand.
+ *  - PAR_AVG is the (wrapping, for integers) sum divided by `divisor` at the end; integer
+ *    division truncates toward zero, float division is correctly rounded.
+ *  - The conversions round to nearest even, keep subnormals and infinities, and keep NaN a
+ *    NaN (f16 NaNs come back quiet; f32 -> bf16 quiets the NaN, keeping the top payload bits).
+ *    They assume the default rounding mode, as every float operation here does.
+ */
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "core/core.h"
+
+/* Vectorisation needs -O3's loop passes; the library builds at -O2. Contraction is turned off
+ * so that no compiler setting can fuse a multiply and an add and change the bits. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("O3", "fp-contract=off", "no-trapping-math")
+#endif
+
+/* Runtime CPU dispatch: one AVX2 and one baseline body per driver, chosen by an ifunc. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+#define CLONES __attribute__((target_clones("avx2", "default")))
+#endif
+#endif
+#ifndef CLONES
+#define CLONES
+#endif
+
+#if defined(__GNUC__)
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define ALWAYS_INLINE inline
+#endif
+
+/* Accumulator bytes per block: the accumulator plus one block of each source being folded
+ * stay in a 32 KiB L1. */
+#define BLOCK_BYTES 4096
+
+/* ---------------------------------------------------------------------------------------- */
+/* f16 / bf16 conversions                                                                   */
+/* ---------------------------------------------------------------------------------------- */
+
+/* The conversions are written without branches (every candidate is computed, one is
+ * selected) so the kernels' loops that call them vectorise; the scalar par__ functions below
+ * are the same code, so hand conversions and in-kernel conversions agree bit for bit. */
+
+static ALWAYS_INLINE uint32_t f32_bits(float f) {
+  uint32_t u;
+  memcpy(&u, &f, sizeof u);
+  return u;
+}
+
+static ALWAYS_INLINE float bits_f32(uint32_t u) {
+  float f;
+  memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+static ALWAYS_INLINE float half_to_float(uint16_t h) {
+  uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+  uint32_t em = h & 0x7fffu; /* exponent and mantissa */
+  /* Normal: move the fields into place and rebias the exponent by 127 - 15 = 112. */
+  uint32_t normal = (em << 13) + 0x38000000u;
+  /* Inf keeps a zero mantissa; NaN keeps its payload and is made quiet. */
+  uint32_t special = (em << 13) | 0x7f800000u | (em > 0x7c00u ? 0x00400000u : 0u);
+  /* Zero and subnormals are em * 2^-24, exact in f32 (em < 2^10). */
+  uint32_t sub = f32_bits((float)em * 0x1p-24f);
+  uint32_t mag = em >= 0x7c00u ? special : (em >= 0x0400u ? normal : sub);
+  return bits_f32(sign | mag);
+}
+
+static ALWAYS_INLINE uint16_t float_to_half(float f) {
+  uint32_t x = f32_bits(f);
+  uint32_t sign = (x >> 16) & 0x8000u;
+  uint32_t ax = x & 0x7fffffffu;
+  /* NaN: quiet, keep the top payload bits. */
+  uint32_t nan = 0x7e00u | ((ax >> 13) & 0x3ffu);
+  /* Normal results: rebias the exponent by -112 and round the 13 dropped bits to nearest
+   * even (add 0xfff, plus one more when the kept lsb is odd); a carry into the exponent is
+   * the correct rounding up to the next binade. */
+  uint32_t normal = (ax + 0xc8000fffu + ((ax >> 13) & 1u)) >> 13;
+  /* Results below 2^-14 are subnormal (or zero): adding 0.5 puts the value where an f32 ulp
+   * is 2^-24, the f16 subnormal step, so the FPU's own round-to-nearest-even does the
+   * rounding and the low mantissa bits are the f16 bits (0x400 = smallest normal). */
+  uint32_t sub = f32_bits(bits_f32(ax) + 0.5f) - 0x3f000000u;
+  /* 65520 (0x477ff000) is halfway between 65504, the largest f16, and 65536: it and
+   * everything above round to infinity. 2^-14 (0x38800000) is the smallest normal f16. */
+  uint32_t mag = ax > 0x7f800000u   ? nan
+                 : ax >= 0x477ff000u ? 0x7c00u
+                 : ax >= 0x38800000u ? normal
+                                     : sub;
+  return (uint16_t)(sign | mag);
+}
+
+static ALWAYS_INLINE float bfloat_to_float(uint16_t h) { return bits_f32((uint32_t)h << 16); }
+
+static ALWAYS_INLINE uint16_t float_to_bfloat(float f) {
+  uint32_t x = f32_bits(f);
+  /* Round the 16 dropped bits to nearest even; overflow carries into infinity. */
+  uint32_t rounded = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
+  /* NaN: truncating could clear every payload bit left, so force the quiet bit. */
+  uint32_t nan = (x >> 16) | 0x0040u;
+  return (uint16_t)((x & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
+}
+
+float par__f16_to_f32(uint16_t h) { return half_to_float(h); }
+uint16_t par__f32_to_f16(float f) { return float_to_half(f); }
+float par__bf16_to_f32(uint16_t h) { return bfloat_to_float(h); }
+uint16_t par__f32_to_bf16(float f) { return float_to_bfloat(f); }
+
+/* ---------------------------------------------------------------------------------------- */
+/* Element operations                                                                       */
+/* ---------------------------------------------------------------------------------------- */
+
+/* Each takes two accumulator values, x the earlier one. For integer types `y != y` is always
+ * false, so MIN/MAX reduce to plain comparisons. The loads widen a stored element into the
+ * accumulator type. */
+#define OP_SUM(x, y) ((x) + (y))
+#define OP_PROD(x, y) ((x) * (y))
+#define OP_MIN(x, y) (((y) < (x) || ((y) != (y) && (x) == (x))) ? (y) : (x))
+#define OP_MAX(x, y) (((y) > (x) || ((y) != (y) && (x) == (x))) ? (y) : (x))
+
+#define LOAD_SAME(v) (v)
+#define LOAD_F16(v) half_to_float(v)
+#define LOAD_BF16(v) bfloat_to_float(v)
+
+/* ---------------------------------------------------------------------------------------- */
+/* Block kernels                                                                            */
+/* ---------------------------------------------------------------------------------------- */
+
+/*
+ * For one element type and op: init1/init2 start a block's accumulator from the first one or
+ * two sources, fold1..3 combine the next one to three sources into it, in order. acc never
+ * aliases a source (in-place reductions skip init and fold into dst, which holds src[0]).
+ */
+#define DEFINE_KERNELS(K, IN_T, ACC_T, LOAD, OP)                                               \
+  static ALWAYS_INLINE void K##_init1(ACC_T *restrict acc, const IN_T *restrict a, size_t n) {  \
+    for (size_t i = 0; i < n; i++) acc[i] = LOAD(a[i]);                                        \
+  }                                                                                            \
+  static ALWAYS_INLINE void K##_init2(ACC_T *restrict acc, const IN_T *restrict a,              \
+                                      const IN_T *restrict b, size_t n) {                      \
+    for (size_t i = 0; i < n; i++) {                                                           \
+      ACC_T x = LOAD(a[i]), y = LOAD(b[i]);                                                    \
+      acc[i] = (ACC_T)OP(x, y);                                                                \
+    }                                                                                          \
+  }                                                                                            \
+  static ALWAYS_INLINE void K##_fold1(ACC_T *restrict acc, const IN_T *restrict a, size_t n) {  \
+    for (size_t i = 0; i < n; i++) {                                                           \
+      ACC_T x = acc[i], y = LOAD(a[i]);                                                        \
+      acc[i] = (ACC_T)OP(x, y);                                                                \
+    }                                                                                          \
+  }                                                                                            \
+  static ALWAYS_INLINE void K##_fold2(ACC_T *restrict acc, const IN_T *restrict a,              \
+                                      const IN_T *restrict b, size_t n) {                      \
+    for (size_t i = 0; i < n; i++) {                                                           \
+      ACC_T x = acc[i], y = LOAD(a[i]);                                                        \
+      x = (ACC_T)OP(x, y);                                                                     \
+      y = LOAD(b[i]);                                                                          \
+      acc[i] = (ACC_T)OP(x, y);                                                                \
+    }                                                                                          \
+  }                                                                                            \
+  static ALWAYS_INLINE void K##_fold3(ACC_T *restrict acc, const IN_T *restrict a,              \
+                                      const IN_T *restrict b, const IN_T *restrict c,          \
+                                      size_t n) {                                              \
+    for (size_t i = 0; i < n; i++) {                                                           \
+      ACC_T x = acc[i], y = LOAD(a[i]);                                                        \
+      x = (ACC_T)OP(x, y);                                                                     \
+      y = LOAD(b[i]);                                                                          \
+      x = (ACC_T)OP(x, y);                                                                     \
+      y = LOAD(c[i]);                                                                          \
+      acc[i] = (ACC_T)OP(x, y);                                                                \
+    }                                                                                          \
+  }
+
+#define DEFINE_KERNELS_ALL_OPS(T, IN_T, ACC_T, LOAD)                                           \
+  DEFINE_KERNELS(T##_sum, IN_T, ACC_T, LOAD, OP_SUM)                                           \
+  DEFINE_KERNELS(T##_prod, IN_T, ACC_T, LOAD, OP_PROD)                                         \
+  DEFINE_KERNELS(T##_min, IN_T, ACC_T, LOAD, OP_MIN)                                           \
+  DEFINE_KERNELS(T##_max, IN_T, ACC_T, LOAD, OP_MAX)
+
+DEFINE_KERNELS_ALL_OPS(f32, float, float, LOAD_SAME)
+DEFINE_KERNELS_ALL_OPS(f64, double, double, LOAD_SAME)
+DEFINE_KERNELS_ALL_OPS(f16, uint16_t, float, LOAD_F16)
+DEFINE_KERNELS_ALL_OPS(bf16, uint16_t, float, LOAD_BF16)
+/* Integer sum/prod wrap: they run on the unsigned type whatever the signedness. */
+DEFINE_KERNELS(u8_sum, uint8_t, uint8_t, LOAD_SAME, OP_SUM)
+DEFINE_KERNELS(u8_prod, uint8_t, uint8_t, LOAD_SAME, OP_PROD)
+DEFINE_KERNELS(u32_sum, uint32_t, uint32_t, LOAD_SAME, OP_SUM)
+DEFINE_KERNELS(u32_prod, uint32_t, uint32_t, LOAD_SAME, OP_PROD)
+DEFINE_KERNELS(u64_sum, uint64_t, uint64_t, LOAD_SAME, OP_SUM)
+DEFINE_KERNELS(u64_prod, uint64_t, uint64_t, LOAD_SAME, OP_PROD)
+DEFINE_KERNELS(i8_min, int8_t, int8_t, LOAD_SAME, OP_MIN)
+DEFINE_KERNELS(i8_max, int8_t, int8_t, LOAD_SAME, OP_MAX)
+DEFINE_KERNELS(u8_min, uint8_t, uint8_t, LOAD_SAME, OP_MIN)
+DEFINE_KERNELS(u8_max, uint8_t, uint8_t, LOAD_SAME, OP_MAX)
+DEFINE_KERNELS(i32_min, int32_t, int32_t, LOAD_SAME, OP_MIN)
+DEFINE_KERNELS(i32_max, int32_t, int32_t, LOAD_SAME, OP_MAX)
+DEFINE_KERNELS(i64_min, int64_t, int64_t, LOAD_SAME, OP_MIN)
+DEFINE_KERNELS(i64_max, int64_t, int64_t, LOAD_SAME, OP_MAX)
+
+/* ---------------------------------------------------------------------------------------- */
+/* Block finishers: what happens to a finished accumulator block                            */
+/* ---------------------------------------------------------------------------------------- */
+
+/* The accumulator is dst itself: nothing left to do. */
+#define FINISH_NONE(OUT_T, ACC_T) (void)dst, (void)acc, (void)n
+/* The accumulator is dst itself; divide it in place. For integers OUT_T is the signed or
+ * unsigned type the caller asked for, so the division truncates the value it means; the
+ * divisor stays an int (>= 1), wide enough for every integer element type. */
+#define FINISH_DIV_INT(OUT_T, ACC_T)                                                           \
+  do {                                                                                         \
+    OUT_T *restrict out_ = (OUT_T *)(void *)dst;                                               \
+    (void)acc;                                                                                 \
+    for (size_t i = 0; i < n; i++) out_[i] = (OUT_T)(out_[i] / divisor);                       \
+  } while (0)
+#define FINISH_DIV_FLOAT(OUT_T, ACC_T)                                                         \
+  do {                                                                                         \
+    const OUT_T div_ = (OUT_T)divisor;                                                         \
+    (void)acc;                                                                                 \
+    for (size_t i = 0; i < n; i++) dst[i] = dst[i] / div_;                                     \
+  } while (0)
+/* The accumulator is an f32 buffer: round each element into dst, after the division for
+ * AVG (the average rounds once, like every other f16/bf16 result). */
+#define FINISH_F16(OUT_T, ACC_T)                                                               \
+  for (size_t i = 0; i < n; i++) dst[i] = float_to_half(acc[i])
+#define FINISH_F16_DIV(OUT_T, ACC_T)                                                           \
+  do {                                                                                         \
+    const float div_ = (float)divisor;                                                         \
+    for (size_t i = 0; i < n; i++) dst[i] = float_to_half(acc[i] / div_);                      \
+  } while (0)
+#define FINISH_BF16(OUT_T, ACC_T)                                                              \
+  for (size_t i = 0; i < n; i++) dst[i] = float_to_bfloat(acc[i])
+#define FINISH_BF16_DIV(OUT_T, ACC_T)                                                          \
+  do {                                                                                         \
+    const float div_ = (float)divisor;                                                         \
+    for (size_t i = 0; i < n; i++) dst[i] = float_to_bfloat(acc[i] / div_);                   \
+  } while (0)
+
+/* ---------------------------------------------------------------------------------------- */
+/* Drivers: one per (type, op), each cloned per CPU level                                   */
+/* ---------------------------------------------------------------------------------------- */
+
+/*
+ * NAME reduces nsrc sources of IN_T into dst with kernels K. ACC_IS_DST says whether the
+ * accumulator is the destination block itself (same-width types) or a stack buffer of f32
+ * (f16/bf16). FINISH runs once per block with dst, acc, n and divisor in scope; OUT_T is the
+ * caller's element type, for the division of AVG.
+ */
+#define DEFINE_DRIVER(NAME, K, IN_T, ACC_T, OUT_T, ACC_IS_DST, FINISH)                         \
+  static CLONES void NAME(void *dstv, const void *const *srcv, int nsrc, size_t count,         \
+                          int divisor) {                                                       \
+    enum { B = BLOCK_BYTES / sizeof(ACC_T) };                                                  \
+    (void)divisor; /* only AVG's finisher reads it */                                         \
+    ACC_T buf[ACC_IS_DST ? 1 : B];                                                             \
+    IN_T *dstall = dstv;                                                                       \
+    /* An in-place accumulator already holds src[0]: start folding at src[1]. */              \
+    const int in_place = ACC_IS_DST && dstv == srcv[0];                                        \
+    for (size_t off = 0; off < count; off += B) {                                              \
+      const size_t n = count - off < (size_t)B ? count - off : (size_t)B;                      \
+      IN_T *dst = dstall + off;                                                                \
+      ACC_T *acc = ACC_IS_DST ? (ACC_T *)(void *)dst : buf;                                    \
+      int k;                                                                                   \
+      if (in_place) {                                                                          \
+        k = 1;                                                                                 \
+      } else if (nsrc == 1) {                                                                  \
+        K##_init1(acc, (const IN_T *)srcv[0] + off, n);                                        \
+        k = 1;                                                                                 \
+      } else {                                                                                 \
+        K##_init2(acc, (const IN_T *)srcv[0] + off, (const IN_T *)srcv[1] + off, n);           \
+        k = 2;                                                                                 \
+      }                                                                                        \
+      for (; nsrc - k >= 3; k += 3)                                                            \
+        K##_fold3(acc, (const IN_T *)srcv[k] + off, (const IN_T *)srcv[k + 1] + off,           \
+                  (const IN_T *)srcv[k + 2] + off, n);                                         \
+      if (nsrc - k == 2)                                                                       \
+        K##_fold2(acc, (const IN_T *)srcv[k] + off, (const IN_T *)srcv[k + 1] + off, n);       \
+      else if (nsrc - k == 1)                                                                  \
+        K##_fold1(acc, (const IN_T *)srcv[k] + off, n);                                        \
+      FINISH(OUT_T, ACC_T);                                                                    \
+    }                                                                                          \
+  }
+
+/* Floating types: sum, prod, min, max, avg. */
+#define DEFINE_FLOAT_DRIVERS(T, IN_T)                                                          \
+  DEFINE_DRIVER(T##_sum, T##_sum, IN_T, IN_T, IN_T, 1, FINISH_NONE)                            \
+  DEFINE_DRIVER(T##_prod, T##_prod, IN_T, IN_T, IN_T, 1, FINISH_NONE)                          \
+  DEFINE_DRIVER(T##_min, T##_min, IN_T, IN_T, IN_T, 1, FINISH_NONE)                            \
+  DEFINE_DRIVER(T##_max, T##_max, IN_T, IN_T, IN_T, 1, FINISH_NONE)                            \
+  DEFINE_DRIVER(T##_avg, T##_sum, IN_T, IN_T, IN_T, 1, FINISH_DIV_FLOAT)
+DEFINE_FLOAT_DRIVERS(f32, float)
+DEFINE_FLOAT_DRIVERS(f64, double)
+
+/* Half types: f32 accumulator on the stack, rounded into dst per block. */
+#define DEFINE_HALF_DRIVERS(T, FIN, FIN_DIV)                                                   \
+  DEFINE_DRIVER(T##_sum, T##_sum, uint16_t, float, uint16_t, 0, FIN)                           \
+  DEFINE_DRIVER(T##_prod, T##_prod, uint16_t, float, uint16_t, 0, FIN)                         \
+  DEFINE_DRIVER(T##_min, T##_min, uint16_t, float, uint16_t, 0, FIN)                           \
+  DEFINE_DRIVER(T##_max, T##_max, uint16_t, float, uint16_t, 0, FIN)                           \
+  DEFINE_DRIVER(T##_avg, T##_sum, uint16_t, float, uint16_t, 0, FIN_DIV)
+DEFINE_HALF_DRIVERS(f16, FINISH_F16, FINISH_F16_DIV)
+DEFINE_HALF_DRIVERS(bf16, FINISH_BF16, FINISH_BF16_DIV)
+
+/* Integers: sum and prod are shared by the signed and unsigned type of a width. */
+DEFINE_DRIVER(u8_sum, u8_sum, uint8_t, uint8_t, uint8_t, 1, FINISH_NONE)
+DEFINE_DRIVER(u8_prod, u8_prod, uint8_t, uint8_t, uint8_t, 1, FINISH_NONE)
+DEFINE_DRIVER(u32_sum, u32_sum, uint32_t, uint32_t, uint32_t, 1, FINISH_NONE)
+DEFINE_DRIVER(u32_prod, u32_prod, uint32_t, uint32_t, uint32_t, 1, FINISH_NONE)
+DEFINE_DRIVER(u64_sum, u64_sum, uint64_t, uint64_t, uint64_t, 1, FINISH_NONE)
+DEFINE_DRIVER(u64_prod, u64_prod, uint64_t, uint64_t, uint64_t, 1, FINISH_NONE)
+DEFINE_DRIVER(i8_min, i8_min, int8_t, int8_t, int8_t, 1, FINISH_NONE)
+DEFINE_DRIVER(i8_max, i8_max, int8_t, int8_t, int8_t, 1, FINISH_NONE)
+DEFINE_DRIVER(u8_min, u8_min, uint8_t, uint8_t, uint8_t, 1, FINISH_NONE)
+DEFINE_DRIVER(u8_max, u8_max, uint8_t, uint8_t, uint8_t, 1, FINISH_NONE)
+DEFINE_DRIVER(i32_min, i32_min, int32_t, int32_t, int32_t, 1, FINISH_NONE)
+DEFINE_DRIVER(i32_max, i32_max, int32_t, int32_t, int32_t, 1, FINISH_NONE)
+DEFINE_DRIVER(i64_min, i64_min, int64_t, int64_t, int64_t, 1, FINISH_NONE)
+DEFINE_DRIVER(i64_max, i64_max, int64_t, int64_t, int64_t, 1, FINISH_NONE)
+/* AVG of integers: the wrapping sum, then a division in the caller's signedness. */
+DEFINE_DRIVER(i8_avg, u8_sum, uint8_t, uint8_t, int8_t, 1, FINISH_DIV_INT)
+DEFINE_DRIVER(u8_avg, u8_sum, uint8_t, uint8_t, uint8_t, 1, FINISH_DIV_INT)
+DEFINE_DRIVER(i32_avg, u32_sum, uint32_t, uint32_t, int32_t, 1, FINISH_DIV_INT)
+DEFINE_DRIVER(i64_avg, u64_sum, uint64_t, uint64_t, int64_t, 1, FINISH_DIV_INT)
+
+/* ---------------------------------------------------------------------------------------- */
+/* Entry point                                                                              */
+/* ---------------------------------------------------------------------------------------- */
+
+typedef void (*driver_fn)(void *dst, const void *const *src, int nsrc, size_t count,
+                          int divisor);
+
+/* [dtype][op], in the order of the enums in par.h. */
+static const driver_fn drivers[PAR_DTYPE_COUNT][PAR_OP_COUNT] = {
+    [PAR_F32] = {f32_sum, f32_prod, f32_min, f32_max, f32_avg},
+    [PAR_F64] = {f64_sum, f64_prod, f64_min, f64_max, f64_avg},
+    [PAR_F16] = {f16_sum, f16_prod, f16_min, f16_max, f16_avg},
+    [PAR_BF16] = {bf16_sum, bf16_prod, bf16_min, bf16_max, bf16_avg},
+    [PAR_I8] = {u8_sum, u8_prod, i8_min, i8_max, i8_avg},
+    [PAR_U8] = {u8_sum, u8_prod, u8_min, u8_max, u8_avg},
+    [PAR_I32] = {u32_sum, u32_prod, i32_min, i32_max, i32_avg},
+    [PAR_I64] = {u64_sum, u64_prod, i64_min, i64_max, i64_avg},
+};
+
+void par__reduce(void *dst, const void *const *src, int nsrc, size_t count, par_dtype dt,
+                 par_op op, int divisor) {
+  /* The API edge validates; these guards only keep a bad internal call from being UB (an
+   * out-of-range table index, or an integer division by zero). */
+  if (count == 0 || nsrc < 1 || !par__dtype_valid(dt) || !par__op_valid(op)) return;
+  if (divisor < 1) divisor = 1;
+  drivers[dt][op](dst, src, nsrc, count, divisor);
+}

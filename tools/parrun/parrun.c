@@ -1,0 +1,568 @@
+/*
+ * parrun.c -- the launcher: `parrun -n N [--timeout S] [--] PROGRAM ARGS...` starts N ranks
+ * of PROGRAM on this host with the environment par's bootstrap reads (RANK, WORLD_SIZE, ...,
+ * PAR_STORE_ADDR, PAR_TOKEN, PAR_JOB_ID), hosts the rendezvous store in-process, prefixes
+ * every output line with its rank, forwards SIGINT/SIGTERM/SIGHUP, and when one rank fails
+ * stops the rest and says which rank failed first and how. Everything after the launch runs
+ * in one poll() loop over the ranks' pipes and a self-pipe that the signal handler writes
+ * to; nothing busy-polls. The ranks share one process group of their own, so stopping the
+ * job also stops whatever the ranks started, and a terminal's Ctrl-C reaches them once,
+ * through parrun. docs/parrun.md is the user's guide.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "bootstrap/bootstrap.h"
+#include "core/core.h"
+#include "parrun.h"
+
+extern char **environ;
+
+#define MAX_RANKS 4096
+/* Time the ranks get between SIGTERM and SIGKILL when the job is being stopped. */
+#define GRACE_S 3.0
+/* After the last rank exits, time for processes it left behind to close the pipes. */
+#define DRAIN_S 2.0
+
+static const char *usage_text =
+    "usage: parrun -n N [--timeout S] [--] PROGRAM [ARGS...]\n"
+    "\n"
+    "Runs N ranks of PROGRAM on this host as one par job.\n"
+    "\n"
+    "  -n N          number of ranks (1..4096)\n"
+    "  --timeout S   stop the whole job after S seconds (exit code 124)\n"
+    "  -h, --help    show this help\n"
+    "\n"
+    "Each rank gets RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT,\n"
+    "PAR_STORE_ADDR, PAR_TOKEN and PAR_JOB_ID. Output lines are prefixed with \"[rank] \".\n"
+    "When a rank fails, the others are stopped and parrun exits with that rank's code\n"
+    "(128+signal for a signal). See docs/parrun.md.\n";
+
+typedef struct rank_proc {
+  pid_t pid;
+  int done;
+  int status; /* from waitpid */
+  pr_stream out, err;
+} rank_proc;
+
+typedef enum job_state { RUNNING, STOPPING } job_state;
+
+static int sig_pipe[2] = {-1, -1};
+
+static void on_signal(int sig) {
+  int saved = errno;
+  unsigned char b = (unsigned char)sig;
+  /* The pipe is non-blocking: if it is full, earlier bytes already wake the loop. */
+  ssize_t n = write(sig_pipe[1], &b, 1);
+  (void)n;
+  errno = saved;
+}
+
+static const char *sig_name(int sig, char *buf, size_t cap) {
+  const char *abbrev = sigabbrev_np(sig);
+  if (abbrev)
+    snprintf(buf, cap, "SIG%s", abbrev);
+  else
+    snprintf(buf, cap, "signal %d", sig);
+  return buf;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Setup                                                                                    */
+/* ---------------------------------------------------------------------------------------- */
+
+static int random_hex(char *out, size_t nbytes) {
+  unsigned char raw[32];
+  if (nbytes > sizeof raw) return -1;
+  int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  size_t got = 0;
+  while (got < nbytes) {
+    ssize_t n = read(fd, raw + got, nbytes - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    got += (size_t)n;
+  }
+  close(fd);
+  if (got < nbytes) return -1;
+  for (size_t i = 0; i < nbytes; i++) sprintf(out + 2 * i, "%02x", raw[i]);
+  return 0;
+}
+
+/* Finds PROGRAM as execvp would, but in the parent: after fork only async-signal-safe calls
+ * are allowed, since the store server thread may hold the allocator's lock. */
+static char *resolve_program(const char *prog, int *err) {
+  if (strchr(prog, '/')) {
+    *err = access(prog, X_OK) == 0 ? 0 : errno;
+    return *err ? NULL : strdup(prog);
+  }
+  const char *path = getenv("PATH");
+  if (!path || !*path) path = "/usr/local/bin:/usr/bin:/bin";
+  *err = ENOENT;
+  for (const char *p = path;;) {
+    const char *colon = strchr(p, ':');
+    size_t dlen = colon ? (size_t)(colon - p) : strlen(p);
+    size_t need = dlen + strlen(prog) + 3;
+    char *cand = malloc(need);
+    if (!cand) {
+      *err = ENOMEM;
+      return NULL;
+    }
+    snprintf(cand, need, "%.*s%s%s", (int)dlen, p, dlen ? "/" : "./", prog);
+    struct stat st;
+    if (stat(cand, &st) == 0 && S_ISREG(st.st_mode)) {
+      if (access(cand, X_OK) == 0) {
+        *err = 0;
+        return cand;
+      }
+      *err = EACCES;
+    }
+    free(cand);
+    if (!colon) break;
+    p = colon + 1;
+  }
+  return NULL;
+}
+
+static const char *const job_vars[] = {"RANK",           "WORLD_SIZE",  "LOCAL_RANK",
+                                       "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                                       "PAR_STORE_ADDR", "PAR_TOKEN",   "PAR_JOB_ID"};
+#define NJOB_VARS (sizeof job_vars / sizeof job_vars[0])
+
+/* Builds one rank's environment: parrun's own, minus any stale job variables, plus this
+ * job's. Built before fork for the same reason as resolve_program. The strings from
+ * env[*owned_from] on are ours to free (free_env); the rest belong to environ. */
+static char **build_env(int rank, int n, int port, const char *token, const char *job_id,
+                        size_t *owned_from) {
+  size_t count = 0;
+  while (environ[count]) count++;
+  char **env = calloc(count + NJOB_VARS + 1, sizeof *env);
+  if (!env) return NULL;
+  size_t k = 0;
+  for (size_t i = 0; i < count; i++) {
+    int skip = 0;
+    for (size_t j = 0; j < NJOB_VARS && !skip; j++) {
+      size_t l = strlen(job_vars[j]);
+      skip = !strncmp(environ[i], job_vars[j], l) && environ[i][l] == '=';
+    }
+    if (!skip) env[k++] = environ[i];
+  }
+  *owned_from = k;
+  char vals[NJOB_VARS][128];
+  snprintf(vals[0], sizeof vals[0], "RANK=%d", rank);
+  snprintf(vals[1], sizeof vals[1], "WORLD_SIZE=%d", n);
+  snprintf(vals[2], sizeof vals[2], "LOCAL_RANK=%d", rank);
+  snprintf(vals[3], sizeof vals[3], "LOCAL_WORLD_SIZE=%d", n);
+  snprintf(vals[4], sizeof vals[4], "MASTER_ADDR=127.0.0.1");
+  snprintf(vals[5], sizeof vals[5], "MASTER_PORT=%d", port);
+  snprintf(vals[6], sizeof vals[6], "PAR_STORE_ADDR=127.0.0.1:%d", port);
+  snprintf(vals[7], sizeof vals[7], "PAR_TOKEN=%s", token);
+  snprintf(vals[8], sizeof vals[8], "PAR_JOB_ID=%s", job_id);
+  for (size_t j = 0; j < NJOB_VARS; j++) {
+    env[k] = strdup(vals[j]);
+    if (!env[k]) {
+      for (size_t i = *owned_from; i < k; i++) free(env[i]);
+      free(env);
+      return NULL;
+    }
+    k++;
+  }
+  env[k] = NULL;
+  return env;
+}
+
+static void free_env(char **env, size_t owned_from) {
+  if (!env) return;
+  for (size_t i = owned_from; env[i]; i++) free(env[i]);
+  free(env);
+}
+
+/* Removes the job's shared-memory segments: the library names them /par-<job id>-...,
+ * and a rank that was killed cannot have unlinked its own. */
+static void remove_job_shm(const char *job_id) {
+  DIR *d = opendir("/dev/shm");
+  if (!d) return;
+  char prefix[32];
+  int plen = snprintf(prefix, sizeof prefix, "par-%s-", job_id);
+  struct dirent *e;
+  while ((e = readdir(d)))
+    if (!strncmp(e->d_name, prefix, (size_t)plen)) unlinkat(dirfd(d), e->d_name, 0);
+  closedir(d);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Launching                                                                                */
+/* ---------------------------------------------------------------------------------------- */
+
+/* Forks one rank. Returns its pid; on failure to exec returns -1 with *exec_err set (the
+ * child reports its errno through a close-on-exec pipe, which reads EOF once exec worked). */
+static pid_t spawn_rank(pid_t pgid, const char *path, char **argv, char **env,
+                        int devnull, int give_stdin, int out_fd[2], int err_fd[2],
+                        int *exec_err) {
+  int ep[2];
+  *exec_err = 0;
+  if (pipe2(ep, O_CLOEXEC) != 0) {
+    *exec_err = errno;
+    return -1;
+  }
+  pid_t pid = fork();
+  if (pid < 0) {
+    *exec_err = errno;
+    close(ep[0]);
+    close(ep[1]);
+    return -1;
+  }
+  if (pid == 0) {
+    /* Child: async-signal-safe calls only. */
+    setpgid(0, pgid);
+    struct sigaction dfl = {.sa_handler = SIG_DFL};
+    sigemptyset(&dfl.sa_mask);
+    int sigs[] = {SIGPIPE, SIGINT, SIGTERM, SIGHUP, SIGCHLD};
+    for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++) sigaction(sigs[i], &dfl, NULL);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    if (!give_stdin) dup2(devnull, 0);
+    dup2(out_fd[1], 1);
+    dup2(err_fd[1], 2);
+    execve(path, argv, env);
+    int e = errno;
+    ssize_t n = write(ep[1], &e, sizeof e);
+    (void)n;
+    _exit(127);
+  }
+  /* Also from the parent, so the group exists before we might signal it (classic race). */
+  setpgid(pid, pgid ? pgid : pid);
+  close(ep[1]);
+  int e = 0;
+  ssize_t n;
+  while ((n = read(ep[0], &e, sizeof e)) < 0 && errno == EINTR) {
+  }
+  close(ep[0]);
+  if (n == (ssize_t)sizeof e) {
+    *exec_err = e;
+    waitpid(pid, NULL, 0);
+    return -1;
+  }
+  return pid;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Main                                                                                     */
+/* ---------------------------------------------------------------------------------------- */
+
+typedef struct job {
+  int n;
+  rank_proc *ranks;
+  pid_t pgid;
+  double t0;
+  job_state state;
+  int exit_code;
+  int alive;
+  double kill_at;    /* SIGKILL the group then (INFINITY: not scheduled) */
+  double drain_until; /* stop waiting for pipes then */
+} job;
+
+static void stop_job(job *j, int sig) {
+  if (j->pgid > 0) kill(-j->pgid, sig);
+  if (sig != SIGKILL && j->kill_at == INFINITY) j->kill_at = par__now() + GRACE_S;
+}
+
+static void reap(job *j) {
+  for (;;) {
+    int status;
+    pid_t pid = waitpid(-1, &status, WNOHANG);
+    if (pid <= 0) return;
+    for (int r = 0; r < j->n; r++) {
+      rank_proc *rp = &j->ranks[r];
+      if (rp->pid != pid || rp->done) continue;
+      rp->done = 1;
+      rp->status = status;
+      j->alive--;
+      int failed = !WIFEXITED(status) || WEXITSTATUS(status) != 0;
+      if (failed && j->state == RUNNING) {
+        char how[64], name[32];
+        if (WIFEXITED(status)) {
+          snprintf(how, sizeof how, "exit code %d", WEXITSTATUS(status));
+          j->exit_code = WEXITSTATUS(status);
+        } else {
+          int sig = WTERMSIG(status);
+          snprintf(how, sizeof how, "killed by signal %d (%s)", sig,
+                   sig_name(sig, name, sizeof name));
+          j->exit_code = 128 + sig;
+        }
+        fprintf(stderr, "parrun: rank %d (pid %d) failed first: %s after %.2f s", r, (int)pid,
+                how, par__now() - j->t0);
+        if (j->alive > 0)
+          fprintf(stderr, "; stopping the other %d rank%s\n", j->alive, j->alive == 1 ? "" : "s");
+        else
+          fprintf(stderr, "\n");
+        j->state = STOPPING;
+        stop_job(j, SIGTERM);
+      }
+    }
+  }
+}
+
+static int parse_args(int argc, char **argv, int *n, double *timeout, int *prog_index) {
+  *n = 0;
+  *timeout = 0;
+  int i = 1;
+  for (; i < argc; i++) {
+    const char *a = argv[i], *val = NULL;
+    if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+      fputs(usage_text, stdout);
+      exit(0);
+    }
+    if (!strcmp(a, "--")) {
+      i++;
+      break;
+    }
+    if (a[0] != '-') break;
+    int is_n = !strcmp(a, "-n") || !strcmp(a, "--np");
+    int is_t = !strcmp(a, "--timeout");
+    if (is_n || is_t) {
+      if (i + 1 >= argc) {
+        fprintf(stderr, "parrun: %s needs a value\n", a);
+        return -1;
+      }
+      val = argv[++i];
+    } else if (!strncmp(a, "-n", 2) && a[2]) {
+      is_n = 1, val = a + 2;
+    } else if (!strncmp(a, "--timeout=", 10)) {
+      is_t = 1, val = a + 10;
+    } else {
+      fprintf(stderr, "parrun: unknown option '%s' (see parrun --help)\n", a);
+      return -1;
+    }
+    char *end;
+    if (is_n) {
+      long v = strtol(val, &end, 10);
+      if (end == val || *end || v < 1 || v > MAX_RANKS) {
+        fprintf(stderr, "parrun: -n '%s' is not a rank count in 1..%d\n", val, MAX_RANKS);
+        return -1;
+      }
+      *n = (int)v;
+    } else {
+      double v = strtod(val, &end);
+      if (end == val || *end || !(v > 0) || v > 1e9) {
+        fprintf(stderr, "parrun: --timeout '%s' is not a positive number of seconds\n", val);
+        return -1;
+      }
+      *timeout = v;
+    }
+  }
+  if (*n == 0) {
+    fprintf(stderr, "parrun: -n N is required (see parrun --help)\n");
+    return -1;
+  }
+  if (i >= argc) {
+    fprintf(stderr, "parrun: no program given (see parrun --help)\n");
+    return -1;
+  }
+  *prog_index = i;
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  int n, prog_index;
+  double timeout_s;
+  if (parse_args(argc, argv, &n, &timeout_s, &prog_index) != 0) return 2;
+  const char *prog = argv[prog_index];
+
+  int exec_err;
+  char *path = resolve_program(prog, &exec_err);
+  if (!path) {
+    fprintf(stderr, "parrun: cannot run %s: %s\n", prog, strerror(exec_err));
+    return 127;
+  }
+
+  char token[33], job_id[9];
+  if (random_hex(token, 16) != 0 || random_hex(job_id, 4) != 0) {
+    fprintf(stderr, "parrun: cannot read /dev/urandom: %s\n", strerror(errno));
+    return 1;
+  }
+
+  /* The store thread must never take our signals: block them while it is created (it
+   * inherits the mask), then route them to the self-pipe. */
+  sigset_t handled, old;
+  sigemptyset(&handled);
+  int sigs[] = {SIGCHLD, SIGINT, SIGTERM, SIGHUP};
+  for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++) sigaddset(&handled, sigs[i]);
+  sigprocmask(SIG_BLOCK, &handled, &old);
+  par__store_server *srv = NULL;
+  int port = 0;
+  if (par__store_server_start("127.0.0.1", 0, token, &srv, &port) != PAR_OK) {
+    fprintf(stderr, "parrun: cannot start the rendezvous store: %s\n", par__error_detail());
+    return 1;
+  }
+  if (pipe2(sig_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
+    fprintf(stderr, "parrun: pipe: %s\n", strerror(errno));
+    return 1;
+  }
+  struct sigaction sa = {.sa_handler = on_signal, .sa_flags = SA_RESTART | SA_NOCLDSTOP};
+  sigemptyset(&sa.sa_mask);
+  for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++) sigaction(sigs[i], &sa, NULL);
+  signal(SIGPIPE, SIG_IGN); /* a closed stdout must not kill the launcher mid-job */
+  sigprocmask(SIG_SETMASK, &old, NULL);
+
+  job j = {.n = n, .state = RUNNING, .kill_at = INFINITY, .drain_until = INFINITY};
+  j.ranks = calloc((size_t)n, sizeof *j.ranks);
+  int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (!j.ranks || devnull < 0) {
+    fprintf(stderr, "parrun: out of memory or no /dev/null\n");
+    return 1;
+  }
+  /* A rank reading a terminal from a background process group would be stopped (SIGTTIN):
+   * rank 0 gets stdin only when it is a pipe or file. */
+  int stdin_ok = !isatty(0);
+  int width = snprintf(NULL, 0, "%d", n - 1);
+  j.t0 = par__now();
+
+  int launch_failed = 0;
+  for (int r = 0; r < n; r++) {
+    int op[2] = {-1, -1}, ep[2] = {-1, -1};
+    size_t owned_from = 0;
+    char **env = build_env(r, n, port, token, job_id, &owned_from);
+    if (!env || pipe2(op, O_CLOEXEC) != 0 || pipe2(ep, O_CLOEXEC) != 0) {
+      fprintf(stderr, "parrun: cannot prepare rank %d: %s\n", r, strerror(errno));
+      for (int k = 0; k < 2; k++) {
+        if (op[k] >= 0) close(op[k]);
+        if (ep[k] >= 0) close(ep[k]);
+      }
+      free_env(env, owned_from);
+      launch_failed = 1;
+      j.exit_code = 1;
+      break;
+    }
+    pid_t pid = spawn_rank(j.pgid, path, argv + prog_index, env, devnull, r == 0 && stdin_ok,
+                           op, ep, &exec_err);
+    close(op[1]);
+    close(ep[1]);
+    free_env(env, owned_from);
+    if (pid < 0) {
+      close(op[0]);
+      close(ep[0]);
+      if (exec_err)
+        fprintf(stderr, "parrun: cannot run %s: %s\n", prog, strerror(exec_err));
+      launch_failed = 1;
+      j.exit_code = 127;
+      break;
+    }
+    if (j.pgid == 0) j.pgid = pid;
+    fcntl(op[0], F_SETFL, O_NONBLOCK);
+    fcntl(ep[0], F_SETFL, O_NONBLOCK);
+    j.ranks[r].pid = pid;
+    pr_stream_init(&j.ranks[r].out, op[0], 1, r, width);
+    pr_stream_init(&j.ranks[r].err, ep[0], 2, r, width);
+    j.alive++;
+  }
+  free(path);
+  close(devnull);
+  for (int r = launch_failed ? 0 : n; r < n; r++)
+    if (!j.ranks[r].pid) j.ranks[r].done = 1, j.ranks[r].out.fd = j.ranks[r].err.fd = -1;
+  if (launch_failed) {
+    j.state = STOPPING;
+    stop_job(&j, SIGTERM);
+  }
+
+  double deadline = timeout_s > 0 ? j.t0 + timeout_s : INFINITY;
+  struct pollfd *pf = calloc((size_t)(2 * n + 1), sizeof *pf);
+  if (!pf) {
+    stop_job(&j, SIGKILL);
+    return 1;
+  }
+  for (;;) {
+    int open_streams = 0;
+    pf[0] = (struct pollfd){.fd = sig_pipe[0], .events = POLLIN};
+    for (int r = 0; r < n; r++) {
+      pf[1 + 2 * r] = (struct pollfd){.fd = j.ranks[r].out.fd, .events = POLLIN};
+      pf[2 + 2 * r] = (struct pollfd){.fd = j.ranks[r].err.fd, .events = POLLIN};
+      open_streams += (j.ranks[r].out.fd >= 0) + (j.ranks[r].err.fd >= 0);
+    }
+    if (j.alive == 0 && open_streams == 0) break;
+    double now = par__now();
+    if (j.alive == 0 && j.drain_until == INFINITY) j.drain_until = now + DRAIN_S;
+    if (now >= j.drain_until) {
+      /* Something the ranks started still holds their output open: end it. */
+      if (j.pgid > 0) kill(-j.pgid, SIGKILL);
+      for (int r = 0; r < n; r++) {
+        pr_stream_read(&j.ranks[r].out);
+        pr_stream_read(&j.ranks[r].err);
+        pr_stream_close(&j.ranks[r].out);
+        pr_stream_close(&j.ranks[r].err);
+      }
+      break;
+    }
+    if (j.state == RUNNING && now >= deadline) {
+      fprintf(stderr, "parrun: job timed out after %g s; stopping all %d rank%s\n", timeout_s,
+              j.alive, j.alive == 1 ? "" : "s");
+      j.state = STOPPING;
+      j.exit_code = 124;
+      stop_job(&j, SIGTERM);
+    }
+    if (now >= j.kill_at) {
+      stop_job(&j, SIGKILL);
+      j.kill_at = INFINITY;
+    }
+    double next = j.drain_until;
+    if (j.state == RUNNING && deadline < next) next = deadline;
+    if (j.kill_at < next) next = j.kill_at;
+    int wait_ms = next == INFINITY ? -1 : (int)fmin(ceil((next - now) * 1000.0), 3.6e6);
+    int rc = poll(pf, (nfds_t)(2 * n + 1), wait_ms);
+    if (rc < 0 && errno != EINTR) {
+      fprintf(stderr, "parrun: poll: %s\n", strerror(errno));
+      stop_job(&j, SIGKILL);
+      j.exit_code = 1;
+      break;
+    }
+    if (rc <= 0) continue;
+    if (pf[0].revents & POLLIN) {
+      unsigned char sigbuf[64];
+      ssize_t got;
+      int chld = 0;
+      while ((got = read(sig_pipe[0], sigbuf, sizeof sigbuf)) > 0)
+        for (ssize_t k = 0; k < got; k++) {
+          if (sigbuf[k] == SIGCHLD) {
+            chld = 1;
+            continue;
+          }
+          char name[32];
+          if (j.state == RUNNING) {
+            fprintf(stderr, "parrun: got %s; forwarding it to all ranks\n",
+                    sig_name(sigbuf[k], name, sizeof name));
+            j.state = STOPPING;
+            j.exit_code = 128 + sigbuf[k];
+          }
+          stop_job(&j, sigbuf[k]);
+        }
+      if (chld) reap(&j);
+    }
+    for (int r = 0; r < n; r++) {
+      if (pf[1 + 2 * r].revents) pr_stream_read(&j.ranks[r].out);
+      if (pf[2 + 2 * r].revents) pr_stream_read(&j.ranks[r].err);
+    }
+  }
+
+  /* Ranks still running here (only after a poll failure) are killed and collected. */
+  for (int r = 0; r < n; r++)
+    if (!j.ranks[r].done && j.ranks[r].pid > 0) {
+      kill(j.ranks[r].pid, SIGKILL);
+      waitpid(j.ranks[r].pid, NULL, 0);
+    }
+  par__store_server_stop(srv);
+  remove_job_shm(job_id);
+  free(pf);
+  free(j.ranks);
+  return j.exit_code;
+}
