@@ -121,8 +121,6 @@ static int add_coll(const char *item, void *ctx) {
     o->colls[o->ncolls++] = c;
     return 0;
   }
-  fprintf(stderr, "parbench: unknown op '%s' (allreduce, allgather, reduce_scatter, "
-                  "broadcast, reduce, alltoall, sendrecv, all)\n", item);
   return -1;
 }
 
@@ -134,11 +132,7 @@ static int add_dtype(const char *item, void *ctx) {
     return 0;
   }
   par_dtype dt;
-  if (par_dtype_parse(item, &dt) != PAR_OK) {
-    fprintf(stderr, "parbench: unknown dtype '%s' (f32, f64, f16, bf16, i8, u8, i32, i64, "
-                    "all)\n", item);
-    return -1;
-  }
+  if (par_dtype_parse(item, &dt) != PAR_OK) return -1;
   for (int i = 0; i < o->ndtypes; i++)
     if (o->dtypes[i] == dt) return 0;
   o->dtypes[o->ndtypes++] = dt;
@@ -153,11 +147,7 @@ static int add_redop(const char *item, void *ctx) {
     return 0;
   }
   par_op op;
-  if (par_op_parse(item, &op) != PAR_OK) {
-    fprintf(stderr, "parbench: unknown reduction op '%s' (sum, prod, min, max, avg, all)\n",
-            item);
-    return -1;
-  }
+  if (par_op_parse(item, &op) != PAR_OK) return -1;
   for (int i = 0; i < o->nredops; i++)
     if (o->redops[i] == op) return 0;
   o->redops[o->nredops++] = op;
@@ -214,6 +204,12 @@ static const struct option long_opts[] = {
     {NULL, 0, NULL, 0},
 };
 
+#define OP_CHOICES                                                                             \
+  "a comma list of allreduce, allgather, reduce_scatter, broadcast, reduce, alltoall, "         \
+  "sendrecv, or all"
+#define DTYPE_CHOICES "a comma list of f32, f64, f16, bf16, i8, u8, i32, i64, or all"
+#define REDOP_CHOICES "a comma list of sum, prod, min, max, avg, or all"
+
 static int bad(const char *opt, const char *val, const char *want) {
   fprintf(stderr, "parbench: invalid value '%s' for %s: %s\n", val, opt, want);
   return 2;
@@ -233,13 +229,13 @@ int bench_parse_args(int argc, char **argv, bench_opts *o) {
     const char *name = argv[optind - 1];
     switch (c) {
     case OPT_OP:
-      if (parse_list(optarg, add_coll, o) != 0) return bad("--op", optarg, "a list of ops");
+      if (parse_list(optarg, add_coll, o) != 0) return bad("--op", optarg, OP_CHOICES);
       break;
     case OPT_DTYPE:
-      if (parse_list(optarg, add_dtype, o) != 0) return bad("--dtype", optarg, "a dtype list");
+      if (parse_list(optarg, add_dtype, o) != 0) return bad("--dtype", optarg, DTYPE_CHOICES);
       break;
     case OPT_REDOP:
-      if (parse_list(optarg, add_redop, o) != 0) return bad("--redop", optarg, "an op list");
+      if (parse_list(optarg, add_redop, o) != 0) return bad("--redop", optarg, REDOP_CHOICES);
       break;
     case OPT_MIN:
       if (bench_parse_size(optarg, &o->min_bytes) != 0 || o->min_bytes == 0)
