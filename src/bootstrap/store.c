@@ -181,10 +181,10 @@ static par_status handshake(int fd, const char *addr, const char *token, double 
   int rc = read_full(fd, hello, sizeof hello, deadline);
   PAR_RETURN_ERROR_IF(rc, PAR_ERR_BOOTSTRAP, "store %s: no greeting from the server: %s", addr,
                       io_why(rc));
-  PAR_RETURN_ERROR_IF(memcmp(hello, PAR__STORE_MAGIC, PAR__STORE_MAGIC_LEN) != 0,
-                      PAR_ERR_PROTOCOL, "store %s: the server is not a par store", addr);
-  PAR_RETURN_ERROR_IF(par__store_mac(token, hello + PAR__STORE_MAGIC_LEN, mac) != 0,
-                      PAR_ERR_SYSTEM, "store %s: HMAC-SHA256 failed", addr);
+  PAR_RETURN_ERROR_IF(memcmp(hello, PAR__STORE_MAGIC, PAR__STORE_MAGIC_LEN) != 0, PAR_ERR_PROTOCOL,
+                      "store %s: the server is not a par store", addr);
+  PAR_RETURN_ERROR_IF(par__store_mac(token, hello + PAR__STORE_MAGIC_LEN, mac) != 0, PAR_ERR_SYSTEM,
+                      "store %s: HMAC-SHA256 failed", addr);
   rc = write_full(fd, mac, sizeof mac, deadline);
   PAR_RETURN_ERROR_IF(rc, PAR_ERR_BOOTSTRAP, "store %s: cannot send the token proof: %s", addr,
                       io_why(rc));
@@ -208,8 +208,7 @@ par_status par__store_connect(const char *host, int port, const char *token, dou
                               par__store **out) {
   PAR_RETURN_ERROR_IF(!out || !host, PAR_ERR_NULL, "store: connect: NULL argument");
   *out = NULL;
-  PAR_RETURN_ERROR_IF(port <= 0 || port > 65535, PAR_ERR_INVALID, "store: invalid port %d",
-                      port);
+  PAR_RETURN_ERROR_IF(port <= 0 || port > 65535, PAR_ERR_INVALID, "store: invalid port %d", port);
   if (timeout_s <= 0) timeout_s = par__env_get()->timeout_s;
   par__store *s = calloc(1, sizeof *s);
   PAR_RETURN_ERROR_IF(!s, PAR_ERR_NOMEM, "store: out of memory");
@@ -271,10 +270,14 @@ void par__store_close(par__store *s) {
 
 static const char *op_name(uint8_t op) {
   switch (op) {
-  case PAR__STORE_SET: return "SET";
-  case PAR__STORE_GET: return "GET";
-  case PAR__STORE_ADD: return "ADD";
-  default: return "DEL";
+    case PAR__STORE_SET:
+      return "SET";
+    case PAR__STORE_GET:
+      return "GET";
+    case PAR__STORE_ADD:
+      return "ADD";
+    default:
+      return "DEL";
   }
 }
 
@@ -309,8 +312,8 @@ static par_status roundtrip(par__store *s, uint8_t op, const char *key, const vo
     return par__error(st, "store %s: %s '%.100s' failed: %s", s->addr, op_name(op), key, why);
   }
   if (*status == PAR__STORE_ERROR) {
-    par_status st = par__error(PAR_ERR_BOOTSTRAP, "store %s: %s '%.100s': %s", s->addr,
-                               op_name(op), key, (const char *)*payload);
+    par_status st = par__error(PAR_ERR_BOOTSTRAP, "store %s: %s '%.100s': %s", s->addr, op_name(op),
+                               key, (const char *)*payload);
     free(*payload);
     *payload = NULL;
     return st;
@@ -322,8 +325,7 @@ static par_status check_key(const char *key) {
   PAR_RETURN_ERROR_IF(!key, PAR_ERR_NULL, "store: key is NULL");
   size_t klen = strlen(key);
   PAR_RETURN_ERROR_IF(klen > PAR__STORE_MAX_KEY, PAR_ERR_INVALID,
-                      "store: key of %zu bytes exceeds the limit of %u", klen,
-                      PAR__STORE_MAX_KEY);
+                      "store: key of %zu bytes exceeds the limit of %u", klen, PAR__STORE_MAX_KEY);
   return PAR_OK;
 }
 
@@ -388,8 +390,8 @@ par_status par__store_add(par__store *s, const char *key, int64_t delta, int64_t
   uint8_t arg[8], status, *payload = NULL;
   uint32_t plen = 0;
   par__put_u64(arg, (uint64_t)delta);
-  PAR_FORWARD_IF_ERROR(request(s, PAR__STORE_ADD, key, arg, 8, 0, op_deadline(), &status,
-                               &payload, &plen));
+  PAR_FORWARD_IF_ERROR(
+      request(s, PAR__STORE_ADD, key, arg, 8, 0, op_deadline(), &status, &payload, &plen));
   par_status st = PAR_OK;
   if (plen != 8)
     st = par__error(PAR_ERR_PROTOCOL, "store %s: ADD '%.100s' answered %" PRIu32 " bytes", s->addr,

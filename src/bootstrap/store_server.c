@@ -327,37 +327,37 @@ static void conn_process(par__store_server *srv, conn *c) {
     if (c->in_len < need) return;
     const uint8_t *key = h + PAR__STORE_REQ_HDR, *val = key + klen;
     switch (h[0]) {
-    case PAR__STORE_SET: {
-      entry *e = table_set(&srv->tab, key, klen, val, vlen);
-      if (!e) {
-        conn_reply_error(c, "store: server out of memory");
+      case PAR__STORE_SET: {
+        entry *e = table_set(&srv->tab, key, klen, val, vlen);
+        if (!e) {
+          conn_reply_error(c, "store: server out of memory");
+          break;
+        }
+        conn_reply(c, PAR__STORE_OK, NULL, 0);
+        wake_waiters(srv, e);
         break;
       }
-      conn_reply(c, PAR__STORE_OK, NULL, 0);
-      wake_waiters(srv, e);
-      break;
-    }
-    case PAR__STORE_GET: {
-      entry *e = table_find(&srv->tab, key, klen);
-      if (e) {
-        conn_reply(c, PAR__STORE_OK, e->val, e->vlen);
-      } else if (arg == 0) {
-        conn_reply(c, PAR__STORE_NOT_FOUND, NULL, 0);
-      } else {
-        /* Keep the request buffered: wake_waiters matches against its key. */
-        c->state = C_WAIT;
-        c->deadline = par__now() + arg / 1000.0;
-        return;
+      case PAR__STORE_GET: {
+        entry *e = table_find(&srv->tab, key, klen);
+        if (e) {
+          conn_reply(c, PAR__STORE_OK, e->val, e->vlen);
+        } else if (arg == 0) {
+          conn_reply(c, PAR__STORE_NOT_FOUND, NULL, 0);
+        } else {
+          /* Keep the request buffered: wake_waiters matches against its key. */
+          c->state = C_WAIT;
+          c->deadline = par__now() + arg / 1000.0;
+          return;
+        }
+        break;
       }
-      break;
-    }
-    case PAR__STORE_ADD:
-      do_add(srv, c, key, klen, val);
-      break;
-    case PAR__STORE_DEL:
-      table_del(&srv->tab, key, klen);
-      conn_reply(c, PAR__STORE_OK, NULL, 0);
-      break;
+      case PAR__STORE_ADD:
+        do_add(srv, c, key, klen, val);
+        break;
+      case PAR__STORE_DEL:
+        table_del(&srv->tab, key, klen);
+        conn_reply(c, PAR__STORE_OK, NULL, 0);
+        break;
     }
     conn_consume(c, need);
   }

@@ -53,10 +53,8 @@ static par_status parse_int(const char *name, const char *v, int min_value, int 
   char *end;
   errno = 0;
   long x = strtol(v, &end, 10);
-  PAR_RETURN_ERROR_IF(end == v || *end != '\0' || errno == ERANGE || x < min_value ||
-                          x > INT_MAX,
-                      PAR_ERR_BOOTSTRAP, "%s='%.60s' is not an integer >= %d", name, v,
-                      min_value);
+  PAR_RETURN_ERROR_IF(end == v || *end != '\0' || errno == ERANGE || x < min_value || x > INT_MAX,
+                      PAR_ERR_BOOTSTRAP, "%s='%.60s' is not an integer >= %d", name, v, min_value);
   *out = (int)x;
   return PAR_OK;
 }
@@ -116,8 +114,10 @@ static par_status slurm_local_size(getenv_fn_t get, int *out, const char **which
       return PAR_OK;
     }
     index += (int)repeat;
-    if (*p == ',') p++;
-    else if (*p) return PAR_OK;
+    if (*p == ',')
+      p++;
+    else if (*p)
+      return PAR_OK;
   }
   return PAR_OK;
 }
@@ -142,8 +142,8 @@ static par_status parse_addr(const char *what, const char *addr, par__whoami *wh
                       "%s='%.100s': the host part is empty or too long", what, addr);
   int port;
   if (parse_int(what, colon + 1, 1, &port) < 0 || port > 65535)
-    return par__error(PAR_ERR_BOOTSTRAP, "%s='%.100s': the port is not a number in 1..65535",
-                      what, addr);
+    return par__error(PAR_ERR_BOOTSTRAP, "%s='%.100s': the port is not a number in 1..65535", what,
+                      addr);
   memcpy(who->store_host, host, hlen);
   who->store_host[hlen] = '\0';
   who->store_port = port;
@@ -161,8 +161,8 @@ static par_status from_environment(getenv_fn_t get, par__whoami *who) {
     PAR_FORWARD_IF_ERROR(env_int(get, src->size, 1, &size));
     PAR_RETURN_ERROR_IF(size < 0, PAR_ERR_BOOTSTRAP, "%s is set but %s is not", src->rank,
                         src->size);
-    PAR_RETURN_ERROR_IF(rank >= size, PAR_ERR_BOOTSTRAP, "%s=%d is not less than %s=%d",
-                        src->rank, rank, src->size, size);
+    PAR_RETURN_ERROR_IF(rank >= size, PAR_ERR_BOOTSTRAP, "%s=%d is not less than %s=%d", src->rank,
+                        rank, src->size, size);
     PAR_FORWARD_IF_ERROR(env_int_any(get, src->local_rank, 0, &lrank, &lrank_var));
     if (src->local_size[0])
       PAR_FORWARD_IF_ERROR(env_int_any(get, src->local_size, 1, &lsize, &lsize_var));

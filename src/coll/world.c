@@ -120,18 +120,17 @@ par_status par_world_create(const par_world_options *opts, par_world **out) {
 void par_world_destroy(par_world *w) {
   if (!w) return;
   if (w->world_group) par__group_free(w->world_group);
-  if (w->store && w->server) {
-    /* Rank 0 hosts the store: keep it up until every rank has said goodbye. */
+  if (w->store) {
+    /* Rank 0 may host the store: it keeps it up until every rank has said goodbye. The rank
+     * that completes the count says so under a key rank 0 waits on. */
     int64_t v = 0;
-    par__store_add(w->store, "par/bye", 1, &v);
-    double end = par__now() + 10.0;
-    while (v < w->size && par__now() < end) {
-      usleep(2000);
-      if (par__store_add(w->store, "par/bye", 0, &v) < 0) break;
+    if (par__store_add(w->store, "par/bye", 1, &v) >= 0 && v == w->size)
+      par__store_set(w->store, "par/bye/done", "1", 1);
+    if (w->server) {
+      char buf[4];
+      size_t len;
+      par__store_get(w->store, "par/bye/done", buf, sizeof buf, &len, 10.0);
     }
-  } else if (w->store) {
-    int64_t v;
-    par__store_add(w->store, "par/bye", 1, &v);
   }
   par__store_close(w->store);
   par__store_server_stop(w->server);

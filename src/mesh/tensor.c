@@ -277,7 +277,7 @@ par_status par_tensor_split(const par_group *group, const DLTensor *in, int dim,
   PAR_FORWARD_IF_ERROR(check_tensor(in, fn, "in", &t));
   PAR_RETURN_ERROR_IF(!out || !shape || !strides, PAR_ERR_NULL,
                       "%s: out, shape and strides must not be NULL", fn);
-  int d;
+  int d = 0;
   PAR_FORWARD_IF_ERROR(normalise_dim(&t, dim, fn, &d));
   int n = par_group_size(group), idx = par_group_index(group);
   PAR_RETURN_ERROR_IF(t.shape[d] % n != 0, PAR_ERR_COUNT,
@@ -345,7 +345,7 @@ static par_status gather_plan(par_group *g, const DLTensor *in_t, int dim, const
   PAR_FORWARD_IF_ERROR(check_tensor(in_t, fn, "in", &in));
   PAR_FORWARD_IF_ERROR(check_tensor(out_t, fn, "out", &out));
   PAR_FORWARD_IF_ERROR(check_writable(&out, fn, "out"));
-  int d;
+  int d = 0;
   PAR_FORWARD_IF_ERROR(normalise_dim(&in, dim, fn, &d));
   PAR_RETURN_ERROR_IF(in.dl.code != out.dl.code || in.dl.bits != out.dl.bits ||
                           in.dl.lanes != out.dl.lanes,

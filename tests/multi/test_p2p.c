@@ -19,27 +19,36 @@
 static par_group *world;
 static uint32_t salt = 7000;
 
-/* Every member sends to index+1 (and, if both, to index-1 as well) and receives from the
- * other side, all async, then checks what arrived. Needs size >= 2. */
-static void ring(par_group *g, par_dtype dt, size_t count, int both, size_t misalign) {
+#define RING_BOTH 1       /* also send to index-1 and receive from index+1 */
+#define RING_SEND_FIRST 2 /* post the sends before the recvs */
+
+/* Every member sends to index+1 (and, with RING_BOTH, to index-1 as well) and receives from
+ * the other side, all async, then checks what arrived. Needs size >= 2. With 2 members both
+ * directions go to the same peer. */
+static void ring(par_group *g, par_dtype dt, size_t count, int flags, size_t misalign) {
+  int both = flags & RING_BOTH, send_first = flags & RING_SEND_FIRST;
   int n = par_group_size(g), idx = par_group_index(g);
   int next = (idx + 1) % n, prev = (idx + n - 1) % n;
   size_t es = par_dtype_size(dt);
   uint32_t s = salt;
   salt += 2;
-  h_context("ring on '%s' (n=%d, index %d -> %d) %s count=%zu%s", par_group_name(g), n, idx, next,
-            par_dtype_name(dt), count, both ? " both directions" : "");
+  h_context("ring on '%s' (n=%d, index %d -> %d) %s count=%zu%s, %s posted first", par_group_name(g),
+            n, idx, next, par_dtype_name(dt), count, both ? " both directions" : "",
+            send_first ? "sends" : "recvs");
   int me = par_group_global_rank(g, idx);
   void *sf = h_alloc(count * es, misalign), *rf = h_alloc(count * es, misalign);
   void *sb = both ? h_alloc(count * es, 0) : NULL, *rb = both ? h_alloc(count * es, 0) : NULL;
   h_fill(sf, count, dt, H_GEN_BITS, me, 0, s);
   if (both) h_fill(sb, count, dt, H_GEN_BITS, me, 0, s + 1);
   par_work *w[4] = {NULL, NULL, NULL, NULL};
-  CHECK(g, par_recv_async(g, rf, count, dt, prev, &w[0]));
-  CHECK(g, par_send_async(g, sf, count, dt, next, &w[1]));
-  if (both) {
-    CHECK(g, par_send_async(g, sb, count, dt, prev, &w[2]));
-    CHECK(g, par_recv_async(g, rb, count, dt, next, &w[3]));
+  for (int pass = 0; pass < 2; pass++) {
+    if ((pass == 0) == (send_first != 0)) {
+      CHECK(g, par_send_async(g, sf, count, dt, next, &w[1]));
+      if (both) CHECK(g, par_send_async(g, sb, count, dt, prev, &w[2]));
+    } else {
+      CHECK(g, par_recv_async(g, rf, count, dt, prev, &w[0]));
+      if (both) CHECK(g, par_recv_async(g, rb, count, dt, next, &w[3]));
+    }
   }
   for (int i = 0; i < 4; i++)
     if (w[i]) {
@@ -68,11 +77,12 @@ static void test_rings(void) {
   static const size_t counts[] = {0, 1, 7, 1000, 4099};
   for (int dt = 0; dt < PAR_DTYPE_COUNT; dt++)
     for (size_t c = 0; c < sizeof counts / sizeof counts[0]; c++)
-      ring(world, (par_dtype)dt, counts[c], (int)(c + (size_t)dt) & 1, c == 2 ? par_dtype_size((par_dtype)dt) : 0);
-  /* Several MiB, larger than any ring or chunk a backend keeps; odd sizes. */
+      ring(world, (par_dtype)dt, counts[c], (int)(c + (size_t)dt) & 3, c == 2 ? par_dtype_size((par_dtype)dt) : 0);
+  /* Several MiB, larger than any ring or chunk a backend keeps; odd sizes; every posting order. */
+  ring(world, PAR_U8, (5u << 20) + 3, RING_SEND_FIRST, 1);
   ring(world, PAR_U8, (5u << 20) + 3, 0, 1);
-  ring(world, PAR_F32, (2u << 20) + 1, 1, 0); /* 8 MiB each way */
-  ring(world, PAR_BF16, (3u << 20) + 5, 1, 2);
+  ring(world, PAR_F32, (2u << 20) + 1, RING_BOTH | RING_SEND_FIRST, 0); /* 8 MiB each way */
+  ring(world, PAR_BF16, (3u << 20) + 5, RING_BOTH, 2);
 }
 
 /* Pairs (0,1), (2,3), ...: blocking send on one side, blocking recv on the other; with
@@ -179,8 +189,8 @@ static void test_groups(void) {
   for (int i = 0; i < h_size; i++) rev[i] = h_size - 1 - i;
   par_group *g1 = h_group_create(rev, h_size, "rev-1");
   par_group *g2 = h_group_create(rev, h_size, "rev-2");
-  ring(g1, PAR_I32, 1000, 1, 0);
-  ring(g2, PAR_F16, 77, 0, 0);
+  ring(g1, PAR_I32, 1000, RING_BOTH, 0);
+  ring(g2, PAR_F16, 77, RING_SEND_FIRST, 0);
 
   int n = h_size, idx = par_group_index(g1);
   int next = (idx + 1) % n, prev = (idx + n - 1) % n;
@@ -254,7 +264,15 @@ static void test_count_mismatch(void) {
       } else {
         CHECK(g, par_recv_async(g, buf, recv_counts[k], PAR_I32, 0, &w));
         EXPECT_STATUS(PAR_ERR_COUNT, par_work_wait(w, -1.0));
-        EXPECT_MSG(par_work_error(w), want_recv, want_send);
+        /* The detail must give both sizes, as element counts or as bytes. */
+        const char *m = par_work_error(w);
+        char bytes_recv[32], bytes_send[32];
+        snprintf(bytes_recv, sizeof bytes_recv, "%zu", recv_counts[k] * 4);
+        snprintf(bytes_send, sizeof bytes_send, "%d", 40);
+        EXPECT_TRUE(m && ((strstr(m, want_recv) && strstr(m, want_send)) ||
+                          (strstr(m, bytes_recv) && strstr(m, bytes_send))),
+                    "the mismatch detail names both sizes (%s and %s elements, or %s and %s bytes), got \"%s\"",
+                    want_recv, want_send, bytes_recv, bytes_send, m ? m : "(null)");
         EXPECT_TRUE(h_now() - t0 < 8.0, "the mismatch is reported within seconds, took %.1f s", h_now() - t0);
       }
       par_work_free(w);
@@ -263,7 +281,7 @@ static void test_count_mismatch(void) {
   }
   h_context("world ring after the mismatch groups");
   CHECK(world, par_barrier(world));
-  if (h_size >= 2) ring(world, PAR_F64, 100, 1, 0);
+  if (h_size >= 2) ring(world, PAR_F64, 100, RING_BOTH, 0);
 }
 
 int main(void) {

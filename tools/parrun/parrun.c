@@ -134,9 +134,9 @@ static char *resolve_program(const char *prog, int *err) {
   return NULL;
 }
 
-static const char *const job_vars[] = {"RANK",           "WORLD_SIZE",  "LOCAL_RANK",
-                                       "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-                                       "PAR_STORE_ADDR", "PAR_TOKEN",   "PAR_JOB_ID"};
+static const char *const job_vars[] = {
+    "RANK",        "WORLD_SIZE",     "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+    "MASTER_PORT", "PAR_STORE_ADDR", "PAR_TOKEN",  "PAR_JOB_ID"};
 #define NJOB_VARS (sizeof job_vars / sizeof job_vars[0])
 
 /* Builds one rank's environment: parrun's own, minus any stale job variables, plus this
@@ -204,23 +204,23 @@ static void remove_job_shm(const char *job_id) {
 /* Launching                                                                                */
 /* ---------------------------------------------------------------------------------------- */
 
-/* Forks one rank. Returns its pid; on failure to exec returns -1 with *exec_err set (the
- * child reports its errno through a close-on-exec pipe, which reads EOF once exec worked). */
-static pid_t spawn_rank(pid_t pgid, const char *path, char **argv, char **env,
-                        int devnull, int give_stdin, int out_fd[2], int err_fd[2],
-                        int *exec_err) {
+/* Forks one rank. Returns its pid; -1 with *exec_err set when PROGRAM could not be exec'd
+ * (the child reports its errno through a close-on-exec pipe, which reads EOF once exec
+ * worked); -2 with *exec_err set when no process could be made. */
+static pid_t spawn_rank(pid_t pgid, const char *path, char **argv, char **env, int devnull,
+                        int give_stdin, int out_fd[2], int err_fd[2], int *exec_err) {
   int ep[2];
   *exec_err = 0;
   if (pipe2(ep, O_CLOEXEC) != 0) {
     *exec_err = errno;
-    return -1;
+    return -2;
   }
   pid_t pid = fork();
   if (pid < 0) {
     *exec_err = errno;
     close(ep[0]);
     close(ep[1]);
-    return -1;
+    return -2;
   }
   if (pid == 0) {
     /* Child: async-signal-safe calls only. */
@@ -269,7 +269,7 @@ typedef struct job {
   job_state state;
   int exit_code;
   int alive;
-  double kill_at;    /* SIGKILL the group then (INFINITY: not scheduled) */
+  double kill_at;     /* SIGKILL the group then (INFINITY: not scheduled) */
   double drain_until; /* stop waiting for pipes then */
 } job;
 
@@ -301,8 +301,8 @@ static void reap(job *j) {
                    sig_name(sig, name, sizeof name));
           j->exit_code = 128 + sig;
         }
-        fprintf(stderr, "parrun: rank %d (pid %d) failed first: %s after %.2f s", r, (int)pid,
-                how, par__now() - j->t0);
+        fprintf(stderr, "parrun: rank %d (pid %d) failed first: %s after %.2f s", r, (int)pid, how,
+                par__now() - j->t0);
         if (j->alive > 0)
           fprintf(stderr, "; stopping the other %d rank%s\n", j->alive, j->alive == 1 ? "" : "s");
         else
@@ -445,18 +445,20 @@ int main(int argc, char **argv) {
       j.exit_code = 1;
       break;
     }
-    pid_t pid = spawn_rank(j.pgid, path, argv + prog_index, env, devnull, r == 0 && stdin_ok,
-                           op, ep, &exec_err);
+    pid_t pid = spawn_rank(j.pgid, path, argv + prog_index, env, devnull, r == 0 && stdin_ok, op,
+                           ep, &exec_err);
     close(op[1]);
     close(ep[1]);
     free_env(env, owned_from);
     if (pid < 0) {
       close(op[0]);
       close(ep[0]);
-      if (exec_err)
+      if (pid == -1)
         fprintf(stderr, "parrun: cannot run %s: %s\n", prog, strerror(exec_err));
+      else
+        fprintf(stderr, "parrun: cannot start rank %d: %s\n", r, strerror(exec_err));
       launch_failed = 1;
-      j.exit_code = 127;
+      j.exit_code = pid == -1 ? 127 : 1;
       break;
     }
     if (j.pgid == 0) j.pgid = pid;

@@ -10,8 +10,8 @@
 /* One rank's stdout or stderr: a pipe read end whose lines are copied, each prefixed with
  * "[r] ", to parrun's own stdout or stderr. */
 typedef struct pr_stream {
-  int fd;         /* read end (non-blocking), -1 once closed */
-  int dest;       /* 1 or 2 */
+  int fd;   /* read end (non-blocking), -1 once closed */
+  int dest; /* 1 or 2 */
   char prefix[24];
   size_t prefix_len;
   char *buf; /* the unfinished last line */
