@@ -21,14 +21,14 @@
 
 #include "par.h"
 
-#define CHECK(call)                                                                            \
-  do {                                                                                         \
-    par_status check_s_ = (call);                                                              \
-    if (check_s_ != PAR_OK) {                                                                  \
-      fprintf(stderr, "%s:%d: %s failed: %s: %s\n", __FILE__, __LINE__, #call,                 \
-              par_status_name(check_s_), par_last_error());                                    \
-      exit(1);                                                                                 \
-    }                                                                                          \
+#define CHECK(call)                                                            \
+  do {                                                                         \
+    par_status check_s_ = (call);                                              \
+    if (check_s_ != PAR_OK) {                                                  \
+      fprintf(stderr, "%s:%d: %s failed: %s: %s\n", __FILE__, __LINE__, #call, \
+              par_status_name(check_s_), par_last_error());                    \
+      exit(1);                                                                 \
+    }                                                                          \
   } while (0)
 
 enum { BATCH = 4, HIDDEN = 12, OUT = 6 };
@@ -75,8 +75,10 @@ int main(int argc, char **argv) {
   opts.mp = size % 2 == 0 ? 2 : 1;
   opts.pp = size % (opts.mp * 2) == 0 ? 2 : 1;
   for (int i = 1; i + 1 < argc; i += 2) {
-    if (strcmp(argv[i], "--mp") == 0) opts.mp = atoi(argv[i + 1]);
-    else if (strcmp(argv[i], "--pp") == 0) opts.pp = atoi(argv[i + 1]);
+    if (strcmp(argv[i], "--mp") == 0)
+      opts.mp = atoi(argv[i + 1]);
+    else if (strcmp(argv[i], "--pp") == 0)
+      opts.pp = atoi(argv[i + 1]);
   }
 
   /* ---- The mesh ------------------------------------------------------------------------ */
@@ -132,11 +134,11 @@ int main(int argc, char **argv) {
   int32_t all_ok = ok;
   CHECK(par_allreduce(par_world_group(world), &all_ok, &all_ok, 1, PAR_I32, PAR_MIN));
   if (rank == 0) {
-    printf("column-parallel x·A: split A along dim -1 into %d parts, gathered [%d,%d]\n",
-           mp.size, BATCH, OUT);
+    printf("column-parallel x·A: split A along dim -1 into %d parts, gathered [%d,%d]\n", mp.size,
+           BATCH, OUT);
     printf("row-parallel x·B: split x along dim 1 and B along dim 0, reduced over mp\n");
-    printf("%s: both match the single-process result on all %d ranks\n",
-           all_ok ? "ok" : "MISMATCH", size);
+    printf("%s: both match the single-process result on all %d ranks\n", all_ok ? "ok" : "MISMATCH",
+           size);
   }
 
   free(y_part);

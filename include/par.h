@@ -371,8 +371,8 @@ par_status par_layout_init(par_layout *layout, int world, int ndims, const char 
  * a detail that names both numbers; sizes below 1 are PAR_ERR_INVALID. par_init_parallelism and
  * parlayout use this function, so they report the same messages.
  */
-par_status par_layout_init_parallel(par_layout *layout, int world, int mp, int pp,
-                                    char *warning, size_t cap);
+par_status par_layout_init_parallel(par_layout *layout, int world, int mp, int pp, char *warning,
+                                    size_t cap);
 
 /* The index of the dim called `name`, or -1 when there is none. */
 int par_layout_find(const par_layout *layout, const char *name);
@@ -408,10 +408,10 @@ typedef struct par_mesh par_mesh;
 
 /* A group of the mesh as seen by this rank. The pointers stay valid while the mesh lives. */
 typedef struct par_group_info {
-  par_group *group;  /* collectives and tensor ops go through it */
-  const int *ranks;  /* the members' global ranks, in index order */
-  int size;          /* number of members */
-  int index;         /* this rank's index in the group (its coordinate, for a one-dim group) */
+  par_group *group; /* collectives and tensor ops go through it */
+  const int *ranks; /* the members' global ranks, in index order */
+  int size;         /* number of members */
+  int index;        /* this rank's index in the group (its coordinate, for a one-dim group) */
 } par_group_info;
 
 /* Fills *out from any group. */
@@ -433,8 +433,9 @@ typedef struct par_mesh_options {
  * and dp groups (a rank creates only the groups it is in). opts may be NULL (mp = pp = 1).
  * The mp clamp is logged as a warning; on world rank 0 the configuration is logged at info
  * level (see par_mesh_describe). Collective over all ranks of the world, which must pass the
- * same options; blocks until the groups are formed. On error *out is NULL and the detail is in
- * par_last_error(). Thread-safe.
+ * same options: the ranks compare them first (one small all-reduce over the world) and a
+ * difference is PAR_ERR_MISMATCH on every rank. Blocks until the groups are formed. On error
+ * *out is NULL and the detail is in par_last_error(). Thread-safe.
  */
 par_status par_mesh_create(par_world *world, const par_mesh_options *opts, par_mesh **out);
 
@@ -470,11 +471,11 @@ par_status par_mesh_group(par_mesh *mesh, const char *dims, par_group_info *out)
  * Creates (or returns, if it already exists) the group over the dims `dims` that holds this
  * rank, e.g. "pp,mp" (the model group) or "dp,pp". opts may be NULL. Members are in mesh
  * order. Collective over the world when it creates: every rank makes the same calls in the
- * same order (each rank creates only its own group). Not thread-safe with other calls on the
- * mesh.
+ * same order (each rank creates only its own group). Call it from one thread at a time;
+ * par_mesh_group may run concurrently.
  */
-par_status par_mesh_group_create(par_mesh *mesh, const char *dims,
-                                 const par_group_options *opts, par_group_info *out);
+par_status par_mesh_group_create(par_mesh *mesh, const char *dims, const par_group_options *opts,
+                                 par_group_info *out);
 
 /*
  * Pipeline stages are the coordinates on the dim "pp" (a mesh without one has a single stage).
@@ -519,10 +520,10 @@ par_status par_dp_group_info(par_group_info *out);
 
 /* ---- Tensor ops on a group, on DLPack tensors ------------------------------------------ */
 /*
- * Tensors live in host memory (device kDLCPU, kDLCUDAHost or kDLROCMHost). Strides may be NULL
- * (compact row-major) or any non-negative values; negative strides are PAR_ERR_UNSUPPORTED.
- * A negative `dim` counts from the end (-1 is the last dim). Errors carry a detail in
- * par_last_error() (and, for ops that reach the group, par_group_last_error()).
+ * Tensors live in host memory (device kDLCPU, kDLCUDAHost or kDLROCMHost) and have up to 32
+ * dims. Strides may be NULL (compact row-major) or any non-negative values; negative strides
+ * are PAR_ERR_UNSUPPORTED. A negative `dim` counts from the end (-1 is the last dim). Errors
+ * carry a detail in par_last_error() and, when the group is not NULL, par_group_last_error().
  */
 
 /* The par dtype of a DLPack dtype: float 16/32/64, bfloat 16, int 8/32/64, uint 8, lanes 1.
@@ -543,17 +544,17 @@ par_status par_tensor_split(const par_group *group, const DLTensor *in, int dim,
 /*
  * All-gathers `in` from every member and concatenates the parts along `dim` in index order
  * into `out`, whose shape must be in's with dim multiplied by the group size (PAR_ERR_COUNT
- * otherwise) and whose dtype must equal in's (PAR_ERR_DTYPE). in and out may have any strides
- * (out must not overlap itself). in may be this rank's slice of out (as par_tensor_split
- * gives it): that gathers in place; otherwise in and out must not overlap. Collective over the
- * group; blocks until out holds the result.
+ * otherwise) and whose dtype must equal in's (PAR_ERR_DTYPE; any dtype of whole bytes, moved
+ * as it is). in and out may have any strides (out must not overlap itself). in may be this
+ * rank's slice of out (as par_tensor_split gives it): that gathers in place; otherwise in and
+ * out must not overlap. Collective over the group; blocks until out holds the result.
  */
 par_status par_tensor_gather(par_group *group, const DLTensor *in, int dim, DLTensor *out);
 /* The async form: out holds the result once the work has completed with PAR_OK. The memory of
  * in and out must stay valid and untouched until then; the descriptors themselves (the DLTensor
  * structs and their shape and strides arrays) need not outlive the call. */
-par_status par_tensor_gather_async(par_group *group, const DLTensor *in, int dim,
-                                   DLTensor *out, par_work **work);
+par_status par_tensor_gather_async(par_group *group, const DLTensor *in, int dim, DLTensor *out,
+                                   par_work **work);
 
 /*
  * All-reduces `t` in place with `op` over the group: afterwards every member's t holds the

@@ -31,6 +31,10 @@ float rng_uniform(uint64_t seed, uint64_t stream, uint64_t index) {
 /* Streams of the dataset, apart from the weight streams (small numbers, see model.c). */
 enum { STREAM_ARM = 1000001, STREAM_POS, STREAM_NOISE_X, STREAM_NOISE_Y };
 
+/* Standard deviation of the noise added to each coordinate: enough that the arms overlap a
+ * little near the centre, so the loss settles above zero instead of chasing it. */
+#define NOISE 0.08f
+
 /* Roughly normal noise with standard deviation 1: the sum of 4 uniforms, centred. */
 static float noise(uint64_t seed, uint64_t stream, uint64_t i) {
   float s = 0.0f;
@@ -47,8 +51,8 @@ void data_fill(uint64_t seed, int classes, uint64_t first, int n, float *x, int 
     float t = rng_uniform(seed, STREAM_POS, i);   /* position along the arm, 0..1 */
     float r = 0.15f + 0.85f * t;                  /* radius grows along the arm */
     float angle = two_pi * (float)arm / (float)classes + 3.5f * t; /* just over half a turn */
-    x[2 * j + 0] = r * cosf(angle) + 0.04f * noise(seed, STREAM_NOISE_X, i);
-    x[2 * j + 1] = r * sinf(angle) + 0.04f * noise(seed, STREAM_NOISE_Y, i);
+    x[2 * j + 0] = r * cosf(angle) + NOISE * noise(seed, STREAM_NOISE_X, i);
+    x[2 * j + 1] = r * sinf(angle) + NOISE * noise(seed, STREAM_NOISE_Y, i);
     labels[j] = arm;
   }
 }

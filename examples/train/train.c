@@ -68,17 +68,17 @@ static const char *usage_text =
     "  --schedule S        pipeline schedule: 1f1b or gpipe (default 1f1b)\n"
     "model and training:\n"
     "  --steps N           optimizer steps (default 300)\n"
-    "  --batch B           global batch, split over dp and micro-batches (default 64)\n"
+    "  --batch B           global batch, split over dp and micro-batches (default 128)\n"
     "  --width D           width of the residual stream (default 32)\n"
     "  --hidden H          hidden width of each block (default 128)\n"
     "  --blocks L          residual blocks (default 4)\n"
     "  --classes C         spiral arms to tell apart (default 4)\n"
     "  --optim O           sgd (with momentum) or adam (default sgd)\n"
-    "  --lr X              learning rate (default 0.05 for sgd, 0.003 for adam)\n"
+    "  --lr X              learning rate (default 0.08 for sgd, 0.003 for adam)\n"
     "  --momentum X        SGD momentum (default 0.9)\n"
     "  --seed S            seed of the weights and the data (default 1)\n"
     "output:\n"
-    "  --log-every N       log the loss every N steps (default 10)\n"
+    "  --log-every N       log the loss every N steps (default 25)\n"
     "  --plot FILE.svg     write the loss curve as SVG\n"
     "  --json              one {\"step\":N,\"loss\":X} line per logged step instead of progress\n"
     "testing:\n"
@@ -104,10 +104,10 @@ static float parse_float(const char *opt, const char *v) {
 }
 
 static void parse_options(int argc, char **argv, train_config *c) {
-  *c = (train_config){.mp = 1, .pp = 1, .steps = 300, .batch = 64, .micro_batches = 4,
+  *c = (train_config){.mp = 1, .pp = 1, .steps = 300, .batch = 128, .micro_batches = 4,
                       .width = 32, .hidden = 128, .blocks = 4, .classes = 4,
                       .optim = OPTIM_SGD, .lr = -1.0f, .momentum = 0.9f,
-                      .schedule = SCHEDULE_1F1B, .seed = 1, .log_every = 10, .die_rank = -1};
+                      .schedule = SCHEDULE_1F1B, .seed = 1, .log_every = 25, .die_rank = -1};
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -158,13 +158,25 @@ static void parse_options(int argc, char **argv, train_config *c) {
       train_die("unknown option '%s' (see train --help)", name);
     }
   }
-  if (c->lr < 0.0f) c->lr = c->optim == OPTIM_SGD ? 0.05f : 0.003f;
+  if (c->lr < 0.0f) c->lr = c->optim == OPTIM_SGD ? 0.08f : 0.003f;
 }
 
-/* Checks what the layout needs of the model. Every rank finds the same problems; rank 0
- * says what they are. */
-static void validate(const train_config *c, int mp, int pp, int dp, int rank) {
+/* A configuration error that every rank finds: rank 0 reports it and exits; the others wait
+ * for it to go (a barrier that fails once rank 0 has exited, or parrun stops them), so that
+ * the message is not lost when parrun stops the job at the first rank that exits. */
+static void config_error(par_world *world, const char *msg) {
+  if (par_world_rank(world) == 0) {
+    fprintf(stderr, "train: %s\n", msg);
+    exit(1);
+  }
+  par_barrier(par_world_group(world));
+  exit(1);
+}
+
+/* Checks what the layout needs of the model. */
+static void validate(const train_config *c, const train_par *p) {
   char msg[256] = "";
+  int mp = p->mp.size, pp = p->nstages, dp = p->dp.size;
   if (c->hidden % mp)
     snprintf(msg, sizeof msg, "--hidden %d is not divisible by mp %d", c->hidden, mp);
   else if (c->classes % mp)
@@ -175,9 +187,7 @@ static void validate(const train_config *c, int mp, int pp, int dp, int rank) {
   else if (c->batch % (dp * c->micro_batches))
     snprintf(msg, sizeof msg, "--batch %d is not divisible by dp %d x %d micro-batches",
              c->batch, dp, c->micro_batches);
-  if (!msg[0]) return;
-  if (rank == 0) fprintf(stderr, "train: %s\n", msg);
-  exit(1);
+  if (msg[0]) config_error(p->world, msg);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -196,10 +206,7 @@ static void par_setup(train_par *p, const train_config *cfg) {
   mo.mp = cfg->mp;
   mo.pp = cfg->pp;
   par_status st = par_mesh_create(p->world, &mo, &p->mesh);
-  if (st != PAR_OK) {
-    if (p->rank == 0) fprintf(stderr, "train: %s\n", par_last_error());
-    exit(1);
-  }
+  if (st != PAR_OK) config_error(p->world, par_last_error());
   CHECK(par_mesh_group(p->mesh, "mp", &p->mp));
   CHECK(par_mesh_group(p->mesh, "pp", &p->pp));
   CHECK(par_mesh_group(p->mesh, "dp", &p->dp));
@@ -231,7 +238,7 @@ int main(int argc, char **argv) {
 
   train_par par;
   par_setup(&par, &cfg);
-  validate(&cfg, par.mp.size, par.nstages, par.dp.size, par.rank);
+  validate(&cfg, &par);
   if (cfg.die_rank < 0) cfg.die_rank = par.size - 1;
 
   model m;

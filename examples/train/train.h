@@ -229,12 +229,14 @@ typedef struct optimizer {
   optim_kind kind;
   float lr, momentum, beta1, beta2, eps;
   int t;           /* steps taken */
+  int steps;       /* of the whole run: the learning rate decays over them */
   float *m1, *m2;  /* momentum / first moment; second moment (Adam) */
   size_t n;
 } optimizer;
 
 void optim_init(optimizer *o, const train_config *cfg, size_t nparams);
-/* Updates params from grads, elementwise, so a shard updates as the whole would. */
+/* Updates params from grads, elementwise, so a shard updates as the whole would. The
+ * learning rate of step t (from 1) is lr * (1 + cos(pi (t-1) / steps)) / 2. */
 void optim_step(optimizer *o, float *params, const float *grads);
 void optim_free(optimizer *o);
 

@@ -69,8 +69,10 @@ typedef struct par__env {
   int spin;                /* PAR_SPIN: spin iterations before sleeping; -1 = automatic */
 } par__env;
 
-/* The environment, parsed on first use. Thread-safe. */
+/* The environment, parsed on first use. Thread-safe. While it is being parsed, calls from the
+ * parsing thread (a parser that logs) get the defaults. */
 const par__env *par__env_get(void);
+int par__env_reading(void);
 
 /* ---------------------------------------------------------------------------------------- */
 /* Time                                                                                     */
@@ -93,6 +95,9 @@ double par__now(void);
  */
 void par__reduce(void *dst, const void *const *src, int nsrc, size_t count, par_dtype dt,
                  par_op op, int divisor);
+
+/* Tests only: 1 forces the portable (non-SIMD) kernels, 0 restores CPU dispatch. */
+void par__reduce_force_portable(int on);
 
 /* Scalar conversions used by the kernels and tests; round to nearest even. */
 float par__f16_to_f32(uint16_t h);

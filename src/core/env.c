@@ -24,7 +24,10 @@ static void warn_later(const char *name, const char *value) {
              "ignoring %s=%.60s: not a valid value", name, value);
 }
 
+static _Thread_local int reading; /* env_read's own calls (parsers log errors) see defaults */
+
 static void env_read(void) {
+  reading = 1;
   env.log_level = PAR_LOG_WARN;
   env.timeout_s = 300.0;
   env.backend = PAR_BACKEND_AUTO;
@@ -75,9 +78,14 @@ static void env_read(void) {
     else
       warn_later("PAR_SPIN", v);
   }
+  reading = 0;
 }
 
+int par__env_reading(void) { return reading; }
+
 const par__env *par__env_get(void) {
+  static const par__env defaults = {PAR_LOG_WARN, 300.0, PAR_BACKEND_AUTO, 0, 0, -1};
+  if (reading) return &defaults;
   pthread_once(&env_once, env_read);
   /* Logged after the once-block: par__log reads the level through this function. */
   static int warned;

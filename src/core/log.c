@@ -19,7 +19,7 @@ static par_log_level level_now(void) {
   int l = atomic_load_explicit(&log_level, memory_order_relaxed);
   if (l < 0) {
     l = (int)par__env_get()->log_level;
-    atomic_store(&log_level, l);
+    if (!par__env_reading()) atomic_store(&log_level, l);
   }
   return (par_log_level)l;
 }

@@ -13,8 +13,8 @@
  * accumulator, then the remaining sources are folded in up to three at a time, so every source
  * byte is read from memory once and the accumulator is written back once. Each step is a
  * plain loop over restrict pointers that GCC auto-vectorises; on x86-64 each type/op driver is
- * compiled twice (AVX2 and baseline) and picked at load time by target_clones. f16 is widened
- * block by block (with F16C where the CPU has it) and reduced by the f32 drivers.
+ * compiled twice (AVX2 and baseline) and picked per call by CPU. f16 is widened block by
+ * block (with F16C where the CPU has it) and reduced by the f32 drivers.
  *
  * Semantics worth knowing:
  *  - f16/bf16 are widened to f32, combined in f32 and rounded once when the block is stored.
@@ -36,12 +36,16 @@
 
 #include "core/core.h"
 
-/* F16C (x86-64 with GCC or Clang): hardware f16 conversions, used when the CPU has them. */
+/* Runtime CPU dispatch on x86-64 (GCC or Clang): every driver is compiled twice, for the
+ * baseline and with AVX2, and par__reduce picks one per call from __builtin_cpu_supports; f16
+ * conversions use F16C when present. This is plain dispatch, not target_clones: ifunc
+ * resolvers run during relocation, before a sanitizer runtime is ready, and crash under TSan. */
 #if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
 #include <immintrin.h>
-#define HAVE_F16C 1
+#define HAVE_X86_DISPATCH 1
 #else
-#define HAVE_F16C 0
+#define HAVE_X86_DISPATCH 0
 #endif
 
 /* The library builds at -O2, whose vectoriser gives up on most of these loops; the dynamic
@@ -52,16 +56,6 @@
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC optimize("O2", "tree-vectorize", "vect-cost-model=dynamic", "fp-contract=off", \
                      "no-trapping-math")
-#endif
-
-/* Runtime CPU dispatch: one AVX2 and one baseline body per driver, chosen by an ifunc. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__has_attribute)
-#if __has_attribute(target_clones)
-#define CLONES __attribute__((target_clones("avx2", "default")))
-#endif
-#endif
-#ifndef CLONES
-#define CLONES
 #endif
 
 #if defined(__GNUC__)
@@ -285,18 +279,21 @@ DEFINE_KERNELS(i64_max, int64_t, int64_t, LOAD_SAME, OP_MAX)
   } while (0)
 
 /* ---------------------------------------------------------------------------------------- */
-/* Drivers: one per (type, op), each cloned per CPU level                                   */
+/* Drivers: one per (type, op) and CPU level                                                */
 /* ---------------------------------------------------------------------------------------- */
+
+typedef void (*driver_fn)(void *dst, const void *const *src, int nsrc, size_t count,
+                          int divisor);
 
 /*
  * NAME reduces nsrc sources of IN_T into dst with kernels K. ACC_IS_DST says whether the
  * accumulator is the destination block itself (same-width types) or a stack buffer of f32
- * (f16/bf16). FINISH runs once per block with dst, acc, n and divisor in scope; OUT_T is the
- * caller's element type, for the division of AVG.
+ * (bf16). FINISH runs once per block with dst, acc, n and divisor in scope; OUT_T is the
+ * caller's element type, for the division of AVG. ATTR is the CPU target.
  */
-#define DEFINE_DRIVER(NAME, K, IN_T, ACC_T, OUT_T, ACC_IS_DST, FINISH)                         \
-  static CLONES void NAME(void *dstv, const void *const *srcv, int nsrc, size_t count,         \
-                          int divisor) {                                                       \
+#define DEFINE_DRIVER_AT(NAME, ATTR, K, IN_T, ACC_T, OUT_T, ACC_IS_DST, FINISH)                \
+  static ATTR void NAME(void *dstv, const void *const *srcv, int nsrc, size_t count,           \
+                        int divisor) {                                                         \
     enum { B = BLOCK_BYTES / sizeof(ACC_T) };                                                  \
     (void)divisor; /* only AVG's finisher reads it */                                         \
     ACC_T buf[ACC_IS_DST ? 1 : B];                                                             \
@@ -327,6 +324,15 @@ DEFINE_KERNELS(i64_max, int64_t, int64_t, LOAD_SAME, OP_MAX)
       FINISH(OUT_T, ACC_T);                                                                    \
     }                                                                                          \
   }
+
+#define NO_ATTR
+#if HAVE_X86_DISPATCH
+#define DEFINE_DRIVER(NAME, ...)                                                               \
+  DEFINE_DRIVER_AT(NAME##_base, NO_ATTR, __VA_ARGS__)                                          \
+  DEFINE_DRIVER_AT(NAME##_avx2, __attribute__((target("avx2"))), __VA_ARGS__)
+#else
+#define DEFINE_DRIVER(NAME, ...) DEFINE_DRIVER_AT(NAME##_base, NO_ATTR, __VA_ARGS__)
+#endif
 
 /* Floating types: sum, prod, min, max, avg. */
 #define DEFINE_FLOAT_DRIVERS(T, IN_T)                                                          \
@@ -384,8 +390,6 @@ DEFINE_DRIVER(i64_avg, u64_sum, uint64_t, uint64_t, int64_t, 1, FINISH_DIV_I64)
  */
 #define F16_BLOCK 512
 
-typedef void (*driver_fn)(void *dst, const void *const *src, int nsrc, size_t count,
-                          int divisor);
 typedef void (*widen_fn)(float *restrict dst, const uint16_t *restrict src, size_t n);
 typedef void (*narrow_fn)(uint16_t *restrict dst, const float *restrict src, size_t n);
 
@@ -397,7 +401,7 @@ static void narrow_f16_portable(uint16_t *restrict dst, const float *restrict sr
   for (size_t i = 0; i < n; i++) dst[i] = float_to_half(src[i]);
 }
 
-#if HAVE_F16C
+#if HAVE_X86_DISPATCH
 static __attribute__((target("avx,f16c"))) void widen_f16_f16c(float *restrict dst,
                                                                const uint16_t *restrict src,
                                                                size_t n) {
@@ -431,76 +435,98 @@ static __attribute__((target("avx,f16c"))) void narrow_f16_f16c(uint16_t *restri
 }
 #endif
 
-/* Test hook (see tests/unit/test_reduce.c): nonzero forces the portable f16 conversions where
- * F16C exists, so one machine can test both paths. Atomic because any thread may reduce. */
-static atomic_int f16_force_portable;
+/* The f32 drivers of one CPU level, for f16_reduce: [op], AVG as SUM. */
+typedef struct f32_set {
+  driver_fn fold[PAR_OP_COUNT];
+  driver_fn avg;
+  widen_fn widen;
+  narrow_fn narrow;
+} f32_set;
 
-void par__reduce_force_portable_f16(int on) {
-  atomic_store_explicit(&f16_force_portable, on, memory_order_relaxed);
-}
-
-static void f16_reduce(void *dstv, const void *const *srcv, int nsrc, size_t count, par_op op,
-                       int divisor) {
+static void f16_reduce(const f32_set *set, void *dstv, const void *const *srcv, int nsrc,
+                       size_t count, par_op op, int divisor) {
   float acc[F16_BLOCK], tmp[3][F16_BLOCK];
-  widen_fn widen = widen_f16_portable;
-  narrow_fn narrow = narrow_f16_portable;
-#if HAVE_F16C
-  if (!atomic_load_explicit(&f16_force_portable, memory_order_relaxed) &&
-      __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c")) {
-    widen = widen_f16_f16c;
-    narrow = narrow_f16_f16c;
-  }
-#endif
-  driver_fn fold = op == PAR_PROD ? f32_prod : op == PAR_MIN ? f32_min : op == PAR_MAX ? f32_max
-                                                                                       : f32_sum;
   /* acc first, then up to three widened sources: an in-place f32 reduction folds them into
    * acc in source order. */
   const void *const part[4] = {acc, tmp[0], tmp[1], tmp[2]};
+  const driver_fn fold = set->fold[op];
   uint16_t *dst = dstv;
   for (size_t off = 0; off < count; off += F16_BLOCK) {
     const size_t n = count - off < F16_BLOCK ? count - off : F16_BLOCK;
-    widen(acc, (const uint16_t *)srcv[0] + off, n);
+    set->widen(acc, (const uint16_t *)srcv[0] + off, n);
     for (int k = 1; k < nsrc; k += 3) {
       const int m = nsrc - k < 3 ? nsrc - k : 3;
-      for (int j = 0; j < m; j++) widen(tmp[j], (const uint16_t *)srcv[k + j] + off, n);
+      for (int j = 0; j < m; j++) set->widen(tmp[j], (const uint16_t *)srcv[k + j] + off, n);
       fold(acc, part, m + 1, n, 1);
     }
-    if (op == PAR_AVG) f32_avg(acc, part, 1, n, divisor);
-    narrow(dst + off, acc, n);
+    if (op == PAR_AVG) set->avg(acc, part, 1, n, divisor);
+    set->narrow(dst + off, acc, n);
   }
 }
 
-static void f16_sum(void *d, const void *const *s, int ns, size_t c, int dv) {
-  f16_reduce(d, s, ns, c, PAR_SUM, dv);
-}
-static void f16_prod(void *d, const void *const *s, int ns, size_t c, int dv) {
-  f16_reduce(d, s, ns, c, PAR_PROD, dv);
-}
-static void f16_min(void *d, const void *const *s, int ns, size_t c, int dv) {
-  f16_reduce(d, s, ns, c, PAR_MIN, dv);
-}
-static void f16_max(void *d, const void *const *s, int ns, size_t c, int dv) {
-  f16_reduce(d, s, ns, c, PAR_MAX, dv);
-}
-static void f16_avg(void *d, const void *const *s, int ns, size_t c, int dv) {
-  f16_reduce(d, s, ns, c, PAR_AVG, dv);
-}
+static const f32_set f32_base = {{f32_sum_base, f32_prod_base, f32_min_base, f32_max_base,
+                                  f32_sum_base},
+                                 f32_avg_base,
+                                 widen_f16_portable,
+                                 narrow_f16_portable};
+#if HAVE_X86_DISPATCH
+static const f32_set f32_avx2 = {{f32_sum_avx2, f32_prod_avx2, f32_min_avx2, f32_max_avx2,
+                                  f32_sum_avx2},
+                                 f32_avg_avx2,
+                                 widen_f16_f16c,
+                                 narrow_f16_f16c};
+#endif
 
 /* ---------------------------------------------------------------------------------------- */
 /* Entry point                                                                              */
 /* ---------------------------------------------------------------------------------------- */
 
-/* [dtype][op], in the order of the enums in par.h. */
-static const driver_fn drivers[PAR_DTYPE_COUNT][PAR_OP_COUNT] = {
-    [PAR_F32] = {f32_sum, f32_prod, f32_min, f32_max, f32_avg},
-    [PAR_F64] = {f64_sum, f64_prod, f64_min, f64_max, f64_avg},
-    [PAR_F16] = {f16_sum, f16_prod, f16_min, f16_max, f16_avg},
-    [PAR_BF16] = {bf16_sum, bf16_prod, bf16_min, bf16_max, bf16_avg},
-    [PAR_I8] = {u8_sum, u8_prod, i8_min, i8_max, i8_avg},
-    [PAR_U8] = {u8_sum, u8_prod, u8_min, u8_max, u8_avg},
-    [PAR_I32] = {u32_sum, u32_prod, i32_min, i32_max, i32_avg},
-    [PAR_I64] = {u64_sum, u64_prod, i64_min, i64_max, i64_avg},
-};
+/* Test hook (declared by tests/unit/test_reduce.c): nonzero forces the baseline drivers and
+ * the portable f16 conversions, so one machine can test every path. Atomic because any
+ * thread may reduce. */
+static atomic_int force_portable;
+
+void par__reduce_force_portable(int on) {
+  atomic_store_explicit(&force_portable, on, memory_order_relaxed);
+}
+
+#define DRIVER_ROW(T, L) {T##_sum_##L, T##_prod_##L, T##_min_##L, T##_max_##L, T##_avg_##L}
+#define DRIVER_TABLE(L)                                                                        \
+  {                                                                                            \
+    [PAR_F32] = DRIVER_ROW(f32, L), [PAR_F64] = DRIVER_ROW(f64, L), [PAR_F16] = {NULL},        \
+    [PAR_BF16] = DRIVER_ROW(bf16, L),                                                          \
+    [PAR_I8] = {u8_sum_##L, u8_prod_##L, i8_min_##L, i8_max_##L, i8_avg_##L},                  \
+    [PAR_U8] = {u8_sum_##L, u8_prod_##L, u8_min_##L, u8_max_##L, u8_avg_##L},                  \
+    [PAR_I32] = {u32_sum_##L, u32_prod_##L, i32_min_##L, i32_max_##L, i32_avg_##L},            \
+    [PAR_I64] = {u64_sum_##L, u64_prod_##L, i64_min_##L, i64_max_##L, i64_avg_##L},            \
+  }
+
+/* [dtype][op], in the order of the enums in par.h; f16 goes through f16_reduce. */
+static const driver_fn drivers_base[PAR_DTYPE_COUNT][PAR_OP_COUNT] = DRIVER_TABLE(base);
+#if HAVE_X86_DISPATCH
+static const driver_fn drivers_avx2[PAR_DTYPE_COUNT][PAR_OP_COUNT] = DRIVER_TABLE(avx2);
+#endif
+
+#if HAVE_X86_DISPATCH
+/* 1: baseline, 2: AVX2 drivers, 3: AVX2 drivers and F16C; 0: not looked up yet. Looked up
+ * once: CPUID can trap to the hypervisor in a VM and cost microseconds. The race between
+ * first callers is benign, they store the same value. */
+static atomic_int cpu_level;
+
+static int x86_level(void) {
+  int level = atomic_load_explicit(&cpu_level, memory_order_relaxed);
+  if (level == 0) {
+    /* __builtin_cpu_supports also checks that the OS saves the AVX registers. Clang does not
+     * know "f16c" there, so that bit comes from CPUID leaf 1 (AVX2 implies F16C on every CPU
+     * made, but both are checked). */
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    int f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+    level = !__builtin_cpu_supports("avx2") ? 1 : f16c ? 3 : 2;
+    atomic_store_explicit(&cpu_level, level, memory_order_relaxed);
+  }
+  return level;
+}
+#endif
 
 void par__reduce(void *dst, const void *const *src, int nsrc, size_t count, par_dtype dt,
                  par_op op, int divisor) {
@@ -508,5 +534,15 @@ void par__reduce(void *dst, const void *const *src, int nsrc, size_t count, par_
    * out-of-range table index, or an integer division by zero). */
   if (count == 0 || nsrc < 1 || !par__dtype_valid(dt) || !par__op_valid(op)) return;
   if (divisor < 1) divisor = 1;
-  drivers[dt][op](dst, src, nsrc, count, divisor);
+  const driver_fn(*table)[PAR_OP_COUNT] = drivers_base;
+  const f32_set *f16_set = &f32_base;
+#if HAVE_X86_DISPATCH
+  if (!atomic_load_explicit(&force_portable, memory_order_relaxed)) {
+    int level = x86_level();
+    if (level >= 2) table = drivers_avx2;
+    if (level >= 3) f16_set = &f32_avx2;
+  }
+#endif
+  if (dt == PAR_F16) f16_reduce(f16_set, dst, src, nsrc, count, op, divisor);
+  else table[dt][op](dst, src, nsrc, count, divisor);
 }

@@ -24,8 +24,7 @@ static int name_valid(const char *name) {
   if (n == 0 || n >= PAR_LAYOUT_NAME_MAX) return 0;
   for (size_t i = 0; i < n; i++) {
     char c = name[i];
-    int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-             c == '_';
+    int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
     if (!ok) return 0;
   }
   return 1;
@@ -48,8 +47,8 @@ par_status par_layout_init(par_layout *layout, int world, int ndims, const char 
   for (int i = 0; i < ndims; i++) {
     PAR_RETURN_ERROR_IF(!names[i], PAR_ERR_NULL, "the name of dim %d is NULL", i);
     PAR_RETURN_ERROR_IF(!name_valid(names[i]), PAR_ERR_INVALID,
-                        "dim name '%.40s' is not 1 to %d characters of [A-Za-z0-9_]",
-                        names[i], PAR_LAYOUT_NAME_MAX - 1);
+                        "dim name '%.40s' is not 1 to %d characters of [A-Za-z0-9_]", names[i],
+                        PAR_LAYOUT_NAME_MAX - 1);
     for (int j = 0; j < i; j++)
       PAR_RETURN_ERROR_IF(strcmp(names[i], names[j]) == 0, PAR_ERR_INVALID,
                           "dim name '%s' is used twice", names[i]);
@@ -81,22 +80,19 @@ par_status par_layout_init(par_layout *layout, int world, int ndims, const char 
     l.size[derived] = (int)(world / product);
   } else {
     PAR_RETURN_ERROR_IF(product != world, PAR_ERR_INVALID,
-                        "the dim sizes multiply to %lld, not to the world size %d", product,
-                        world);
+                        "the dim sizes multiply to %lld, not to the world size %d", product, world);
   }
   *layout = l;
   return PAR_OK;
 }
 
-par_status par_layout_init_parallel(par_layout *layout, int world, int mp, int pp,
-                                    char *warning, size_t cap) {
+par_status par_layout_init_parallel(par_layout *layout, int world, int mp, int pp, char *warning,
+                                    size_t cap) {
   if (warning && cap > 0) warning[0] = '\0';
   PAR_RETURN_ERROR_IF(!layout, PAR_ERR_NULL, "par_layout_init_parallel: layout is NULL");
   PAR_RETURN_ERROR_IF(world < 1, PAR_ERR_INVALID, "world size must be >= 1 (got %d)", world);
-  PAR_RETURN_ERROR_IF(mp < 1, PAR_ERR_INVALID, "model parallel size must be >= 1 (got %d)",
-                      mp);
-  PAR_RETURN_ERROR_IF(pp < 1, PAR_ERR_INVALID, "pipeline parallel size must be >= 1 (got %d)",
-                      pp);
+  PAR_RETURN_ERROR_IF(mp < 1, PAR_ERR_INVALID, "model parallel size must be >= 1 (got %d)", mp);
+  PAR_RETURN_ERROR_IF(pp < 1, PAR_ERR_INVALID, "pipeline parallel size must be >= 1 (got %d)", pp);
   /* Kept from the original: a too large mp is a mistake common enough (a config written for
    * a bigger machine) to be forgiven with a warning; pp is not, since it changes the model's
    * partition. */
@@ -158,8 +154,8 @@ par_status par_layout_parse_dims(const par_layout *layout, const char *names, pa
     while (*p && *p != ',' && *p != ' ') p++;
     size_t len = (size_t)(p - start);
     while (*p == ' ') p++;
-    PAR_RETURN_ERROR_IF(len == 0, PAR_ERR_INVALID,
-                        "empty dim name in \"%.60s\" (the dims are %s)", names, all);
+    PAR_RETURN_ERROR_IF(len == 0, PAR_ERR_INVALID, "empty dim name in \"%.60s\" (the dims are %s)",
+                        names, all);
     PAR_RETURN_ERROR_IF(*p && *p != ',', PAR_ERR_INVALID,
                         "dim names in \"%.60s\" must be separated by commas", names);
     int found = -1;
@@ -217,9 +213,7 @@ int par_layout_shift(const par_layout *layout, int rank, int dim, int delta) {
 /* Groups over a set of dims                                                                */
 /* ---------------------------------------------------------------------------------------- */
 
-static int dims_valid(const par_layout *l, par_dims dims) {
-  return (dims >> l->ndims) == 0;
-}
+static int dims_valid(const par_layout *l, par_dims dims) { return (dims >> l->ndims) == 0; }
 
 /* The row-major number of rank's coordinates restricted to the dims in (or not in) `dims`. */
 static int sub_index(const par_layout *l, par_dims dims, int rank, int in_set) {

@@ -91,8 +91,8 @@ static par_status add_group(par_mesh *m, par_dims dims, par_group *g, int owned)
 
 /* Creates this rank's group over `dims` and adds it to the mesh. Only members of that group
  * call this for it, which is every rank, each for its own group. */
-static par_status create_group(par_mesh *m, par_dims dims, par_backend backend,
-                               double timeout_s) {
+static par_status create_group(par_mesh *m, par_dims dims, par_backend backend, double timeout_s,
+                               par_group **out) {
   const par_layout *l = &m->layout;
   par_group *world_group = par_world_group(m->world);
   int size = par_layout_group_size(l, dims);
@@ -100,9 +100,12 @@ static par_status create_group(par_mesh *m, par_dims dims, par_backend backend,
 
   /* Members in mesh order are ascending ranks, so a group of every rank is the world group;
    * reuse it unless the caller asked for a backend or timeout of its own. */
-  if (size == l->world && (backend == PAR_BACKEND_AUTO ||
-                           backend == par_group_backend(world_group)) && timeout_s <= 0)
+  if (size == l->world &&
+      (backend == PAR_BACKEND_AUTO || backend == par_group_backend(world_group)) &&
+      timeout_s <= 0) {
+    if (out) *out = world_group;
     return add_group(m, dims, world_group, 0);
+  }
 
   int *ranks = malloc(sizeof(int) * (size_t)size);
   PAR_RETURN_ERROR_IF(!ranks, PAR_ERR_NOMEM, "mesh: out of memory for %d ranks", size);
@@ -132,11 +135,12 @@ static par_status create_group(par_mesh *m, par_dims dims, par_backend backend,
   if (par_group_index(g) != expect_index) {
     int got = par_group_index(g);
     par_group_destroy(g);
-    return par__error(PAR_ERR_INTERNAL, "mesh: group %s gave index %d, the layout says %d",
-                      name, got, expect_index);
+    return par__error(PAR_ERR_INTERNAL, "mesh: group %s gave index %d, the layout says %d", name,
+                      got, expect_index);
   }
   s = add_group(m, dims, g, 1);
   if (s < 0) par_group_destroy(g);
+  if (s >= 0 && out) *out = g;
   return s;
 }
 
@@ -147,6 +151,32 @@ static par_status create_group(par_mesh *m, par_dims dims, par_backend backend,
 static par_status check_backend(par_backend b, const char *what) {
   PAR_RETURN_ERROR_IF((unsigned)b >= PAR_BACKEND_COUNT, PAR_ERR_INVALID,
                       "mesh: invalid backend %d for %s", (int)b, what);
+  return PAR_OK;
+}
+
+/* Ranks that disagree on the layout or the backends would ask for groups that never fill up
+ * and wait out the timeout; one small all-reduce over the world finds that at once. Each value
+ * goes in twice, as v and -v, so a single MAX gives both the largest and the smallest. */
+static par_status agree(par_world *world, const par_layout *l, const par_backend *backends) {
+  enum { MAXV = 2 + 2 * PAR_LAYOUT_MAX_DIMS };
+  int64_t v[2 * MAXV];
+  int n = 0;
+  uint64_t h = 1469598103934665603ull; /* FNV-1a of the dim names */
+  for (int i = 0; i < l->ndims; i++) {
+    for (const char *c = l->name[i]; *c; c++) h = (h ^ (unsigned char)*c) * 1099511628211ull;
+    h = (h ^ ',') * 1099511628211ull;
+  }
+  v[n++] = l->ndims;
+  v[n++] = (int64_t)(h >> 2);
+  for (int i = 0; i < l->ndims; i++) v[n++] = l->size[i];
+  for (int i = 0; i < l->ndims; i++) v[n++] = backends ? (int64_t)backends[i] : 0;
+  for (int i = 0; i < n; i++) v[n + i] = -v[i];
+  par_group *wg = par_world_group(world);
+  PAR_FORWARD_IF_ERROR(par_allreduce(wg, v, v, (size_t)(2 * n), PAR_I64, PAR_MAX));
+  for (int i = 0; i < n; i++)
+    PAR_RETURN_ERROR_IF(v[i] != -v[n + i], PAR_ERR_MISMATCH,
+                        "mesh: the ranks of the world asked for different meshes (dim names, "
+                        "sizes or backends differ); every rank must pass the same options");
   return PAR_OK;
 }
 
@@ -163,9 +193,10 @@ static par_status mesh_build(par_world *world, const par_layout *l, const par_ba
   for (int i = 0; i < l->ndims; i++) m->coords[i] = par_layout_coord(l, m->rank, i);
   m->pp_dim = par_layout_find(l, "pp");
 
-  par_status s = add_group(m, (1u << l->ndims) - 1, par_world_group(world), 0);
+  par_status s = agree(world, l, backends);
+  if (s >= 0) s = add_group(m, (1u << l->ndims) - 1, par_world_group(world), 0);
   for (int i = 0; i < l->ndims && s >= 0; i++)
-    s = create_group(m, 1u << i, backends ? backends[i] : PAR_BACKEND_AUTO, timeout_s);
+    s = create_group(m, 1u << i, backends ? backends[i] : PAR_BACKEND_AUTO, timeout_s, NULL);
   if (s < 0) {
     /* Keep the reason: tearing down the groups made so far may record details of its own. */
     char detail[PAR__ERRLEN];
@@ -204,8 +235,8 @@ par_status par_mesh_create(par_world *world, const par_mesh_options *opts, par_m
 
   par_layout l;
   char warning[256];
-  par_status s = par_layout_init_parallel(&l, par_world_size(world), opts->mp, opts->pp,
-                                          warning, sizeof warning);
+  par_status s = par_layout_init_parallel(&l, par_world_size(world), opts->mp, opts->pp, warning,
+                                          sizeof warning);
   /* Every rank computes the same clamp; one warning for the job is enough. */
   if (warning[0] && par_world_rank(world) == 0) PAR__LOG_WARN("%s", warning);
   PAR_FORWARD_IF_ERROR(s);
@@ -220,8 +251,7 @@ par_status par_mesh_create_layout(par_world *world, const par_layout *layout,
   *out = NULL;
   PAR_RETURN_ERROR_IF(!world || !layout, PAR_ERR_NULL,
                       "par_mesh_create_layout: world and layout must not be NULL");
-  PAR_RETURN_ERROR_IF(layout->ndims < 1 || layout->ndims > PAR_LAYOUT_MAX_DIMS,
-                      PAR_ERR_INVALID,
+  PAR_RETURN_ERROR_IF(layout->ndims < 1 || layout->ndims > PAR_LAYOUT_MAX_DIMS, PAR_ERR_INVALID,
                       "par_mesh_create_layout: the layout has %d dims; make it with "
                       "par_layout_init",
                       layout->ndims);
@@ -267,47 +297,47 @@ int par_mesh_dim_size(const par_mesh *mesh, const char *dim) {
   return i < 0 ? -1 : mesh->layout.size[i];
 }
 
+/* Parses `dims` and finds the mesh's group over them; *g is NULL when it does not exist yet. */
+static par_status lookup(par_mesh *m, const char *dims, par_dims *set, par_group **g) {
+  PAR_FORWARD_IF_ERROR(par_layout_parse_dims(&m->layout, dims, set));
+  pthread_mutex_lock(&m->mu);
+  mesh_group *e = find_group(m, *set);
+  *g = e ? e->group : NULL;
+  pthread_mutex_unlock(&m->mu);
+  return PAR_OK;
+}
+
 par_status par_mesh_group(par_mesh *mesh, const char *dims, par_group_info *out) {
   PAR_RETURN_ERROR_IF(!mesh || !dims || !out, PAR_ERR_NULL,
                       "par_mesh_group: mesh, dims and out must not be NULL");
   par_dims set;
-  par_status s = par_layout_parse_dims(&mesh->layout, dims, &set);
+  par_group *g;
+  par_status s = lookup(mesh, dims, &set, &g);
+  if (s >= 0 && !g)
+    s = par__error(PAR_ERR_STATE,
+                   "par_mesh_group: the group over \"%.60s\" does not exist yet; create it with "
+                   "par_mesh_group_create",
+                   dims);
   if (s < 0) return finish(mesh, s);
-  pthread_mutex_lock(&mesh->mu);
-  mesh_group *e = find_group(mesh, set);
-  par_group *g = e ? e->group : NULL;
-  pthread_mutex_unlock(&mesh->mu);
-  if (!g)
-    return finish(mesh, par__error(PAR_ERR_STATE,
-                                   "par_mesh_group: the group over \"%.60s\" does not exist "
-                                   "yet; create it with par_mesh_group_create",
-                                   dims));
   return par_group_info_get(g, out);
 }
 
-par_status par_mesh_group_create(par_mesh *mesh, const char *dims,
-                                 const par_group_options *opts, par_group_info *out) {
+par_status par_mesh_group_create(par_mesh *mesh, const char *dims, const par_group_options *opts,
+                                 par_group_info *out) {
   PAR_RETURN_ERROR_IF(!mesh || !dims || !out, PAR_ERR_NULL,
                       "par_mesh_group_create: mesh, dims and out must not be NULL");
+  par_group_options defaults = PAR_GROUP_OPTIONS_INIT;
+  if (!opts) opts = &defaults;
   par_dims set;
-  par_status s = par_layout_parse_dims(&mesh->layout, dims, &set);
-  if (s < 0) return finish(mesh, s);
-  pthread_mutex_lock(&mesh->mu);
-  mesh_group *e = find_group(mesh, set);
-  par_group *g = e ? e->group : NULL;
-  pthread_mutex_unlock(&mesh->mu);
-  if (!g) {
-    par_group_options defaults = PAR_GROUP_OPTIONS_INIT;
-    if (!opts) opts = &defaults;
+  par_group *g;
+  par_status s = lookup(mesh, dims, &set, &g);
+  if (s >= 0 && !g) {
     s = check_backend(opts->backend, dims);
     if (s >= 0)
       s = create_group(mesh, set, opts->backend,
-                       opts->timeout_s > 0 ? opts->timeout_s : mesh->timeout_s);
-    if (s < 0) return finish(mesh, s);
-    pthread_mutex_lock(&mesh->mu);
-    g = find_group(mesh, set)->group;
-    pthread_mutex_unlock(&mesh->mu);
+                       opts->timeout_s > 0 ? opts->timeout_s : mesh->timeout_s, &g);
   }
+  if (s < 0) return finish(mesh, s);
   return par_group_info_get(g, out);
 }
 

@@ -41,29 +41,27 @@ static par_status finish(par_group *g, par_status s) {
 /* ---------------------------------------------------------------------------------------- */
 
 par_status par_dtype_from_dlpack(DLDataType dt, par_dtype *out) {
+  static const struct {
+    uint8_t code, bits;
+    par_dtype dt;
+  } map[] = {
+      {kDLFloat, 16, PAR_F16},   {kDLFloat, 32, PAR_F32}, {kDLFloat, 64, PAR_F64},
+      {kDLBfloat, 16, PAR_BF16}, {kDLInt, 8, PAR_I8},     {kDLInt, 32, PAR_I32},
+      {kDLInt, 64, PAR_I64},     {kDLUInt, 8, PAR_U8},
+  };
   PAR_RETURN_ERROR_IF(!out, PAR_ERR_NULL, "par_dtype_from_dlpack: out is NULL");
-  int ok = 1;
-  par_dtype d = PAR_F32;
-  if (dt.lanes != 1) ok = 0;
-  else if (dt.code == kDLFloat && dt.bits == 16) d = PAR_F16;
-  else if (dt.code == kDLFloat && dt.bits == 32) d = PAR_F32;
-  else if (dt.code == kDLFloat && dt.bits == 64) d = PAR_F64;
-  else if (dt.code == kDLBfloat && dt.bits == 16) d = PAR_BF16;
-  else if (dt.code == kDLInt && dt.bits == 8) d = PAR_I8;
-  else if (dt.code == kDLInt && dt.bits == 32) d = PAR_I32;
-  else if (dt.code == kDLInt && dt.bits == 64) d = PAR_I64;
-  else if (dt.code == kDLUInt && dt.bits == 8) d = PAR_U8;
-  else ok = 0;
-  PAR_RETURN_ERROR_IF(!ok, PAR_ERR_DTYPE,
-                      "DLPack dtype (code %u, bits %u, lanes %u) has no par dtype: reductions "
-                      "take float 16/32/64, bfloat 16, int 8/32/64 and uint 8 with 1 lane",
-                      (unsigned)dt.code, (unsigned)dt.bits, (unsigned)dt.lanes);
-  *out = d;
-  return PAR_OK;
+  for (size_t i = 0; dt.lanes == 1 && i < sizeof map / sizeof map[0]; i++)
+    if (map[i].code == dt.code && map[i].bits == dt.bits) {
+      *out = map[i].dt;
+      return PAR_OK;
+    }
+  return par__error(PAR_ERR_DTYPE,
+                    "DLPack dtype (code %u, bits %u, lanes %u) has no par dtype: reductions "
+                    "take float 16/32/64, bfloat 16, int 8/32/64 and uint 8 with 1 lane",
+                    (unsigned)dt.code, (unsigned)dt.bits, (unsigned)dt.lanes);
 }
 
-static par_status check_tensor(const DLTensor *t, const char *fn, const char *what,
-                               tdesc *out) {
+static par_status check_tensor(const DLTensor *t, const char *fn, const char *what, tdesc *out) {
   PAR_RETURN_ERROR_IF(!t, PAR_ERR_NULL, "%s: %s is NULL", fn, what);
   DLDeviceType dev = t->device.device_type;
   PAR_RETURN_ERROR_IF(dev != kDLCPU && dev != kDLCUDAHost && dev != kDLROCMHost,
@@ -74,12 +72,11 @@ static par_status check_tensor(const DLTensor *t, const char *fn, const char *wh
   PAR_RETURN_ERROR_IF(t->ndim < 0 || t->ndim > MAX_TENSOR_DIMS, PAR_ERR_UNSUPPORTED,
                       "%s: %s has %d dims; 0 to %d are supported", fn, what, t->ndim,
                       MAX_TENSOR_DIMS);
-  PAR_RETURN_ERROR_IF(t->ndim > 0 && !t->shape, PAR_ERR_NULL, "%s: %s has a NULL shape", fn,
-                      what);
+  PAR_RETURN_ERROR_IF(t->ndim > 0 && !t->shape, PAR_ERR_NULL, "%s: %s has a NULL shape", fn, what);
   unsigned bits = (unsigned)t->dtype.bits * t->dtype.lanes;
   PAR_RETURN_ERROR_IF(bits == 0 || bits % 8 != 0, PAR_ERR_DTYPE,
-                      "%s: %s has elements of %u bits; only whole bytes are supported", fn,
-                      what, bits);
+                      "%s: %s has elements of %u bits; only whole bytes are supported", fn, what,
+                      bits);
   out->ndim = t->ndim;
   out->esize = bits / 8;
   out->dl = t->dtype;
@@ -88,8 +85,8 @@ static par_status check_tensor(const DLTensor *t, const char *fn, const char *wh
   const uint64_t limit = (uint64_t)1 << 62;
   uint64_t count = 1;
   for (int i = 0; i < t->ndim; i++) {
-    PAR_RETURN_ERROR_IF(t->shape[i] < 0, PAR_ERR_INVALID, "%s: %s has shape[%d] = %lld", fn,
-                        what, i, (long long)t->shape[i]);
+    PAR_RETURN_ERROR_IF(t->shape[i] < 0, PAR_ERR_INVALID, "%s: %s has shape[%d] = %lld", fn, what,
+                        i, (long long)t->shape[i]);
     out->shape[i] = t->shape[i];
     if (count != 0 && (uint64_t)t->shape[i] > limit / count / out->esize)
       return par__error(PAR_ERR_COUNT, "%s: %s is too large", fn, what);
@@ -104,9 +101,9 @@ static par_status check_tensor(const DLTensor *t, const char *fn, const char *wh
                           "%s: %s has a negative stride (%lld on dim %d); negative strides are "
                           "not supported",
                           fn, what, (long long)t->strides[i], i);
-      PAR_RETURN_ERROR_IF(count > 0 && t->strides[i] > (int64_t)(limit / out->esize),
-                          PAR_ERR_COUNT, "%s: %s has a stride too large (%lld on dim %d)", fn,
-                          what, (long long)t->strides[i], i);
+      PAR_RETURN_ERROR_IF(count > 0 && t->strides[i] > (int64_t)(limit / out->esize), PAR_ERR_COUNT,
+                          "%s: %s has a stride too large (%lld on dim %d)", fn, what,
+                          (long long)t->strides[i], i);
       out->strides[i] = t->strides[i];
     } else {
       out->strides[i] = compact;
@@ -180,15 +177,13 @@ static int is_dense(const tdesc *t) {
  * size 1 are dropped and neighbours that are contiguous in both layouts merged, so that the
  * common cases become a few long memcpy runs. */
 static void copy_strided(char *dst, const int64_t *dst_strides, const char *src,
-                         const int64_t *src_strides, const int64_t *shape, int ndim,
-                         size_t esize) {
+                         const int64_t *src_strides, const int64_t *shape, int ndim, size_t esize) {
   int64_t sh[MAX_TENSOR_DIMS], ds[MAX_TENSOR_DIMS], ss[MAX_TENSOR_DIMS];
   int n = 0;
   for (int i = 0; i < ndim; i++) {
     if (shape[i] == 0) return;
     if (shape[i] == 1) continue;
-    if (n > 0 && ds[n - 1] == dst_strides[i] * shape[i] &&
-        ss[n - 1] == src_strides[i] * shape[i]) {
+    if (n > 0 && ds[n - 1] == dst_strides[i] * shape[i] && ss[n - 1] == src_strides[i] * shape[i]) {
       sh[n - 1] *= shape[i];
       ds[n - 1] = dst_strides[i];
       ss[n - 1] = src_strides[i];
@@ -281,8 +276,8 @@ par_status par_tensor_split(const par_group *group, const DLTensor *in, int dim,
   PAR_FORWARD_IF_ERROR(normalise_dim(&t, dim, fn, &d));
   int n = par_group_size(group), idx = par_group_index(group);
   PAR_RETURN_ERROR_IF(t.shape[d] % n != 0, PAR_ERR_COUNT,
-                      "%s: dim %d has size %lld, which is not divisible by the group size %d",
-                      fn, dim, (long long)t.shape[d], n);
+                      "%s: dim %d has size %lld, which is not divisible by the group size %d", fn,
+                      dim, (long long)t.shape[d], n);
   int64_t part = t.shape[d] / n;
 
   /* Everything is read from `in` (checked into t) before anything is written: out may be in,
@@ -300,60 +295,94 @@ par_status par_tensor_split(const par_group *group, const DLTensor *in, int dim,
 }
 
 /* ---------------------------------------------------------------------------------------- */
-/* Gather                                                                                   */
+/* Staging through a packed temporary                                                       */
 /* ---------------------------------------------------------------------------------------- */
 
-/* What the continuation of a gather through a temporary needs: the gathered blocks and where
- * each goes in out. Owns tmp. */
-typedef struct gather_ctx {
+/* A packed temporary and where its contents go once the collective is done: n blocks of
+ * `block` bytes, block i to the i-th of n equal slices of dst along dim (n = 1: all of dst).
+ * A gather lands in one when out's layout is not the all-gather's; a reduce of a non-dense
+ * tensor runs in one. The async forms hand it to the work as its continuation. */
+typedef struct staging {
   char *tmp;
-  tdesc out;
+  tdesc dst;
   int dim, n;
-  int64_t part; /* in's size along dim */
-  size_t block; /* bytes of one member's part */
-} gather_ctx;
+  size_t block;
+} staging;
 
-static void gather_ctx_free(void *p) {
-  gather_ctx *c = p;
+static void staging_free(void *p) {
+  staging *c = p;
   if (!c) return;
   free(c->tmp);
   free(c);
 }
 
-/* Member i's block goes to out's slice i along the dim. */
-static par_status gather_scatter(void *p) {
-  gather_ctx *c = p;
-  tdesc slice = c->out;
-  slice.shape[c->dim] = c->part;
+static par_status staging_new(const tdesc *dst, int dim, int n, size_t block, const char *fn,
+                              staging **out) {
+  staging *c = calloc(1, sizeof *c);
+  char *tmp = malloc(block * (size_t)n);
+  if (!c || !tmp) {
+    free(c);
+    free(tmp);
+    return par__error(PAR_ERR_NOMEM, "%s: cannot allocate a temporary of %zu bytes", fn,
+                      block * (size_t)n);
+  }
+  c->tmp = tmp;
+  c->dst = *dst;
+  c->dim = dim;
+  c->n = n;
+  c->block = block;
+  *out = c;
+  return PAR_OK;
+}
+
+/* Copies the temporary into dst's strides; the continuation of staged async work. */
+static par_status staging_scatter(void *p) {
+  staging *c = p;
+  if (c->n == 1) {
+    unpack(&c->dst, c->tmp);
+    return PAR_OK;
+  }
+  tdesc slice = c->dst;
+  int64_t part = c->dst.shape[c->dim] / c->n;
+  slice.shape[c->dim] = part;
   for (int i = 0; i < c->n; i++) {
-    slice.base = c->out.base + (size_t)(i * c->part * c->out.strides[c->dim]) * c->out.esize;
+    slice.base = c->dst.base + (size_t)(i * part * c->dst.strides[c->dim]) * c->dst.esize;
     unpack(&slice, c->tmp + (size_t)i * c->block);
   }
   return PAR_OK;
 }
 
-/* Checks a gather and plans it. On success either *ctx is NULL and the all-gather can write
- * straight into out (sendbuf, recvbuf set), or *ctx holds a temporary for the gathered blocks
- * and the continuation that puts them in place. This rank's part is already packed where the
- * op will read it, so the op only reads in's memory when `sendbuf` points into it. */
+/* Issues `op` async with the staging as its continuation (which it then owns). */
+static par_status submit_staged(par_group *g, const par__op *op, staging *c, par_work **work) {
+  par_status s = par__submit_then(g, op, staging_scatter, c, staging_free, work);
+  if (s < 0) staging_free(c); /* not handed over on failure */
+  return finish(g, s);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Gather                                                                                   */
+/* ---------------------------------------------------------------------------------------- */
+
+/* Checks a gather and plans it: the all-gather's buffers and byte count per member, and a
+ * staging when the parts cannot land in out directly (*stage NULL otherwise). This rank's part
+ * is packed where the op will read it unless `in` can be read as it is. */
 static par_status gather_plan(par_group *g, const DLTensor *in_t, int dim, const DLTensor *out_t,
-                              const char *fn, const void **sendbuf, void **recvbuf,
-                              size_t *block, gather_ctx **ctx) {
+                              const char *fn, const void **sendbuf, void **recvbuf, size_t *block,
+                              staging **stage) {
   tdesc in, out;
-  *ctx = NULL;
+  *stage = NULL;
   PAR_RETURN_ERROR_IF(!g, PAR_ERR_NULL, "%s: group is NULL", fn);
   PAR_FORWARD_IF_ERROR(check_tensor(in_t, fn, "in", &in));
   PAR_FORWARD_IF_ERROR(check_tensor(out_t, fn, "out", &out));
   PAR_FORWARD_IF_ERROR(check_writable(&out, fn, "out"));
   int d = 0;
   PAR_FORWARD_IF_ERROR(normalise_dim(&in, dim, fn, &d));
-  PAR_RETURN_ERROR_IF(in.dl.code != out.dl.code || in.dl.bits != out.dl.bits ||
-                          in.dl.lanes != out.dl.lanes,
-                      PAR_ERR_DTYPE,
-                      "%s: in and out have different dtypes (code %u bits %u lanes %u vs code "
-                      "%u bits %u lanes %u)",
-                      fn, in.dl.code, in.dl.bits, in.dl.lanes, out.dl.code, out.dl.bits,
-                      out.dl.lanes);
+  PAR_RETURN_ERROR_IF(
+      in.dl.code != out.dl.code || in.dl.bits != out.dl.bits || in.dl.lanes != out.dl.lanes,
+      PAR_ERR_DTYPE,
+      "%s: in and out have different dtypes (code %u bits %u lanes %u vs code "
+      "%u bits %u lanes %u)",
+      fn, in.dl.code, in.dl.bits, in.dl.lanes, out.dl.code, out.dl.bits, out.dl.lanes);
   int n = par_group_size(g), idx = par_group_index(g);
   int shape_ok = out.ndim == in.ndim;
   for (int i = 0; shape_ok && i < in.ndim; i++)
@@ -378,40 +407,19 @@ static par_status gather_plan(par_group *g, const DLTensor *in_t, int dim, const
   int outer = 1; /* every dim before d has size 1: the parts lie one after another in out */
   for (int i = 0; i < d; i++)
     if (out.shape[i] != 1) outer = 0;
-  if (*block == 0 || (outer && is_contiguous(&out))) {
-    char *slot = out.base + (size_t)idx * *block;
-    if (is_contiguous(&in)) {
-      *sendbuf = in.base; /* == slot when in is this rank's slice of out: in place */
-    } else {
-      pack(slot, &in);
-      *sendbuf = slot;
-    }
-    *recvbuf = out.base;
-    return PAR_OK;
+  char *dest = out.base;
+  if (*block > 0 && !(outer && is_contiguous(&out))) {
+    PAR_FORWARD_IF_ERROR(staging_new(&out, d, n, *block, fn, stage));
+    dest = (*stage)->tmp;
   }
-
-  gather_ctx *c = calloc(1, sizeof *c);
-  char *tmp = malloc(*block * (size_t)n);
-  if (!c || !tmp) {
-    free(c);
-    free(tmp);
-    return par__error(PAR_ERR_NOMEM, "%s: cannot allocate %zu bytes for the gathered parts", fn,
-                      *block * (size_t)n);
-  }
-  c->tmp = tmp;
-  c->out = out;
-  c->dim = d;
-  c->n = n;
-  c->part = in.shape[d];
-  c->block = *block;
+  char *slot = dest + (size_t)idx * *block;
   if (is_contiguous(&in)) {
-    *sendbuf = in.base;
+    *sendbuf = in.base; /* == slot when in is this rank's slice of out: in place */
   } else {
-    pack(tmp + (size_t)idx * *block, &in);
-    *sendbuf = tmp + (size_t)idx * *block;
+    pack(slot, &in);
+    *sendbuf = slot;
   }
-  *recvbuf = tmp;
-  *ctx = c;
+  *recvbuf = dest;
   return PAR_OK;
 }
 
@@ -419,69 +427,44 @@ par_status par_tensor_gather(par_group *group, const DLTensor *in, int dim, DLTe
   const void *sendbuf = NULL;
   void *recvbuf = NULL;
   size_t block = 0;
-  gather_ctx *ctx;
-  par_status s = gather_plan(group, in, dim, out, "par_tensor_gather", &sendbuf, &recvbuf,
-                             &block, &ctx);
+  staging *stage;
+  par_status s =
+      gather_plan(group, in, dim, out, "par_tensor_gather", &sendbuf, &recvbuf, &block, &stage);
   if (s < 0) return finish(group, s);
   /* Bytes are bytes: gathering them as u8 serves every dtype, lanes included. */
   s = par_allgather(group, sendbuf, recvbuf, block, PAR_U8);
-  if (s >= 0 && ctx) s = gather_scatter(ctx);
-  gather_ctx_free(ctx);
+  if (s >= 0 && stage) s = staging_scatter(stage);
+  staging_free(stage);
   return s;
 }
 
-par_status par_tensor_gather_async(par_group *group, const DLTensor *in, int dim,
-                                   DLTensor *out, par_work **work) {
+par_status par_tensor_gather_async(par_group *group, const DLTensor *in, int dim, DLTensor *out,
+                                   par_work **work) {
   static const char fn[] = "par_tensor_gather_async";
   PAR_RETURN_ERROR_IF(!work, PAR_ERR_NULL, "%s: work pointer is NULL", fn);
   *work = NULL;
   const void *sendbuf = NULL;
   void *recvbuf = NULL;
   size_t block = 0;
-  gather_ctx *ctx;
-  par_status s = gather_plan(group, in, dim, out, fn, &sendbuf, &recvbuf, &block, &ctx);
+  staging *stage;
+  par_status s = gather_plan(group, in, dim, out, fn, &sendbuf, &recvbuf, &block, &stage);
   if (s < 0) return finish(group, s);
-  if (!ctx) return par_allgather_async(group, sendbuf, recvbuf, block, PAR_U8, work);
-
-  par__op op = {.kind = PAR__ALLGATHER,
-                .sendbuf = sendbuf,
-                .recvbuf = recvbuf,
-                .count = block,
-                .dt = PAR_U8};
-  s = par__submit_then(group, &op, gather_scatter, ctx, gather_ctx_free, work);
-  if (s < 0) gather_ctx_free(ctx); /* not handed over on failure */
-  return finish(group, s);
+  if (!stage) return par_allgather_async(group, sendbuf, recvbuf, block, PAR_U8, work);
+  par__op op = {
+      .kind = PAR__ALLGATHER, .sendbuf = sendbuf, .recvbuf = recvbuf, .count = block, .dt = PAR_U8};
+  return submit_staged(group, &op, stage, work);
 }
 
 /* ---------------------------------------------------------------------------------------- */
 /* Reduce                                                                                   */
 /* ---------------------------------------------------------------------------------------- */
 
-/* A reduction through a packed temporary; the continuation scatters it back. Owns tmp. */
-typedef struct reduce_ctx {
-  char *tmp;
-  tdesc t;
-} reduce_ctx;
-
-static void reduce_ctx_free(void *p) {
-  reduce_ctx *c = p;
-  if (!c) return;
-  free(c->tmp);
-  free(c);
-}
-
-static par_status reduce_unpack(void *p) {
-  reduce_ctx *c = p;
-  unpack(&c->t, c->tmp);
-  return PAR_OK;
-}
-
 /* Checks a reduce. *buf is where the all-reduce runs in place: the tensor's own block when it
- * is dense, else a packed temporary owned by *ctx. */
+ * is dense, else a packed copy in *stage. */
 static par_status reduce_plan(par_group *g, const DLTensor *t_in, par_op op, const char *fn,
-                              void **buf, par_dtype *dt, size_t *count, reduce_ctx **ctx) {
+                              void **buf, par_dtype *dt, size_t *count, staging **stage) {
   tdesc t;
-  *ctx = NULL;
+  *stage = NULL;
   PAR_RETURN_ERROR_IF(!g, PAR_ERR_NULL, "%s: group is NULL", fn);
   PAR_FORWARD_IF_ERROR(check_tensor(t_in, fn, "t", &t));
   PAR_FORWARD_IF_ERROR(par_dtype_from_dlpack(t.dl, dt));
@@ -492,19 +475,9 @@ static par_status reduce_plan(par_group *g, const DLTensor *t_in, par_op op, con
     *buf = t.base; /* the lowest address, since strides are not negative */
     return PAR_OK;
   }
-  reduce_ctx *c = calloc(1, sizeof *c);
-  char *tmp = malloc(t.count * t.esize);
-  if (!c || !tmp) {
-    free(c);
-    free(tmp);
-    return par__error(PAR_ERR_NOMEM, "%s: cannot allocate %zu bytes for a packed copy", fn,
-                      t.count * t.esize);
-  }
-  pack(tmp, &t);
-  c->tmp = tmp;
-  c->t = t;
-  *buf = tmp;
-  *ctx = c;
+  PAR_FORWARD_IF_ERROR(staging_new(&t, 0, 1, t.count * t.esize, fn, stage));
+  pack((*stage)->tmp, &t);
+  *buf = (*stage)->tmp;
   return PAR_OK;
 }
 
@@ -512,12 +485,12 @@ par_status par_tensor_reduce(par_group *group, DLTensor *t, par_op op) {
   void *buf = NULL;
   par_dtype dt;
   size_t count = 0;
-  reduce_ctx *ctx;
-  par_status s = reduce_plan(group, t, op, "par_tensor_reduce", &buf, &dt, &count, &ctx);
+  staging *stage;
+  par_status s = reduce_plan(group, t, op, "par_tensor_reduce", &buf, &dt, &count, &stage);
   if (s < 0) return finish(group, s);
   s = par_allreduce(group, buf, buf, count, dt, op);
-  if (s >= 0 && ctx) s = reduce_unpack(ctx);
-  reduce_ctx_free(ctx);
+  if (s >= 0 && stage) s = staging_scatter(stage);
+  staging_free(stage);
   return s;
 }
 
@@ -528,18 +501,11 @@ par_status par_tensor_reduce_async(par_group *group, DLTensor *t, par_op op, par
   void *buf = NULL;
   par_dtype dt;
   size_t count = 0;
-  reduce_ctx *ctx;
-  par_status s = reduce_plan(group, t, op, fn, &buf, &dt, &count, &ctx);
+  staging *stage;
+  par_status s = reduce_plan(group, t, op, fn, &buf, &dt, &count, &stage);
   if (s < 0) return finish(group, s);
-  if (!ctx) return par_allreduce_async(group, buf, buf, count, dt, op, work);
-
-  par__op o = {.kind = PAR__ALLREDUCE,
-               .sendbuf = buf,
-               .recvbuf = buf,
-               .count = count,
-               .dt = dt,
-               .op = op};
-  s = par__submit_then(group, &o, reduce_unpack, ctx, reduce_ctx_free, work);
-  if (s < 0) reduce_ctx_free(ctx);
-  return finish(group, s);
+  if (!stage) return par_allreduce_async(group, buf, buf, count, dt, op, work);
+  par__op o = {
+      .kind = PAR__ALLREDUCE, .sendbuf = buf, .recvbuf = buf, .count = count, .dt = dt, .op = op};
+  return submit_staged(group, &o, stage, work);
 }

@@ -143,8 +143,8 @@ static void test_config_errors(void) {
   /* A world not divisible by mp: the smallest non-divisor. */
   int bad_mp = 2;
   while (h_size % bad_mp == 0) bad_mp++;
-  snprintf(want, sizeof want, "world size %d is not divisible by model parallel size %d",
-           h_size, bad_mp);
+  snprintf(want, sizeof want, "world size %d is not divisible by model parallel size %d", h_size,
+           bad_mp);
   expect_init_error(bad_mp, 1, PAR_ERR_INVALID, want);
 
   /* Divisible by mp but not by mp*pp: pp = the world's own size over mp, plus one. */
@@ -163,6 +163,14 @@ static void test_config_errors(void) {
   expect_init_error(1, 2 * h_size, PAR_ERR_INVALID, want);
   expect_init_error(0, 1, PAR_ERR_INVALID, "model parallel size must be >= 1 (got 0)");
   expect_init_error(1, -1, PAR_ERR_INVALID, "pipeline parallel size must be >= 1 (got -1)");
+
+  /* Valid options that differ between ranks: every rank learns it at once. */
+  o.mp = h_rank == 0 ? MP : 1;
+  h_context("ranks disagree on mp");
+  EXPECT_STATUS(PAR_ERR_MISMATCH, par_init_parallelism(h_world, &o));
+  EXPECT_MSG(par_last_error(), "asked for different meshes");
+  EXPECT_INT(0, par_parallelism_is_initialized());
+  o.mp = 1;
 
   o.dp_backend = (par_backend)99;
   h_context("invalid backend");
@@ -191,8 +199,7 @@ static void test_config_errors(void) {
              2 * h_size, h_size, h_size);
     EXPECT_MSG(cap.warn_line, want);
     snprintf(want, sizeof want,
-             "model parallel %d, pipeline parallel 1, data parallel 1 (world %d)", h_size,
-             h_size);
+             "model parallel %d, pipeline parallel 1, data parallel 1 (world %d)", h_size, h_size);
     EXPECT_MSG(cap.info_line, want);
   }
   CHECK(NULL, par_mp_group_info(&info));
@@ -245,8 +252,9 @@ static void test_groups(par_mesh *mesh) {
   EXPECT_INT(DP, par_mesh_dim_size(mesh, "dp"));
   EXPECT_TRUE(par_mesh_world(mesh) == h_world, "the mesh's world");
   char want[128];
-  snprintf(want, sizeof want, "model parallel %d, pipeline parallel %d, data parallel %d (world %d)",
-           MP, PP, DP, h_size);
+  snprintf(want, sizeof want,
+           "model parallel %d, pipeline parallel %d, data parallel %d (world %d)", MP, PP, DP,
+           h_size);
   EXPECT_TRUE(strcmp(par_mesh_describe(mesh), want) == 0, "describe \"%s\", got \"%s\"", want,
               par_mesh_describe(mesh));
 
@@ -397,8 +405,8 @@ static void check_split_gather(par_group *g, int dim_arg, const char *what) {
     for (int64_t j = 0; j < V.shape[1]; j++)
       for (int64_t k = 0; k < V.shape[2]; k++)
         if (at3(&V, i, j, k) != at3(&X, i + off[0], j + off[1], k + off[2]))
-          h_fail(__FILE__, __LINE__, "%s: split view at (%lld,%lld,%lld) is %g, expected %g",
-                 what, (long long)i, (long long)j, (long long)k, at3(&V, i, j, k),
+          h_fail(__FILE__, __LINE__, "%s: split view at (%lld,%lld,%lld) is %g, expected %g", what,
+                 (long long)i, (long long)j, (long long)k, at3(&V, i, j, k),
                  at3(&X, i + off[0], j + off[1], k + off[2]));
 
   /* Gather, blocking, into a fresh tensor. */
@@ -406,8 +414,8 @@ static void check_split_gather(par_group *g, int dim_arg, const char *what) {
   memset(out, 0xEE, count * sizeof *out);
   DLTensor O = tensor(out, DT_F32, 3, S, NULL);
   CHECK(g, par_tensor_gather(g, &V, dim_arg, &O));
-  EXPECT_TRUE(memcmp(out, x, count * sizeof *out) == 0, "%s: gather along %d gives X back",
-              what, dim_arg);
+  EXPECT_TRUE(memcmp(out, x, count * sizeof *out) == 0, "%s: gather along %d gives X back", what,
+              dim_arg);
 
   /* Async: the result is delivered by the time wait returns. */
   h_context("gather async %s along dim %d", what, dim_arg);
@@ -416,8 +424,8 @@ static void check_split_gather(par_group *g, int dim_arg, const char *what) {
   CHECK(g, par_tensor_gather_async(g, &V, dim_arg, &O, &w));
   CHECK_WORK(g, w, -1);
   par_work_free(w);
-  EXPECT_TRUE(memcmp(out, x, count * sizeof *out) == 0,
-              "%s: async gather along %d gives X back", what, dim_arg);
+  EXPECT_TRUE(memcmp(out, x, count * sizeof *out) == 0, "%s: async gather along %d gives X back",
+              what, dim_arg);
 
   /* In place: the input is this member's own slice of the output. */
   h_context("gather in place %s along dim %d", what, dim_arg);
@@ -435,8 +443,8 @@ static void check_split_gather(par_group *g, int dim_arg, const char *what) {
                &v, sizeof v);
       }
   CHECK(g, par_tensor_gather(g, &mine, dim_arg, &O));
-  EXPECT_TRUE(memcmp(out, x, count * sizeof *out) == 0,
-              "%s: in-place gather along %d gives X back", what, dim_arg);
+  EXPECT_TRUE(memcmp(out, x, count * sizeof *out) == 0, "%s: in-place gather along %d gives X back",
+              what, dim_arg);
 
   /* Into a strided output (rows padded by one element), async; the padding stays. */
   h_context("gather into padded output %s along dim %d", what, dim_arg);
@@ -457,8 +465,7 @@ static void check_split_gather(par_group *g, int dim_arg, const char *what) {
                  what, (long long)i, (long long)j, (long long)k, at3(&P, i, j, k),
                  at3(&X, i, j, k));
       EXPECT_TRUE(pad[(size_t)(i * pstrides[0] + j * pstrides[1] + S[2])] == -1.0f,
-                  "%s: padding after row (%lld,%lld) untouched", what, (long long)i,
-                  (long long)j);
+                  "%s: padding after row (%lld,%lld) untouched", what, (long long)i, (long long)j);
     }
   free(pad);
   free(x);

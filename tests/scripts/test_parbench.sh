@@ -2,11 +2,16 @@
 # test_parbench.sh BUILD_DIR -- parbench end to end under parrun: the checked table run, JSON
 # runs over several dtypes and every reduction op (every line parses, has the keys, reports 0
 # wrong elements, and the sizes are exactly the sweep under nccl-tests' conventions), the
-# automatic iteration count, and refusal of bad command lines with exit status 2.
+# automatic iteration count, a run where --check must catch an injected fault, and refusal of
+# bad command lines with exit status 2.
 set -u
 
 B=${1:?usage: test_parbench.sh BUILD_DIR}
 PARRUN="$B/bin/parrun"
+# A hang (a lost message, a deadlock) fails the run instead of stalling the suite.
+PARRUN_OPTS=(--timeout 120)
+# A library timeout well inside that names the op and the member that never came.
+export PAR_TIMEOUT=${PAR_TIMEOUT:-60}
 BENCH="$B/bin/parbench"
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
@@ -51,17 +56,17 @@ expect_usage_error stray-argument
 grep -q -- "--redop" "$TMP/out" || fail "--help does not list --redop"
 
 # Under parrun the whole job must fail too, and a root outside the world is refused.
-"$PARRUN" -n 2 "$BENCH" --bogus >/dev/null 2>"$TMP/err"
+"$PARRUN" "${PARRUN_OPTS[@]}" -n 2 "$BENCH" --bogus >/dev/null 2>"$TMP/err"
 rc=$?
 [ "$rc" -ne 0 ] || fail "parrun -n 2 parbench --bogus exited 0"
 grep -q "unknown option" "$TMP/err" || fail "no 'unknown option' message under parrun"
-"$PARRUN" -n 3 "$BENCH" --root 3 --op broadcast --max 8 >/dev/null 2>"$TMP/err"
+"$PARRUN" "${PARRUN_OPTS[@]}" -n 3 "$BENCH" --root 3 --op broadcast --max 8 >/dev/null 2>"$TMP/err"
 rc=$?
 [ "$rc" -ne 0 ] || fail "--root 3 on 3 ranks exited 0"
 grep -q -- "--root" "$TMP/err" || fail "no message about --root on 3 ranks"
 
 # --- the checked table run ----------------------------------------------------------------
-"$PARRUN" -n 3 "$BENCH" --check --min 8 --max 1M --iters 3 --warmup 1 >"$TMP/table" 2>"$TMP/err"
+"$PARRUN" "${PARRUN_OPTS[@]}" -n 3 "$BENCH" --check --min 8 --max 1M --iters 3 --warmup 1 >"$TMP/table" 2>"$TMP/err"
 rc=$?
 [ "$rc" -eq 0 ] || fail "checked table run exited $rc: $(tail -5 "$TMP/err")"
 for op in allreduce allgather reduce_scatter broadcast alltoall sendrecv; do
@@ -152,7 +157,7 @@ EOF
 OPS=allreduce,allgather,reduce_scatter,broadcast,reduce,alltoall,sendrecv
 DTYPES=f32,bf16,i8,f64
 REDOPS=sum,prod,min,max,avg
-"$PARRUN" -n 3 "$BENCH" --check --json --min 8 --max 1M --iters 3 --warmup 1 --op all \
+"$PARRUN" "${PARRUN_OPTS[@]}" -n 3 "$BENCH" --check --json --min 8 --max 1M --iters 3 --warmup 1 --op all \
   --dtype "$DTYPES" --redop "$REDOPS" >"$TMP/json" 2>"$TMP/err"
 rc=$?
 [ "$rc" -eq 0 ] || fail "checked JSON run exited $rc: $(tail -5 "$TMP/err")"
@@ -160,12 +165,30 @@ check_json "$TMP/json" 3 8 $((1 << 20)) "$FACTOR" 3 "$OPS" "$DTYPES" "$REDOPS" |
   fail "checked JSON run: bad rows"
 
 # Default ops, automatic iteration count, a root other than 0, an explicit factor.
-"$PARRUN" -n 3 "$BENCH" --check --json --max 64K --factor 8 --root 2 --op allreduce,reduce \
+"$PARRUN" "${PARRUN_OPTS[@]}" -n 3 "$BENCH" --check --json --max 64K --factor 8 --root 2 --op allreduce,reduce \
   --dtype f16 --redop max >"$TMP/auto" 2>"$TMP/err"
 rc=$?
 [ "$rc" -eq 0 ] || fail "automatic-iterations run exited $rc: $(tail -5 "$TMP/err")"
 check_json "$TMP/auto" 3 8 65536 8 0 allreduce,reduce f16 max || fail "automatic run: bad rows"
 grep -q '"root":2' "$TMP/auto" || fail "reduce rows do not report root 2"
+
+# --check must be able to fail: with PARBENCH_INJECT_FAULT=1 one rank flips a bit of its first
+# output element after each checked op, and every row with data must then count exactly one
+# wrong element, the run must exit 1 and the mismatch must be described on stderr.
+PARBENCH_INJECT_FAULT=1 "$PARRUN" "${PARRUN_OPTS[@]}" -n 3 "$BENCH" --check --json --max 512 \
+  --iters 2 --root 1 --op allreduce,reduce,reduce_scatter,allgather,broadcast,alltoall \
+  --dtype bf16 --redop prod >"$TMP/fault" 2>"$TMP/err"
+rc=$?
+[ "$rc" -eq 1 ] || fail "injected fault: exit status $rc, expected 1"
+grep -q "expected 0x" "$TMP/err" || fail "injected fault: no mismatch described on stderr"
+python3 - "$TMP/fault" <<'EOF' || fail "injected fault: rows do not count it"
+import json, re, sys
+rows = [json.loads(re.sub(r"^\[\s*\d+\] ", "", ln)) for ln in open(sys.argv[1])]
+bad = [r for r in rows if r["wrong"] != (1 if r["count"] > 0 else 0)]
+for r in bad:
+    print("  wrong = %r for %s count %d" % (r["wrong"], r["op"], r["count"]), file=sys.stderr)
+sys.exit(1 if bad or not rows else 0)
+EOF
 
 if [ "$FAILS" -ne 0 ]; then
   echo "test_parbench: $FAILS failure(s)" >&2

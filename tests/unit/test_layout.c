@@ -51,8 +51,7 @@ static int oracle_group(int world, int mp, int pp, par_dims dims, int r, int *me
 static void check_config(int world, int mp, int pp) {
   par_layout l;
   char warning[200];
-  assert_int_equal(par_layout_init_parallel(&l, world, mp, pp, warning, sizeof warning),
-                   PAR_OK);
+  assert_int_equal(par_layout_init_parallel(&l, world, mp, pp, warning, sizeof warning), PAR_OK);
   assert_string_equal(warning, "");
   assert_int_equal(l.ndims, 3);
   assert_int_equal(l.world, world);
@@ -79,8 +78,8 @@ static void check_config(int world, int mp, int pp) {
   }
 
   for (par_dims dims = 0; dims < 8; dims++) {
-    int expect_size = ((dims & 1) ? world / (mp * pp) : 1) * ((dims & 2) ? pp : 1) *
-                      ((dims & 4) ? mp : 1);
+    int expect_size =
+        ((dims & 1) ? world / (mp * pp) : 1) * ((dims & 2) ? pp : 1) * ((dims & 4) ? mp : 1);
     int count = par_layout_group_count(&l, dims);
     assert_int_equal(par_layout_group_size(&l, dims), expect_size);
     assert_int_equal(count, world / expect_size);
@@ -201,8 +200,7 @@ static void test_docstring_example(void **state) {
   assert_int_equal(par_layout_group_index(&l, model, 5), 1);
   assert_int_equal(par_layout_parse_dims(&l, " pp , dp ", &ppdp), PAR_OK);
   assert_int_equal(ppdp, 3u);
-  assert_int_equal(par_layout_group_ranks(&l, ppdp, par_layout_group_id(&l, ppdp, 5), got),
-                   PAR_OK);
+  assert_int_equal(par_layout_group_ranks(&l, ppdp, par_layout_group_id(&l, ppdp, 5), got), PAR_OK);
   assert_int_equal(got[0], 1);
   assert_int_equal(got[1], 3);
   assert_int_equal(got[2], 5);
@@ -318,8 +316,8 @@ static void test_general_layout(void **state) {
   assert_int_equal(par_layout_group_size(&l, 1u << 4), -1);
 }
 
-static void expect_layout_error(int world, int ndims, const char *const *names,
-                                const int *sizes, const char *detail) {
+static void expect_layout_error(int world, int ndims, const char *const *names, const int *sizes,
+                                const char *detail) {
   par_layout l;
   assert_int_equal(par_layout_init(&l, world, ndims, names, sizes), PAR_ERR_INVALID);
   assert_string_equal(par_last_error(), detail);
@@ -365,12 +363,9 @@ static void test_layout_errors(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_every_factorisation),
-      cmocka_unit_test(test_docstring_example),
-      cmocka_unit_test(test_invalid_configurations),
-      cmocka_unit_test(test_mp_clamp),
-      cmocka_unit_test(test_general_layout),
-      cmocka_unit_test(test_layout_errors),
+      cmocka_unit_test(test_every_factorisation),    cmocka_unit_test(test_docstring_example),
+      cmocka_unit_test(test_invalid_configurations), cmocka_unit_test(test_mp_clamp),
+      cmocka_unit_test(test_general_layout),         cmocka_unit_test(test_layout_errors),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

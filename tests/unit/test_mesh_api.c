@@ -49,8 +49,9 @@ static void test_default_mesh(void **state) {
                       "par_default_group_info: parallelism is not initialised; call "
                       "par_init_parallelism() first");
   assert_int_equal(par_init_parallelism(NULL, NULL), PAR_ERR_STATE);
-  assert_string_equal(par_last_error(), "the world is not initialised: call par_world_create() "
-                                        "before par_init_parallelism()");
+  assert_string_equal(par_last_error(),
+                      "the world is not initialised: call par_world_create() "
+                      "before par_init_parallelism()");
 
   assert_int_equal(par_init_parallelism(world, NULL), PAR_OK);
   assert_int_equal(par_parallelism_is_initialized(), 1);
@@ -192,8 +193,8 @@ static size_t offset_of(const layout *l, size_t flat) {
   return off;
 }
 
-static const DLDataType dtypes[4] = {{kDLInt, 8, 1}, {kDLBfloat, 16, 1}, {kDLFloat, 32, 1},
-                                     {kDLInt, 64, 1}};
+static const DLDataType dtypes[4] = {
+    {kDLInt, 8, 1}, {kDLBfloat, 16, 1}, {kDLFloat, 32, 1}, {kDLInt, 64, 1}};
 
 static void test_random_gather_and_reduce(void **state) {
   (void)state;
@@ -307,8 +308,7 @@ static void test_split_views(void **state) {
   assert_int_equal(t.byte_offset, 8);
   assert_int_equal(shape[1], 3);
   assert_int_equal(strides[2], 2);
-  assert_int_equal(par_tensor_split(par_world_group(world), &t, 3, &v, vs, vst),
-                   PAR_ERR_INVALID);
+  assert_int_equal(par_tensor_split(par_world_group(world), &t, 3, &v, vs, vst), PAR_ERR_INVALID);
   assert_string_equal(par_last_error(),
                       "par_tensor_split: dim 3 is out of range for a tensor of 3 dims");
   t.dtype = (DLDataType){kDLUInt, 4, 1};

@@ -80,9 +80,9 @@ typedef struct bench_opts {
 
 /* Defaults, documented in docs/parbench.md and the usage text. */
 #define BENCH_DEFAULT_MIN ((size_t)8)
-#define BENCH_DEFAULT_MAX ((size_t)64 << 20)
+#define BENCH_DEFAULT_MAX ((size_t)32 << 20)
 #define BENCH_DEFAULT_FACTOR ((size_t)4)
-#define BENCH_DEFAULT_WARMUP 2
+#define BENCH_DEFAULT_WARMUP 1
 /* Automatic iterations aim at this much time per size, with at least BENCH_MIN_ITERS. */
 #define BENCH_TARGET_S 0.1
 #define BENCH_MIN_ITERS 2

@@ -168,8 +168,8 @@ void bench_usage(FILE *f) {
           "                  broadcast, reduce, alltoall, sendrecv, all\n"
           "                  (default: allreduce,allgather,reduce_scatter,broadcast,alltoall,"
           "sendrecv)\n"
-          "  --min SIZE      smallest size in bytes (default 8); K, M, G suffixes are binary\n"
-          "  --max SIZE      largest size in bytes (default 64M)\n"
+          "  --min SIZE      smallest size in bytes (default %zu); K, M, G suffixes are binary\n"
+          "  --max SIZE      largest size in bytes (default %zuM)\n"
           "  --factor F      multiply the size by F between steps, F >= 2 (default %zu)\n"
           "  --dtype LIST    data types: f32 f64 f16 bf16 i8 u8 i32 i64, all (default f32)\n"
           "  --redop LIST    reduction ops: sum prod min max avg, all (default sum)\n"
@@ -182,7 +182,8 @@ void bench_usage(FILE *f) {
           "  -h, --help      print this help\n"
           "\n"
           "Exit status: 0 ok; 1 a wrong result or a failed par call; 2 a bad command line.\n",
-          BENCH_DEFAULT_FACTOR, BENCH_DEFAULT_WARMUP, BENCH_TARGET_S, BENCH_MIN_ITERS);
+          BENCH_DEFAULT_MIN, BENCH_DEFAULT_MAX >> 20, BENCH_DEFAULT_FACTOR, BENCH_DEFAULT_WARMUP,
+          BENCH_TARGET_S, BENCH_MIN_ITERS);
 }
 
 enum { OPT_OP = 256, OPT_MIN, OPT_MAX, OPT_FACTOR, OPT_DTYPE, OPT_REDOP, OPT_ROOT,

@@ -128,8 +128,8 @@ int main(int argc, char **argv) {
     }
     printf("}}\n");
   } else {
-    printf("world %d: model parallel %d, pipeline parallel %d, data parallel %d\n", world, mp,
-           pp, dp);
+    printf("world %d: model parallel %d, pipeline parallel %d, data parallel %d\n", world, mp, pp,
+           dp);
     printf("rank = (d*%d + p)*%d + m\n", pp, mp);
     for (int k = 0; k < 3; k++) {
       par_dims d;
