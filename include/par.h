@@ -126,7 +126,7 @@ typedef void (*par_log_fn)(par_log_level level, const char *line, void *ctx);
 /* Installs a log handler; NULL restores the default (stderr, coloured on a TTY). Not
  * thread-safe with respect to concurrent logging: call it before creating a world. */
 void par_set_log_handler(par_log_fn fn, void *ctx);
-/* Sets the level; the initial level comes from PAR_LOG (default warn). Thread-safe. */
+/* Sets the level; the initial level comes from PAR_LOG (default info). Thread-safe. */
 void par_set_log_level(par_log_level level);
 par_log_level par_log_level_get(void);
 

@@ -28,7 +28,7 @@ static _Thread_local int reading; /* env_read's own calls (parsers log errors) s
 
 static void env_read(void) {
   reading = 1;
-  env.log_level = PAR_LOG_WARN;
+  env.log_level = PAR_LOG_INFO;
   env.timeout_s = 300.0;
   env.backend = PAR_BACKEND_AUTO;
   env.check = 0;
@@ -84,7 +84,7 @@ static void env_read(void) {
 int par__env_reading(void) { return reading; }
 
 const par__env *par__env_get(void) {
-  static const par__env defaults = {PAR_LOG_WARN, 300.0, PAR_BACKEND_AUTO, 0, 0, -1};
+  static const par__env defaults = {PAR_LOG_INFO, 300.0, PAR_BACKEND_AUTO, 0, 0, -1};
   if (reading) return &defaults;
   pthread_once(&env_once, env_read);
   /* Logged after the once-block: par__log reads the level through this function. */
