@@ -310,7 +310,8 @@ par_status par_barrier_async(par_group *g, par_work **work);
  * matching recv with the same count and dtype. Messages between two members arrive in the
  * order they were sent. A blocking send may wait until the receiver takes the data; a pair of
  * ranks that both send before receiving large messages must use the async forms, whose
- * consecutive send/recv ops progress together. */
+ * consecutive send/recv ops progress together. `peer` may be this rank itself (a copy), with
+ * the async forms: a blocking send to self waits for a recv that cannot be posted. */
 par_status par_send(par_group *g, const void *buf, size_t count, par_dtype dt, int peer);
 par_status par_send_async(par_group *g, const void *buf, size_t count, par_dtype dt, int peer,
                           par_work **work);

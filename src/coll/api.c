@@ -135,9 +135,6 @@ static par_status validate(par_group *g, const par__op *op) {
     case PAR__RECV:
       PAR_FORWARD_IF_ERROR(check_common(g, op, 1, &bytes));
       PAR_FORWARD_IF_ERROR(check_index(g, op, op->root, "peer"));
-      PAR_RETURN_ERROR_IF(op->root == g->index, PAR_ERR_RANK,
-                          "%s on group '%s': peer %d is this rank itself",
-                          par__op_kind_name(op->kind), g->name, op->root);
       PAR_FORWARD_IF_ERROR(
           check_buf(g, op, op->kind == PAR__SEND ? op->sendbuf : op->recvbuf, "buf"));
       return PAR_OK;

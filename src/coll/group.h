@@ -52,21 +52,37 @@ typedef struct par__op {
 /* Backends                                                                                 */
 /* ---------------------------------------------------------------------------------------- */
 
+/* Progress of one send/recv op across calls of the backend's p2p(); zeroed when the op
+ * starts. `be` is the backend's own per-op storage (e.g. a request handle). */
+typedef struct par__p2p_state {
+  size_t off;
+  int started, done;
+  _Alignas(16) unsigned char be[48];
+} par__p2p_state;
+
 typedef struct par__backend {
-  int version; /* 1 */
+  int version; /* 2 */
   const char *name;
   /* Collective over the members: joins (or creates) the group's transport. Sets g->be_state.
    * Blocks at most until g->create_deadline. */
   par_status (*group_init)(par_group *g);
   /* Releases the transport. Not collective; never blocks on peers. */
   void (*group_fini)(par_group *g);
-  /* Runs ops to completion in this thread. nops == 1 except for a run of consecutive
-   * send/recv ops, which must progress together (so that two ranks that both send first do
-   * not deadlock). Honours each op's deadline and the group's abort flag. On error returns
-   * the status with a detail via par__error naming the op, the group and the rank waited on. */
-  par_status (*run)(par_group *g, par__op *ops, int nops);
-  /* Makes pending and later run() calls of every member fail with PAR_ERR_ABORTED. Called
-   * from any thread. */
+  /* Runs one collective to completion in this thread. Honours op->deadline and the group's
+   * abort flag. On error returns the status with a detail via par__error naming the op, the
+   * group and the rank waited on. */
+  par_status (*run)(par_group *g, par__op *op);
+  /* Progresses send/recv ops together (so two ranks that both send first cannot deadlock):
+   * ops to the same peer in the same direction move in issue order. Returns PAR_OK once at
+   * least one more op is done (ps[i].done), all are done, or *poke is non-zero (new ops were
+   * queued; the caller adds them and calls again); poke may be NULL. Honours deadlines and
+   * the abort flag like run(). */
+  par_status (*p2p)(par_group *g, par__op *ops, par__p2p_state *ps, int nops,
+                    _Atomic int *poke);
+  /* Wakes a thread of this process blocked in p2p() on this group, after *poke was set. */
+  void (*poke)(par_group *g);
+  /* Makes pending and later calls of every member fail with PAR_ERR_ABORTED. Called from any
+   * thread. */
   void (*abort)(par_group *g);
 } par__backend;
 
@@ -125,6 +141,8 @@ struct par_group {
   int busy;     /* an op of this group is running (inline or in the worker) */
   int stopping; /* the worker should exit once the queue is empty */
   int has_worker;
+  int p2p_active; /* the worker is progressing a batch of send/recv ops */
+  _Atomic int poke; /* set when send/recv ops were queued behind an active batch */
   pthread_t worker;
   uint64_t seq;
 };

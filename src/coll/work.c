@@ -14,44 +14,51 @@
 
 #define MAX_P2P_BATCH 64
 
-/* Runs ops in the calling thread and records their outcome. Called with g->busy held. */
-static void execute(par_group *g, par_work **ws, int n) {
-  par__op ops[MAX_P2P_BATCH];
-  par_status st;
+/* The status a queued op gets without running, or 0 when the group can run it. */
+static par_status refuse(par_group *g, const par__op *op) {
   int broken = atomic_load(&g->broken);
+  if (atomic_load(&g->aborted))
+    return par__error(PAR_ERR_ABORTED, "%s on group '%s': the group was aborted",
+                      par__op_kind_name(op->kind), g->name);
+  if (broken)
+    return par__error(PAR_ERR_STATE,
+                      "%s on group '%s': the group is broken by an earlier error (%s: %s); "
+                      "destroy it",
+                      par__op_kind_name(op->kind), g->name, par_status_name((par_status)broken),
+                      g->broken_detail);
+  return PAR_OK;
+}
 
+/* A failed transfer leaves the members out of step: the group cannot be trusted after it. */
+static void note_failure(par_group *g, par_status st) {
+  if (st < 0 && !atomic_load(&g->broken)) {
+    par__error_copy(g->broken_detail);
+    atomic_store(&g->broken, (int)st);
+  }
+}
+
+/* Records an op's outcome (after its continuation, if any). */
+static void settle(par_work *w, par_status st) {
+  if (st >= 0 && w->then) st = w->then(w->then_ctx);
+  w->status = st;
+  if (st < 0)
+    par__error_copy(w->error);
+  else
+    w->error[0] = '\0';
+}
+
+static void start_op(par_work *w) { w->op.deadline = par__now() + w->op.timeout_s; }
+
+/* Runs a collective in the calling thread. Called with g->busy held. */
+static void execute(par_group *g, par_work *w) {
   par__error_clear();
-  if (atomic_load(&g->aborted)) {
-    st = par__error(PAR_ERR_ABORTED, "%s on group '%s': the group was aborted",
-                    par__op_kind_name(ws[0]->op.kind), g->name);
-  } else if (broken) {
-    st = par__error(PAR_ERR_STATE,
-                    "%s on group '%s': the group is broken by an earlier error (%s: %s); "
-                    "destroy it",
-                    par__op_kind_name(ws[0]->op.kind), g->name,
-                    par_status_name((par_status)broken), g->broken_detail);
-  } else {
-    double now = par__now();
-    for (int i = 0; i < n; i++) {
-      ops[i] = ws[i]->op;
-      ops[i].deadline = now + ops[i].timeout_s;
-    }
-    st = g->be->run(g, ops, n);
-    if (st < 0 && !atomic_load(&g->broken)) {
-      /* A failed transfer leaves the members out of step: the group cannot be trusted. */
-      par__error_copy(g->broken_detail);
-      atomic_store(&g->broken, (int)st);
-    }
+  par_status st = refuse(g, &w->op);
+  if (st == PAR_OK) {
+    start_op(w);
+    st = g->be->run(g, &w->op);
+    note_failure(g, st);
   }
-  for (int i = 0; i < n; i++) {
-    par_status s = st;
-    if (s >= 0 && ws[i]->then) s = ws[i]->then(ws[i]->then_ctx);
-    ws[i]->status = s;
-    if (s < 0)
-      par__error_copy(ws[i]->error);
-    else
-      ws[i]->error[0] = '\0';
-  }
+  settle(w, st);
 }
 
 static void mark_done(par_group *g, par_work **ws, int n) {
@@ -60,6 +67,69 @@ static void mark_done(par_group *g, par_work **ws, int n) {
   for (int i = 0; i < n; i++) atomic_store_explicit(&ws[i]->done, 1, memory_order_release);
   pthread_cond_broadcast(&g->cv);
   pthread_mutex_unlock(&g->mu);
+}
+
+/* Moves consecutive send/recv ops from the head of the queue into the batch. Called with
+ * g->mu held. */
+static void absorb_p2p(par_group *g, par_work **ws, par__op *ops, par__p2p_state *ps, int *n) {
+  while (g->head && *n < MAX_P2P_BATCH && par__op_is_p2p(g->head->op.kind)) {
+    par_work *w = g->head;
+    g->head = w->next;
+    start_op(w);
+    ws[*n] = w;
+    ops[*n] = w->op;
+    memset(&ps[*n], 0, sizeof ps[*n]);
+    (*n)++;
+  }
+  if (!g->head) g->tail = NULL;
+}
+
+/*
+ * Runs send/recv ops together: the batch starts with the ops in `ws` and takes in further
+ * send/recv ops queued behind it while it runs, so that a recv posted just before its matching
+ * send still progresses with it. Ops finish as they complete. Called with g->mu held and
+ * g->busy set; returns with g->mu held and g->busy cleared.
+ */
+static void execute_p2p(par_group *g, par_work **ws, int n, int absorb) {
+  par__op ops[MAX_P2P_BATCH];
+  par__p2p_state ps[MAX_P2P_BATCH];
+  for (int i = 0; i < n; i++) {
+    start_op(ws[i]);
+    ops[i] = ws[i]->op;
+    memset(&ps[i], 0, sizeof ps[i]);
+  }
+  if (absorb) absorb_p2p(g, ws, ops, ps, &n);
+  g->p2p_active = absorb;
+  while (n > 0) {
+    atomic_store(&g->poke, 0);
+    pthread_mutex_unlock(&g->mu);
+    par__error_clear();
+    par_status st = refuse(g, &ops[0]);
+    if (st == PAR_OK) {
+      st = g->be->p2p(g, ops, ps, n, absorb ? &g->poke : NULL);
+      note_failure(g, st);
+    }
+    for (int i = 0; i < n; i++)
+      if (st < 0 || ps[i].done) settle(ws[i], st < 0 ? st : PAR_OK);
+    pthread_mutex_lock(&g->mu);
+    int k = 0;
+    for (int i = 0; i < n; i++) {
+      if (st < 0 || ps[i].done) {
+        atomic_store_explicit(&ws[i]->done, 1, memory_order_release);
+        continue;
+      }
+      ws[k] = ws[i];
+      ops[k] = ops[i];
+      ps[k] = ps[i];
+      k++;
+    }
+    n = k;
+    pthread_cond_broadcast(&g->cv);
+    if (absorb) absorb_p2p(g, ws, ops, ps, &n);
+  }
+  g->p2p_active = 0;
+  g->busy = 0;
+  pthread_cond_broadcast(&g->cv);
 }
 
 static void *worker_main(void *arg) {
@@ -73,19 +143,17 @@ static void *worker_main(void *arg) {
       pthread_cond_wait(&g->cv, &g->mu);
       continue;
     }
-    int n = 0;
-    batch[n++] = g->head;
-    g->head = g->head->next;
-    if (par__op_is_p2p(batch[0]->op.kind))
-      while (g->head && n < MAX_P2P_BATCH && par__op_is_p2p(g->head->op.kind)) {
-        batch[n++] = g->head;
-        g->head = g->head->next;
-      }
-    if (!g->head) g->tail = NULL;
+    par_work *w = g->head;
     g->busy = 1;
+    if (par__op_is_p2p(w->op.kind)) {
+      execute_p2p(g, batch, 0, 1);
+      continue;
+    }
+    g->head = w->next;
+    if (!g->head) g->tail = NULL;
     pthread_mutex_unlock(&g->mu);
-    execute(g, batch, n);
-    mark_done(g, batch, n);
+    execute(g, w);
+    mark_done(g, &w, 1);
     pthread_mutex_lock(&g->mu);
   }
   pthread_mutex_unlock(&g->mu);
@@ -102,7 +170,8 @@ static par_status ensure_worker(par_group *g) {
   return PAR_OK;
 }
 
-static void enqueue(par_group *g, par_work *w) {
+/* Called with g->mu held; returns 1 when the caller must poke the backend after unlocking. */
+static int enqueue(par_group *g, par_work *w) {
   w->next = NULL;
   if (g->tail)
     g->tail->next = w;
@@ -110,6 +179,11 @@ static void enqueue(par_group *g, par_work *w) {
     g->head = w;
   g->tail = w;
   pthread_cond_broadcast(&g->cv);
+  if (g->p2p_active && par__op_is_p2p(w->op.kind) && g->head == w) {
+    atomic_store(&g->poke, 1);
+    return 1;
+  }
+  return 0;
 }
 
 static void work_init(par_work *w, par_group *g, const par__op *op) {
@@ -128,8 +202,9 @@ static par_status submit_async(par_group *g, par_work *w, par_work **out) {
     free(w);
     return st;
   }
-  enqueue(g, w);
+  int poke = enqueue(g, w);
   pthread_mutex_unlock(&g->mu);
+  if (poke && g->be->poke) g->be->poke(g);
   *out = w;
   return PAR_OK;
 }
@@ -156,17 +231,27 @@ par_status par__submit(par_group *g, const par__op *op, par_work **out) {
   work_init(&w, g, op);
   if (!g->busy && !g->head) {
     g->busy = 1;
-    pthread_mutex_unlock(&g->mu);
     par_work *one = &w;
-    execute(g, &one, 1);
-    mark_done(g, &one, 1);
+    if (par__op_is_p2p(w.op.kind)) {
+      execute_p2p(g, &one, 1, 0);
+      pthread_mutex_unlock(&g->mu);
+    } else {
+      pthread_mutex_unlock(&g->mu);
+      execute(g, one);
+      mark_done(g, &one, 1);
+    }
   } else {
     par_status st = ensure_worker(g);
     if (st < 0) {
       pthread_mutex_unlock(&g->mu);
       return st;
     }
-    enqueue(g, &w);
+    int poke = enqueue(g, &w);
+    if (poke && g->be->poke) {
+      pthread_mutex_unlock(&g->mu);
+      g->be->poke(g);
+      pthread_mutex_lock(&g->mu);
+    }
     while (!atomic_load(&w.done)) pthread_cond_wait(&g->cv, &g->mu);
     pthread_mutex_unlock(&g->mu);
   }

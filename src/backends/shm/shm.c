@@ -301,10 +301,20 @@ static par_status shm_init(par_group *g) {
   return PAR_OK;
 }
 
-static par_status shm_run(par_group *g, par__op *ops, int nops) {
+static par_status shm_run(par_group *g, par__op *op) {
+  return par__shm_collective(g, g->be_state, op);
+}
+
+static par_status shm_p2p(par_group *g, par__op *ops, par__p2p_state *ps, int nops,
+                          _Atomic int *poke) {
+  return par__shm_p2p(g, g->be_state, ops, ps, nops, poke);
+}
+
+/* The batch sleeps on the segment's futex: a wake there makes it look at the poke flag. */
+static void shm_poke(par_group *g) {
   shm_state *st = g->be_state;
-  if (par__op_is_p2p(ops[0].kind)) return par__shm_p2p(g, st, ops, nops);
-  return par__shm_collective(g, st, &ops[0]);
+  atomic_fetch_add(&st->hdr->wake, 1);
+  futex_wake_all(&st->hdr->wake);
 }
 
 static void shm_abort(par_group *g) {
@@ -316,10 +326,12 @@ static void shm_abort(par_group *g) {
 }
 
 const par__backend par__shm_backend = {
-    .version = 1,
+    .version = 2,
     .name = "shm",
     .group_init = shm_init,
     .group_fini = shm_fini,
     .run = shm_run,
+    .p2p = shm_p2p,
+    .poke = shm_poke,
     .abort = shm_abort,
 };

@@ -106,6 +106,7 @@ static inline shm_slot *shm_slot_of(shm_state *st, shm_chan *ch, uint64_t i) {
 
 /* Collectives (shm_coll.c) and point-to-point (shm_p2p.c). */
 par_status par__shm_collective(par_group *g, shm_state *st, const par__op *op);
-par_status par__shm_p2p(par_group *g, shm_state *st, par__op *ops, int nops);
+par_status par__shm_p2p(par_group *g, shm_state *st, par__op *ops, par__p2p_state *ps, int nops,
+                        _Atomic int *poke);
 
 #endif /* PAR_SHM_H */
