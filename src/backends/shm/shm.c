@@ -162,7 +162,7 @@ static void layout(shm_header *h, int n, size_t chunk) {
   h->off_p2p = h->off_data + (size_t)n * 4 * chunk;
   h->p2p_stride = align_up(sizeof(shm_chan) + SHM_P2P_SLOTS * (sizeof(shm_slot) + SHM_P2P_CHUNK),
                            4096);
-  h->size = h->off_p2p + (n > 1 ? (size_t)n * (size_t)n * h->p2p_stride : 0);
+  h->size = h->off_p2p + (size_t)n * (size_t)n * h->p2p_stride;
 }
 
 static int pred_attached(shm_state *st, const void *arg) {
