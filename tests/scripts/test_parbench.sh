@@ -66,7 +66,8 @@ rc=$?
 grep -q -- "--root" "$TMP/err" || fail "no message about --root on 3 ranks"
 
 # --- the checked table run ----------------------------------------------------------------
-"$PARRUN" "${PARRUN_OPTS[@]}" -n 3 "$BENCH" --check --min 8 --max 1M --iters 3 --warmup 1 >"$TMP/table" 2>"$TMP/err"
+"$PARRUN" "${PARRUN_OPTS[@]}" -n 3 "$BENCH" --check --min 8 --max 1M --iters 3 --warmup 1 \
+  >"$TMP/table" 2>"$TMP/err"
 rc=$?
 [ "$rc" -eq 0 ] || fail "checked table run exited $rc: $(tail -5 "$TMP/err")"
 for op in allreduce allgather reduce_scatter broadcast alltoall sendrecv; do
@@ -157,16 +158,16 @@ EOF
 OPS=allreduce,allgather,reduce_scatter,broadcast,reduce,alltoall,sendrecv
 DTYPES=f32,bf16,i8,f64
 REDOPS=sum,prod,min,max,avg
-"$PARRUN" "${PARRUN_OPTS[@]}" -n 3 "$BENCH" --check --json --min 8 --max 1M --iters 3 --warmup 1 --op all \
-  --dtype "$DTYPES" --redop "$REDOPS" >"$TMP/json" 2>"$TMP/err"
+"$PARRUN" "${PARRUN_OPTS[@]}" -n 3 "$BENCH" --check --json --min 8 --max 1M --iters 3 \
+  --warmup 1 --op all --dtype "$DTYPES" --redop "$REDOPS" >"$TMP/json" 2>"$TMP/err"
 rc=$?
 [ "$rc" -eq 0 ] || fail "checked JSON run exited $rc: $(tail -5 "$TMP/err")"
 check_json "$TMP/json" 3 8 $((1 << 20)) "$FACTOR" 3 "$OPS" "$DTYPES" "$REDOPS" ||
   fail "checked JSON run: bad rows"
 
-# Default ops, automatic iteration count, a root other than 0, an explicit factor.
-"$PARRUN" "${PARRUN_OPTS[@]}" -n 3 "$BENCH" --check --json --max 64K --factor 8 --root 2 --op allreduce,reduce \
-  --dtype f16 --redop max >"$TMP/auto" 2>"$TMP/err"
+# The automatic iteration count, a root other than 0, an explicit factor, f16.
+"$PARRUN" "${PARRUN_OPTS[@]}" -n 3 "$BENCH" --check --json --max 64K --factor 8 --root 2 \
+  --op allreduce,reduce --dtype f16 --redop max >"$TMP/auto" 2>"$TMP/err"
 rc=$?
 [ "$rc" -eq 0 ] || fail "automatic-iterations run exited $rc: $(tail -5 "$TMP/err")"
 check_json "$TMP/auto" 3 8 65536 8 0 allreduce,reduce f16 max || fail "automatic run: bad rows"
