@@ -86,9 +86,11 @@ par_status par__shm_wait(shm_state *st, const shm_waitctx *wc, shm_pred pred, co
   double start = par__now(), next_check = start + 0.5;
   for (;;) {
     par_group *g = wc->g;
-    if (atomic_load(&st->hdr->abort) || atomic_load(&g->aborted))
+    if (atomic_load(&st->hdr->abort) || atomic_load(&g->aborted)) {
+      atomic_store(&g->aborted, 1); /* later ops on this member fail the same way */
       return par__error(PAR_ERR_ABORTED, "%s on group '%s' (op #%llu): the group was aborted",
                         wc->what, g->name, (unsigned long long)wc->seq);
+    }
     atomic_fetch_add(&st->hdr->sleepers, 1);
     uint32_t v = atomic_load(&st->hdr->wake);
     who = pred(st, arg);
@@ -301,12 +303,22 @@ static par_status shm_init(par_group *g) {
   return PAR_OK;
 }
 
+/* A member's abort reaches everyone: no op starts on a group that any member aborted. */
+static par_status check_abort(par_group *g, shm_state *st, const par__op *op) {
+  if (!atomic_load(&st->hdr->abort)) return PAR_OK;
+  atomic_store(&g->aborted, 1);
+  return par__error(PAR_ERR_ABORTED, "%s on group '%s' (op #%llu): the group was aborted",
+                    par__op_kind_name(op->kind), g->name, (unsigned long long)op->seq);
+}
+
 static par_status shm_run(par_group *g, par__op *op) {
+  PAR_FORWARD_IF_ERROR(check_abort(g, g->be_state, op));
   return par__shm_collective(g, g->be_state, op);
 }
 
 static par_status shm_p2p(par_group *g, par__op *ops, par__p2p_state *ps, int nops,
                           _Atomic int *poke) {
+  PAR_FORWARD_IF_ERROR(check_abort(g, g->be_state, &ops[0]));
   return par__shm_p2p(g, g->be_state, ops, ps, nops, poke);
 }
 
