@@ -401,10 +401,21 @@ void h_ref_reduce(void *dst, size_t count, par_dtype dt, par_op op, h_gen gen, c
       case PAR_F16: ((uint16_t *)dst)[j] = h_f32_to_f16(op == PAR_AVG ? af[j] / (float)n : af[j]); break;
       case PAR_BF16: ((uint16_t *)dst)[j] = h_f32_to_bf16(op == PAR_AVG ? af[j] / (float)n : af[j]); break;
       default: {
-        /* avg: the tests keep integer sums inside the type, so the true sum divides here;
-         * C division truncates toward zero as par.h asks */
-        uint64_t v = (uint64_t)(op == PAR_AVG ? ai[j] / n : ai[j]);
-        memcpy((unsigned char *)dst + j * es, &v, es); /* little-endian truncation */
+        int64_t v = ai[j];
+        if (op == PAR_AVG) {
+          /* The wrapped sum (in the element type, with its signedness), then C division, which
+           * truncates toward zero. par.h says only "sum divided by the group size"; that the
+           * sum wraps first is what src/core/core.h specifies for the kernels. */
+          switch (dt) {
+            case PAR_I8: v = (int8_t)(uint8_t)v; break;
+            case PAR_U8: v = (uint8_t)v; break;
+            case PAR_I32: v = (int32_t)(uint32_t)v; break;
+            default: break;
+          }
+          v /= n;
+        }
+        uint64_t u = (uint64_t)v;
+        memcpy((unsigned char *)dst + j * es, &u, es); /* little-endian truncation */
         break;
       }
     }

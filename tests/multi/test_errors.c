@@ -6,11 +6,13 @@
  * op and the offending value, and leave the group usable (checked with an allreduce after each
  * one). par_group_create rejects out-of-range and duplicate ranks and lists without the
  * caller (PAR_ERR_NOT_MEMBER) at once. A member that never joins a collective makes the others
- * fail with PAR_ERR_TIMEOUT naming the op and the group within a couple of seconds. A child
- * process with a clean environment gets a world of 1.
+ * fail with PAR_ERR_TIMEOUT naming the op and the group within a couple of seconds.
+ * par_group_abort from another thread unblocks an op and fails pending and later ops on every
+ * member with PAR_ERR_ABORTED. A child process with a clean environment gets a world of 1.
  *
  * PAR_TEST_RANKS: 1 2 3 5 8
  */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -125,10 +127,13 @@ static void test_bad_collective_args(par_group *g) {
     BAD(g, PAR_ERR_NULL, par_send_async(g, a, 4, PAR_F32, peer, NULL), "send");
     BAD(g, PAR_ERR_NULL, par_recv_async(g, b, 4, PAR_F32, peer, NULL), "recv");
   }
-  /* A bad argument to an async form fails at the call: no work handle is made. */
-  w = (par_work *)&w;
+  /* A bad argument to an async form fails at the call: no work handle is made (*work is
+   * either set to NULL or left alone; here it starts as a marker that is no handle). */
+  static char marker;
+  par_work *const untouched = (par_work *)(void *)&marker;
+  w = untouched;
   EXPECT_STATUS(PAR_ERR_DTYPE, par_allreduce_async(g, a, b, 4, BAD_DT, PAR_SUM, &w));
-  EXPECT_TRUE(w == NULL || w == (par_work *)&w, "a failed _async call leaves no work handle to free");
+  EXPECT_TRUE(w == NULL || w == untouched, "a failed _async call leaves no work handle to free");
   still_usable(g);
 
   h_free(a);
@@ -230,6 +235,7 @@ static void test_timeout(void) {
       par_status s;
       const char *msg;
       par_work *w = NULL;
+      float *all_b = NULL;
       if (r == 0) {
         s = par_allreduce(g, a, b, 8, PAR_F32, PAR_SUM);
         msg = par_group_last_error(g);
@@ -237,22 +243,71 @@ static void test_timeout(void) {
         s = par_barrier(g);
         msg = par_group_last_error(g);
       } else {
-        float *all_b = h_alloc(sizeof(float) * 8 * (size_t)h_size, 0);
+        all_b = h_alloc(sizeof(float) * 8 * (size_t)h_size, 0);
         CHECK(g, par_allgather_async(g, a, all_b, 8, PAR_F32, &w));
         s = par_work_wait(w, -1.0);
         msg = par_work_error(w);
-        h_free(all_b);
       }
       double dt = h_now() - t0;
       EXPECT_STATUS(PAR_ERR_TIMEOUT, s);
       EXPECT_TRUE(dt >= 0.9 && dt < 4.0, "the timeout came after ~1 s, took %.2f s", dt);
       EXPECT_MSG(msg, runs[r].op, "tmo-group");
-      par_work_free(w);
+      par_work_free(w); /* before freeing the buffer the op may still hold */
+      h_free(all_b);
     }
     h_context("world barrier after the %s timeout", runs[r].op);
     CHECK(world, par_barrier(world));
     par_group_destroy(g);
   }
+  free(all);
+  still_usable(world);
+}
+
+typedef struct abort_arg {
+  par_group *g;
+  double delay;
+} abort_arg;
+
+static void *abort_later(void *p) {
+  abort_arg *a = p;
+  h_sleep(a->delay);
+  par_group_abort(a->g);
+  return NULL;
+}
+
+/* Rank 0's main thread blocks in an allreduce that the last rank never joins; a second thread
+ * of rank 0 aborts the group. The allreduce fails with PAR_ERR_ABORTED at once (long before
+ * the 60 s timeout), so do the other members' pending allreduces, and every later op on the
+ * group, on every member. */
+static void test_abort(void) {
+  int last = h_size - 1;
+  int *all = malloc(sizeof(int) * (size_t)h_size);
+  for (int i = 0; i < h_size; i++) all[i] = i;
+  par_group *g = h_group_create(all, h_size, "abort-group");
+  CHECK(g, par_group_set_timeout(g, 60.0));
+  float x[4] = {1, 2, 3, 4}, y[4];
+  if (h_size == 1) {
+    h_context("par_group_abort on a group of one");
+    par_group_abort(g);
+    EXPECT_STATUS(PAR_ERR_ABORTED, par_allreduce(g, x, y, 4, PAR_F32, PAR_SUM));
+  } else if (h_rank != last) {
+    h_context("allreduce on 'abort-group' (rank %d never joins; rank 0 aborts after 0.3 s)", last);
+    pthread_t t;
+    abort_arg a = {g, 0.3};
+    if (h_rank == 0) EXPECT_INT(0, pthread_create(&t, NULL, abort_later, &a));
+    double t0 = h_now();
+    par_status s = par_allreduce(g, x, y, 4, PAR_F32, PAR_SUM);
+    double dt = h_now() - t0;
+    if (h_rank == 0) EXPECT_INT(0, pthread_join(t, NULL));
+    EXPECT_STATUS(PAR_ERR_ABORTED, s);
+    EXPECT_TRUE(dt < 15.0, "the abort ends the op within seconds (timeout 60 s), took %.1f s", dt);
+    EXPECT_MSG(par_group_last_error(g), "allreduce");
+  }
+  h_context("world barrier after the abort");
+  CHECK(world, par_barrier(world));
+  h_context("a later op on the aborted group");
+  EXPECT_STATUS(PAR_ERR_ABORTED, par_barrier(g));
+  par_group_destroy(g);
   free(all);
   still_usable(world);
 }
@@ -328,6 +383,7 @@ int main(int argc, char **argv) {
   test_null_handles();
   test_bad_group_create();
   test_timeout();
+  test_abort();
   test_world_of_one(argv[0]);
   h_context("final barrier");
   CHECK(world, par_barrier(world));
