@@ -94,7 +94,8 @@ typedef enum par_op {
   PAR_PROD = 1,
   PAR_MIN = 2,
   PAR_MAX = 3,
-  PAR_AVG = 4, /* sum divided by the group size; integer types truncate toward zero */
+  PAR_AVG = 4, /* sum divided by the group size; for integer types the sum wraps in the
+                  type first, then the division truncates toward zero */
   PAR_OP_COUNT
 } par_op;
 
