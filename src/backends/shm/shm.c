@@ -43,17 +43,23 @@ static void futex_wake_all(_Atomic uint32_t *addr) {
   syscall(SYS_futex, (uint32_t *)addr, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 }
 
-void par__shm_wake(shm_state *st) {
-  if (atomic_load(&st->hdr->sleepers) > 0) {
-    atomic_fetch_add(&st->hdr->wake, 1);
-    futex_wake_all(&st->hdr->wake);
-  }
+void par__shm_ring(shm_state *st, int j) {
+  shm_ctrl *c = &st->ctrl[j];
+  /* seq_cst: pairs with the sleeper count in par__shm_wait (a Dekker handshake). */
+  atomic_fetch_add(&c->bell, 1);
+  if (atomic_load(&c->sleepers) > 0) futex_wake_all(&c->bell);
 }
 
 void par__shm_post(shm_state *st, uint64_t epoch) {
-  /* seq_cst: pairs with the sleeper count in par__shm_wait (a Dekker handshake). */
   atomic_store(&st->ctrl[st->me].epoch, epoch);
-  par__shm_wake(st);
+  par__shm_ring(st, st->me);
+}
+
+static void ring_all(shm_state *st) {
+  for (int j = 0; j < st->n; j++) {
+    atomic_fetch_add(&st->ctrl[j].bell, 1);
+    futex_wake_all(&st->ctrl[j].bell);
+  }
 }
 
 /* 1 when the member's process is gone or a zombie. */
@@ -91,17 +97,21 @@ par_status par__shm_wait(shm_state *st, const shm_waitctx *wc, shm_pred pred, co
       return par__error(PAR_ERR_ABORTED, "%s on group '%s' (op #%llu): the group was aborted",
                         wc->what, g->name, (unsigned long long)wc->seq);
     }
-    atomic_fetch_add(&st->hdr->sleepers, 1);
-    uint32_t v = atomic_load(&st->hdr->wake);
+    int bell = wc->own_bell ? st->me : who;
+    shm_ctrl *c = &st->ctrl[bell];
+    atomic_fetch_add(&c->sleepers, 1);
+    atomic_store(&st->sleeping_on, bell);
+    uint32_t v = atomic_load(&c->bell);
     who = pred(st, arg);
     double now = par__now();
-    if (who >= 0 && now < wc->deadline) {
+    if (who >= 0 && now < wc->deadline && !atomic_load(&st->hdr->abort)) {
       double left = wc->deadline - now;
-      futex_wait(&st->hdr->wake, v, left < 0.05 ? left : 0.05);
+      futex_wait(&c->bell, v, left < 0.05 ? left : 0.05);
       who = pred(st, arg);
       now = par__now();
     }
-    atomic_fetch_sub(&st->hdr->sleepers, 1);
+    atomic_store(&st->sleeping_on, -1);
+    atomic_fetch_sub(&c->sleepers, 1);
     if (who < 0) return PAR_OK;
     if (now >= wc->deadline)
       return par__error(PAR_ERR_TIMEOUT,
@@ -249,6 +259,7 @@ static par_status shm_init(par_group *g) {
   g->be_state = st;
   st->n = g->n;
   st->me = g->index;
+  atomic_store(&st->sleeping_on, -1);
   st->srcs = calloc((size_t)g->n, sizeof(void *));
   if (!st->srcs) {
     shm_fini(g);
@@ -286,9 +297,9 @@ static par_status shm_init(par_group *g) {
   st->ctrl = (shm_ctrl *)(st->base + st->hdr->off_ctrl);
   st->ctrl[st->me].pid = (int32_t)getpid();
   atomic_fetch_add(&st->hdr->attached, 1);
-  par__shm_wake(st);
+  ring_all(st); /* whoever waits for the last member to attach sleeps on some bell */
 
-  shm_waitctx wc = {g, "creating the group", 0, g->create_deadline};
+  shm_waitctx wc = {g, "creating the group", 0, g->create_deadline, 1};
   s = par__shm_wait(st, &wc, pred_attached, NULL);
   if (s >= 0 && st->me == 0 && st->n > 1) {
     /* Everyone has it mapped: the name is no longer needed, and a crash leaves nothing. */
@@ -322,19 +333,18 @@ static par_status shm_p2p(par_group *g, par__op *ops, par__p2p_state *ps, int no
   return par__shm_p2p(g, g->be_state, ops, ps, nops, poke);
 }
 
-/* The batch sleeps on the segment's futex: a wake there makes it look at the poke flag. */
+/* Wakes this process's waiting thread, wherever it sleeps, to look at the poke flag. */
 static void shm_poke(par_group *g) {
   shm_state *st = g->be_state;
-  atomic_fetch_add(&st->hdr->wake, 1);
-  futex_wake_all(&st->hdr->wake);
+  int j = atomic_load(&st->sleeping_on);
+  if (j >= 0) par__shm_ring(st, j);
 }
 
 static void shm_abort(par_group *g) {
   shm_state *st = g->be_state;
   if (!st || !st->hdr) return;
   atomic_store(&st->hdr->abort, 1);
-  atomic_fetch_add(&st->hdr->wake, 1);
-  futex_wake_all(&st->hdr->wake);
+  ring_all(st);
 }
 
 const par__backend par__shm_backend = {

@@ -34,15 +34,19 @@ typedef struct shm_header {
   uint64_t chunk, p2p_chunk, p2p_slots, size;
   uint64_t off_ctrl, off_data, off_p2p, p2p_stride;
   _Alignas(SHM_LINE) _Atomic uint32_t abort;
-  _Alignas(SHM_LINE) _Atomic uint32_t wake;
-  _Atomic uint32_t sleepers;
   _Alignas(SHM_LINE) _Atomic uint32_t attached;
 } shm_header;
 
+/* Per member. Waiting is targeted: a member that waits for member j's epoch sleeps on j's
+ * bell, which j rings when it posts; send/recv ring the bell of the member at the other end
+ * of the channel, and a send/recv batch sleeps on its own bell. A ring makes a system call
+ * only when the bell has sleepers. */
 typedef struct shm_ctrl {
   _Alignas(SHM_LINE) _Atomic uint64_t epoch;
+  _Atomic uint32_t bell; /* futex word */
   int32_t pid;
   uint64_t fp[2][3]; /* PAR_CHECK fingerprints, by round parity */
+  _Alignas(SHM_LINE) _Atomic uint32_t sleepers; /* written by waiters: its own line */
 } shm_ctrl;
 
 typedef struct shm_slot {
@@ -69,6 +73,7 @@ typedef struct shm_state {
   uint64_t round;          /* rounds run so far; its parity picks the data set */
   uint64_t prev_round_end; /* epoch at the end of the previous round */
   int spin, yields;        /* waiting policy */
+  _Atomic int sleeping_on; /* the bell this process's waiting thread sleeps on, or -1 */
   const void **srcs;       /* n pointers, scratch for reductions */
 } shm_state;
 
@@ -78,6 +83,7 @@ typedef struct shm_waitctx {
   const char *what;
   uint64_t seq;
   double deadline;
+  int own_bell; /* sleep on this member's own bell (send/recv) instead of the awaited one's */
 } shm_waitctx;
 
 /* Returns -1 when the condition holds, else the index of a member it still waits for. */
@@ -85,7 +91,8 @@ typedef int (*shm_pred)(shm_state *st, const void *arg);
 
 par_status par__shm_wait(shm_state *st, const shm_waitctx *wc, shm_pred pred, const void *arg);
 void par__shm_post(shm_state *st, uint64_t epoch);
-void par__shm_wake(shm_state *st);
+/* Rings member j's bell: wakes whoever sleeps on it. */
+void par__shm_ring(shm_state *st, int j);
 par_status par__shm_wait_all(shm_state *st, const shm_waitctx *wc, uint64_t epoch);
 par_status par__shm_wait_one(shm_state *st, const shm_waitctx *wc, int j, uint64_t epoch);
 

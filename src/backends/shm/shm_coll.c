@@ -69,19 +69,29 @@ static par_status check_fingerprint(par_group *g, shm_state *st, const par__op *
 /* Reductions: allreduce, reduce (to a root), reduce_scatter                                */
 /* ---------------------------------------------------------------------------------------- */
 
-/* One round for small inputs: everyone publishes, then each reducer combines all. */
-static par_status reduce_small(shm_state *st, const shm_waitctx *wc, const par__op *op,
-                               int all) {
-  size_t bytes = op->count * par_dtype_size(op->dt);
-  int s;
-  PAR_FORWARD_IF_ERROR(round_begin(st, wc, 1, &s));
-  memcpy(shm_area(st, st->me, s, 0), op->sendbuf, bytes);
-  PAR_FORWARD_IF_ERROR(par__shm_wait_all(st, wc, post_next(st)));
-  if (all || op->root == st->me) {
-    for (int j = 0; j < st->n; j++) st->srcs[j] = shm_area(st, j, s, 0);
-    par__reduce(op->recvbuf, st->srcs, st->n, op->count, op->dt, op->op, st->n);
+/* Every reducer combines all contributions itself: one synchronisation per round. Its own
+ * contribution is read from its input (still in cache from the copy) unless the op is in
+ * place. Used for small inputs, and for all sizes on two members, where it also moves the
+ * least data. */
+static par_status reduce_direct(shm_state *st, const shm_waitctx *wc, const par__op *op,
+                                int all) {
+  size_t es = par_dtype_size(op->dt), per = st->hdr->chunk / es;
+  const char *in = op->sendbuf;
+  char *out = op->recvbuf;
+  int reader = all || op->root == st->me, inplace = op->sendbuf == op->recvbuf;
+  for (size_t base = 0; base < op->count; base += per) {
+    size_t m = op->count - base < per ? op->count - base : per;
+    int s;
+    PAR_FORWARD_IF_ERROR(round_begin(st, wc, 1, &s));
+    memcpy(shm_area(st, st->me, s, 0), in + base * es, m * es);
+    PAR_FORWARD_IF_ERROR(par__shm_wait_all(st, wc, post_next(st)));
+    if (reader) {
+      for (int j = 0; j < st->n; j++) st->srcs[j] = shm_area(st, j, s, 0);
+      if (!inplace) st->srcs[st->me] = in + base * es;
+      par__reduce(out + base * es, st->srcs, st->n, m, op->dt, op->op, st->n);
+    }
+    round_end(st);
   }
-  round_end(st);
   return PAR_OK;
 }
 
@@ -217,7 +227,7 @@ static par_status barrier(shm_state *st, const shm_waitctx *wc) {
 }
 
 par_status par__shm_collective(par_group *g, shm_state *st, const par__op *op) {
-  shm_waitctx wc = {g, par__op_kind_name(op->kind), op->seq, op->deadline};
+  shm_waitctx wc = {g, par__op_kind_name(op->kind), op->seq, op->deadline, 0};
   if (par__env_get()->check) PAR_FORWARD_IF_ERROR(check_fingerprint(g, st, op, &wc));
   if (op->kind == PAR__BARRIER) return barrier(st, &wc);
   if (op->count == 0) return PAR_OK;
@@ -226,7 +236,8 @@ par_status par__shm_collective(par_group *g, shm_state *st, const par__op *op) {
     case PAR__ALLREDUCE:
     case PAR__REDUCE: {
       int all = op->kind == PAR__ALLREDUCE;
-      if (bytes <= SHM_SMALL_MAX && bytes <= st->hdr->chunk) return reduce_small(st, &wc, op, all);
+      if (st->n <= 2 || (bytes <= SHM_SMALL_MAX && bytes <= st->hdr->chunk))
+        return reduce_direct(st, &wc, op, all);
       return reduce_large(st, &wc, op, all);
     }
     case PAR__REDUCE_SCATTER:

@@ -35,7 +35,7 @@ static int step_send(shm_state *st, const par__op *op, par__p2p_state *p) {
     if (len) memcpy(slot + 1, (const char *)op->sendbuf + p->off, len);
     p->off += len;
     atomic_store(&ch->sent, sent + 1);
-    par__shm_wake(st);
+    par__shm_ring(st, op->root);
     p->done = p->off == total;
     moved = 1;
   }
@@ -60,7 +60,7 @@ static int step_recv(shm_state *st, par_group *g, const par__op *op, par__p2p_st
     if (slot->len) memcpy((char *)op->recvbuf + p->off, slot + 1, slot->len);
     p->off += slot->len;
     atomic_store(&ch->acked, acked + 1);
-    par__shm_wake(st);
+    par__shm_ring(st, op->root);
     p->done = p->off == total;
     moved = 1;
   }
@@ -115,7 +115,7 @@ par_status par__shm_p2p(par_group *g, shm_state *st, par__op *ops, par__p2p_stat
     if (!pending || finished) return PAR_OK;
     if (poke && atomic_load(poke)) return PAR_OK;
     if (moved) continue;
-    shm_waitctx wc = {g, par__op_kind_name(ops[first].kind), ops[first].seq, deadline};
+    shm_waitctx wc = {g, par__op_kind_name(ops[first].kind), ops[first].seq, deadline, 1};
     PAR_FORWARD_IF_ERROR(par__shm_wait(st, &wc, pred_batch, &b));
   }
 }
