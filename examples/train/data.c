@@ -48,8 +48,8 @@ void data_fill(uint64_t seed, int classes, uint64_t first, int n, float *x, int 
     uint64_t i = first + (uint64_t)j;
     int arm = (int)(rng_uniform(seed, STREAM_ARM, i) * (float)classes);
     if (arm >= classes) arm = classes - 1;
-    float t = rng_uniform(seed, STREAM_POS, i);   /* position along the arm, 0..1 */
-    float r = 0.15f + 0.85f * t;                  /* radius grows along the arm */
+    float t = rng_uniform(seed, STREAM_POS, i); /* position along the arm, 0..1 */
+    float r = 0.15f + 0.85f * t;                /* radius grows along the arm */
     float angle = two_pi * (float)arm / (float)classes + 3.5f * t; /* just over half a turn */
     x[2 * j + 0] = r * cosf(angle) + NOISE * noise(seed, STREAM_NOISE_X, i);
     x[2 * j + 1] = r * sinf(angle) + NOISE * noise(seed, STREAM_NOISE_Y, i);

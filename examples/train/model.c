@@ -29,7 +29,9 @@
 
 /* Random streams of the weights: one per full tensor, whatever the layout. */
 enum { STREAM_WE = 1, STREAM_BE, STREAM_WC, STREAM_BC, STREAM_BLOCK0 = 16 };
-static uint64_t block_stream(int block, int which) { return STREAM_BLOCK0 + 4u * (uint64_t)block + (uint64_t)which; }
+static uint64_t block_stream(int block, int which) {
+  return STREAM_BLOCK0 + 4u * (uint64_t)block + (uint64_t)which;
+}
 
 /* Fills the (rows, cols) shard at (row0, col0) of a full tensor with `full_cols` columns:
  * element (r, c) of the shard is element (row0 + r, col0 + c) of the full tensor, drawn from
@@ -91,8 +93,8 @@ void model_build(model *m, const train_config *cfg, int stage, int nstages, int 
   size_t input = (size_t)m->X * m->D + m->D;
   size_t block_l = (size_t)m->D * m->Hl + m->Hl + (size_t)m->Hl * m->D + m->D;
   size_t head_l = (size_t)m->D * m->Cl + m->Cl;
-  m->nparams = (m->has_input ? input : 0) + (size_t)m->nblocks * block_l +
-               (m->has_head ? head_l : 0);
+  m->nparams =
+      (m->has_input ? input : 0) + (size_t)m->nblocks * block_l + (m->has_head ? head_l : 0);
   m->total_params = input + (size_t)cfg->blocks * (2 * (size_t)m->D * m->H + m->H + m->D) +
                     (size_t)m->D * m->C + m->C;
   m->mem_params = train_alloc(m->nparams, sizeof(float));
@@ -204,9 +206,8 @@ static void axpy(float *restrict y, float a, const float *restrict x, int n) {
 }
 
 /* out (n, oc) = inp (n, ic) w (ic, oc) + bias (oc); bias may be NULL. */
-static void matmul_forward(float *restrict out, const float *restrict inp,
-                           const float *restrict w, const float *restrict bias, int n, int ic,
-                           int oc) {
+static void matmul_forward(float *restrict out, const float *restrict inp, const float *restrict w,
+                           const float *restrict bias, int n, int ic, int oc) {
   for (int r = 0; r < n; r++) {
     float *restrict o = out + (size_t)r * oc;
     for (int j = 0; j < oc; j++) o[j] = bias ? bias[j] : 0.0f;
@@ -264,7 +265,8 @@ static void gelu_backward(float *dinp, const float *inp, const float *dout, size
     float u = GELU_SCALE * (x + 0.044715f * x * x * x);
     float th = tanh_exp(u);
     float sech2 = 1.0f - th * th;
-    float grad = 0.5f * (1.0f + th) + 0.5f * x * sech2 * GELU_SCALE * (1.0f + 3.0f * 0.044715f * x * x);
+    float grad =
+        0.5f * (1.0f + th) + 0.5f * x * sech2 * GELU_SCALE * (1.0f + 3.0f * 0.044715f * x * x);
     dinp[i] = grad * dout[i];
   }
 }
@@ -368,8 +370,8 @@ void head_backward(model *m, const activations *a, backward_scratch *s, int b, f
 
   /* dh = dlogits_l Wc_l^T is a partial sum over the class shards: all-reduce it (the
    * conjugate of the identity in front of a column-parallel layer). */
-  matmul_backward(s->dpart, m->grads.wc, m->grads.bc, dl, ld, a->stream[m->nblocks],
-                  m->params.wc, b, m->D, m->Cl);
+  matmul_backward(s->dpart, m->grads.wc, m->grads.bc, dl, ld, a->stream[m->nblocks], m->params.wc,
+                  b, m->D, m->Cl);
   mp_allreduce(mp, s->dpart, (size_t)b * m->D);
   memcpy(s->dstream, s->dpart, (size_t)b * m->D * sizeof(float));
 }

@@ -16,10 +16,13 @@
  * Both run the backwards in micro-batch order 0..M-1, so the gradients accumulate in the same
  * order and the two schedules give bit-identical results.
  *
- * Sends are async (par_send_async) and waited for at the end of the step; receives block,
- * since the data is needed at once. The pp group runs its ops in issue order and a send
- * completes once its data sits in the shared-memory channel, so a stage never waits on a
- * neighbour that waits on it.
+ * Transfers are async (par_send_async, par_recv_async). A receive is waited for at once, as
+ * its data is needed; sends are waited for at the end of the step, their buffers untouched
+ * until then. In the 1F1B steady state both neighbours send before they receive, which with
+ * messages larger than what the channel buffers would leave each waiting for the other; so
+ * there, as in Megatron's batched send_forward_recv_backward, each send is posted together
+ * with the receive that follows it, and par progresses consecutive send/recv ops of a group
+ * together.
  *
  * Data parallelism overlaps with the backward pass: during the last micro-batch's backward,
  * each layer's gradients are final as soon as that layer is done, and their all-reduce over dp
@@ -60,15 +63,44 @@ void step_free(step_state *s, const model *m) {
 /* Pipeline transfers over the pp group                                                     */
 /* ---------------------------------------------------------------------------------------- */
 
-static void send_to_stage(step_state *s, const train_par *par, const float *buf, size_t n,
-                          int stage) {
+/* Posts a send of (b, D) floats to the next (dir = +1) or previous (dir = -1) stage. Its
+ * handle is kept and waited for at the end of the step: the buffer is not touched before. */
+static void post_send(step_state *s, const model *m, const train_par *par, const float *buf,
+                      int dir) {
   train_err_group = par->pp.group;
-  CHECK(par_send_async(par->pp.group, buf, n, PAR_F32, stage, &s->sends[s->nsends++]));
+  CHECK(par_send_async(par->pp.group, buf, (size_t)s->b * m->D, PAR_F32, par->stage + dir,
+                       &s->sends[s->nsends++]));
 }
 
-static void recv_from_stage(const train_par *par, float *buf, size_t n, int stage) {
+/* Posts a receive of (b, D) floats from the previous (dir = -1) or next (dir = +1) stage. */
+static par_work *post_recv(step_state *s, const model *m, const train_par *par, float *buf,
+                           int dir) {
+  par_work *w;
   train_err_group = par->pp.group;
-  CHECK(par_recv(par->pp.group, buf, n, PAR_F32, stage));
+  CHECK(par_recv_async(par->pp.group, buf, (size_t)s->b * m->D, PAR_F32, par->stage + dir, &w));
+  return w;
+}
+
+static void wait_recv(const train_par *par, par_work *w) {
+  if (!w) return;
+  train_err_group = par->pp.group;
+  CHECK(par_work_wait(w, -1.0));
+  par_work_free(w);
+}
+
+/* The four transfers of micro-batch k; each does nothing on the stage without that
+ * neighbour. Activations go forward into stream[0]; gradients come back into the scratch. */
+static void send_forward(step_state *s, const model *m, const train_par *par, int k) {
+  if (!m->has_head) post_send(s, m, par, s->mb[k].stream[m->nblocks], +1);
+}
+static par_work *recv_forward(step_state *s, const model *m, const train_par *par, int k) {
+  return m->has_input ? NULL : post_recv(s, m, par, s->mb[k].stream[0], -1);
+}
+static void send_backward(step_state *s, const model *m, const train_par *par, int k) {
+  if (!m->has_input) post_send(s, m, par, s->grad_out[k], -1);
+}
+static par_work *recv_backward(step_state *s, const model *m, const train_par *par) {
+  return m->has_head ? NULL : post_recv(s, m, par, s->scratch.dstream, +1);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -90,7 +122,8 @@ static void start_bucket(model *m, step_state *s, const train_par *par, int *nex
 /* Forward and backward of one micro-batch on this stage                                    */
 /* ---------------------------------------------------------------------------------------- */
 
-/* Returns the summed loss of the micro-batch on the last stage, else 0. */
+/* Forward of micro-batch k through this stage, its input in stream[0] (received, or made
+ * here on the first stage). Returns the micro-batch's summed loss on the last stage, else 0. */
 static double forward(model *m, step_state *s, const train_config *cfg, const train_par *par,
                       int step, int k) {
   activations *a = &s->mb[k];
@@ -101,18 +134,17 @@ static double forward(model *m, step_state *s, const train_config *cfg, const tr
                    (uint64_t)k * (uint64_t)b;
   data_fill(cfg->seed, cfg->classes, first, b, a->x, a->labels);
 
-  if (m->has_input)
-    input_forward(m, a, b);
-  else
-    recv_from_stage(par, a->stream[0], (size_t)b * m->D, par->stage - 1);
+  if (m->has_input) input_forward(m, a, b);
   blocks_forward(m, a, b, par->mp.group);
-  if (m->has_head) return head_forward(m, a, b, par->mp.group);
-  send_to_stage(s, par, a->stream[m->nblocks], (size_t)b * m->D, par->stage + 1);
-  return 0.0;
+  return m->has_head ? head_forward(m, a, b, par->mp.group) : 0.0;
 }
 
-static void backward(model *m, step_state *s, const train_config *cfg, const train_par *par,
-                     int k, int *bucket) {
+/* Backward of micro-batch k, the gradient of this stage's output in the scratch (received,
+ * or made here from the loss on the last stage). Leaves the gradient of the stage's input in
+ * grad_out[k] for the previous stage. During the last micro-batch, starts each layer's
+ * data-parallel all-reduce as soon as its gradients are final. */
+static void backward(model *m, step_state *s, const train_config *cfg, const train_par *par, int k,
+                     int *bucket) {
   activations *a = &s->mb[k];
   backward_scratch *sc = &s->scratch;
   int b = s->b, last = k == s->M - 1;
@@ -121,8 +153,6 @@ static void backward(model *m, step_state *s, const train_config *cfg, const tra
   if (m->has_head) {
     head_backward(m, a, sc, b, scale, par->mp.group);
     if (last) start_bucket(m, s, par, bucket);
-  } else {
-    recv_from_stage(par, sc->dstream, (size_t)b * m->D, par->stage + 1);
   }
   for (int j = m->nblocks - 1; j >= 0; j--) {
     block_backward(m, a, sc, b, j, par->mp.group);
@@ -134,7 +164,6 @@ static void backward(model *m, step_state *s, const train_config *cfg, const tra
   } else {
     /* The scratch is reused by the next micro-batch while the send may still be pending. */
     memcpy(s->grad_out[k], sc->dstream, (size_t)b * m->D * sizeof(float));
-    send_to_stage(s, par, s->grad_out[k], (size_t)b * m->D, par->stage - 1);
   }
 }
 
@@ -144,19 +173,40 @@ static void backward(model *m, step_state *s, const train_config *cfg, const tra
 
 double train_step(model *m, step_state *s, const train_config *cfg, const train_par *par,
                   int step) {
-  int M = s->M, bucket = 0, nf = 0, nb = 0;
+  int M = s->M, bucket = 0;
   double loss = 0.0;
   memset(m->mem_grads, 0, m->nparams * sizeof(float));
   s->nsends = 0;
 
   int warmup = cfg->schedule == SCHEDULE_GPIPE ? M : par->nstages - 1 - par->stage;
   if (warmup > M) warmup = M;
-  while (nf < warmup) loss += forward(m, s, cfg, par, step, nf++);
-  while (nf < M) { /* 1F1B steady state */
-    loss += forward(m, s, cfg, par, step, nf++);
-    backward(m, s, cfg, par, nb++, &bucket);
+  int steady = M - warmup;
+
+  /* Warm-up (GPipe: every forward). */
+  for (int k = 0; k < warmup; k++) {
+    wait_recv(par, recv_forward(s, m, par, k));
+    loss += forward(m, s, cfg, par, step, k);
+    send_forward(s, m, par, k);
   }
-  while (nb < M) backward(m, s, cfg, par, nb++, &bucket);
+  /* 1F1B steady state: forward k, backward i. Each send is posted right before the receive
+   * that follows it, so the pair progresses together (see the top of the file). */
+  par_work *rf = steady > 0 ? recv_forward(s, m, par, warmup) : NULL;
+  for (int i = 0; i < steady; i++) {
+    int k = warmup + i;
+    wait_recv(par, rf);
+    loss += forward(m, s, cfg, par, step, k);
+    send_forward(s, m, par, k);
+    wait_recv(par, recv_backward(s, m, par));
+    backward(m, s, cfg, par, i, &bucket);
+    send_backward(s, m, par, i);
+    rf = i + 1 < steady ? recv_forward(s, m, par, k + 1) : NULL;
+  }
+  /* Cool-down (GPipe: every backward). */
+  for (int i = steady; i < M; i++) {
+    wait_recv(par, recv_backward(s, m, par));
+    backward(m, s, cfg, par, i, &bucket);
+    send_backward(s, m, par, i);
+  }
 
   /* All sends must be done before the next step overwrites their buffers. */
   for (int i = 0; i < s->nsends; i++) {

@@ -17,6 +17,8 @@ double now_seconds(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+int report_is_tty(const train_config *cfg) { return !cfg->json && isatty(STDOUT_FILENO); }
+
 /* ---------------------------------------------------------------------------------------- */
 /* Start: configuration and layout                                                          */
 /* ---------------------------------------------------------------------------------------- */
@@ -53,7 +55,7 @@ static void print_stages(const train_config *cfg, int nstages) {
 void report_start(report *r, const train_config *cfg, const train_par *par, const model *m,
                   int dp) {
   memset(r, 0, sizeof *r);
-  r->tty = isatty(STDOUT_FILENO) && !cfg->json;
+  r->tty = report_is_tty(cfg);
   r->json = cfg->json;
   r->cap = cfg->steps / (cfg->log_every > 0 ? cfg->log_every : 1) + 2;
   r->steps = train_alloc((size_t)r->cap, sizeof *r->steps);
@@ -73,8 +75,8 @@ void report_start(report *r, const train_config *cfg, const train_par *par, cons
          cfg->classes, (unsigned long long)cfg->seed, cfg->batch, dp, cfg->micro_batches,
          cfg->batch / (dp * cfg->micro_batches));
   if (cfg->optim == OPTIM_SGD)
-    printf("train: optim   sgd lr %g momentum %g; %d steps; %s schedule\n", cfg->lr,
-           cfg->momentum, cfg->steps, cfg->schedule == SCHEDULE_GPIPE ? "gpipe" : "1f1b");
+    printf("train: optim   sgd lr %g momentum %g; %d steps; %s schedule\n", cfg->lr, cfg->momentum,
+           cfg->steps, cfg->schedule == SCHEDULE_GPIPE ? "gpipe" : "1f1b");
   else
     printf("train: optim   adam lr %g; %d steps; %s schedule\n", cfg->lr, cfg->steps,
            cfg->schedule == SCHEDULE_GPIPE ? "gpipe" : "1f1b");
@@ -86,20 +88,22 @@ void report_start(report *r, const train_config *cfg, const train_par *par, cons
 /* Progress and summary                                                                     */
 /* ---------------------------------------------------------------------------------------- */
 
-void report_step(report *r, const train_config *cfg, int step, double loss) {
+void report_step(report *r, const train_config *cfg, int step, double loss, int logged) {
   double t = now_seconds();
+  /* On a terminal every step comes here; redraw at most 20 times a second. */
+  if (!logged && t - r->t_last < 0.05) return;
   double rate = t > r->t_last ? (double)(step - r->step_last) * cfg->batch / (t - r->t_last) : 0;
   r->t_last = t;
   r->step_last = step;
-  if (r->n < r->cap) {
+  if (logged && r->n < r->cap) {
     r->steps[r->n] = step;
     r->losses[r->n] = loss;
     r->n++;
   }
-  if (r->json)
-    printf("{\"step\":%d,\"loss\":%.9g}\n", step, loss);
-  else if (r->tty)
+  if (r->tty)
     printf("\rstep %5d/%d  loss %.6f  %9.0f samples/s\033[K", step, cfg->steps, loss, rate);
+  else if (r->json)
+    printf("{\"step\":%d,\"loss\":%.9g}\n", step, loss);
   else
     printf("step %5d/%d  loss %.6f  %9.0f samples/s\n", step, cfg->steps, loss, rate);
   fflush(stdout);
@@ -142,28 +146,32 @@ int report_plot(const report *r, const char *path) {
 #define PX(x) (L + (x) / xmax * (W - L - R))
 #define PY(y) (T + (1.0 - (y) / ymax) * (H - T - B))
 
-  fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%g\" height=\"%g\" "
-             "viewBox=\"0 0 %g %g\" font-family=\"sans-serif\" font-size=\"12\">\n",
+  fprintf(f,
+          "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%g\" height=\"%g\" "
+          "viewBox=\"0 0 %g %g\" font-family=\"sans-serif\" font-size=\"12\">\n",
           W, H, W, H);
   fprintf(f, "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n");
-  fprintf(f, "<text x=\"%g\" y=\"24\" text-anchor=\"middle\" font-size=\"14\">training loss: "
-             "%s</text>\n", W / 2, r->title);
+  fprintf(f,
+          "<text x=\"%g\" y=\"24\" text-anchor=\"middle\" font-size=\"14\">training loss: "
+          "%s</text>\n",
+          W / 2, r->title);
   for (double y = 0; y <= ymax + ys / 2; y += ys) {
     fprintf(f, "<line x1=\"%g\" y1=\"%.1f\" x2=\"%g\" y2=\"%.1f\" stroke=\"#ddd\"/>\n", L, PY(y),
             W - R, PY(y));
     fprintf(f, "<text x=\"%g\" y=\"%.1f\" text-anchor=\"end\">%g</text>\n", L - 6, PY(y) + 4, y);
   }
   for (double x = 0; x <= xmax + xs / 2; x += xs)
-    fprintf(f, "<text x=\"%.1f\" y=\"%g\" text-anchor=\"middle\">%g</text>\n", PX(x),
-            H - B + 16, x);
-  fprintf(f, "<line x1=\"%g\" y1=\"%g\" x2=\"%g\" y2=\"%g\" stroke=\"black\"/>\n", L, H - B,
-          W - R, H - B);
-  fprintf(f, "<line x1=\"%g\" y1=\"%g\" x2=\"%g\" y2=\"%g\" stroke=\"black\"/>\n", L, T, L,
+    fprintf(f, "<text x=\"%.1f\" y=\"%g\" text-anchor=\"middle\">%g</text>\n", PX(x), H - B + 16,
+            x);
+  fprintf(f, "<line x1=\"%g\" y1=\"%g\" x2=\"%g\" y2=\"%g\" stroke=\"black\"/>\n", L, H - B, W - R,
           H - B);
+  fprintf(f, "<line x1=\"%g\" y1=\"%g\" x2=\"%g\" y2=\"%g\" stroke=\"black\"/>\n", L, T, L, H - B);
   fprintf(f, "<text x=\"%g\" y=\"%g\" text-anchor=\"middle\">step</text>\n", (L + W - R) / 2,
           H - 10);
-  fprintf(f, "<text x=\"16\" y=\"%g\" text-anchor=\"middle\" transform=\"rotate(-90 16 %g)\">"
-             "loss</text>\n", (T + H - B) / 2, (T + H - B) / 2);
+  fprintf(f,
+          "<text x=\"16\" y=\"%g\" text-anchor=\"middle\" transform=\"rotate(-90 16 %g)\">"
+          "loss</text>\n",
+          (T + H - B) / 2, (T + H - B) / 2);
   fprintf(f, "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"2\" points=\"");
   for (int i = 0; i < r->n; i++)
     fprintf(f, "%s%.1f,%.1f", i ? " " : "", PX((double)r->steps[i]), PY(r->losses[i]));

@@ -26,6 +26,8 @@ static int g_rank; /* for messages */
 
 void train_check(par_status st, const char *what, const char *file, int line) {
   if (st >= 0) return;
+  const char *rel = strstr(file, "examples/train/"); /* __FILE__ may be an absolute path */
+  if (rel) file = rel;
   fprintf(stderr, "train: rank %d: %s:%d: %s failed: %s (%s)\n", g_rank, file, line, what,
           par_status_name(st), par_status_string(st));
   const char *detail = train_err_group ? par_group_last_error(train_err_group) : "";
@@ -74,7 +76,8 @@ static const char *usage_text =
     "  --blocks L          residual blocks (default 4)\n"
     "  --classes C         spiral arms to tell apart (default 4)\n"
     "  --optim O           sgd (with momentum) or adam (default sgd)\n"
-    "  --lr X              learning rate (default 0.08 for sgd, 0.003 for adam)\n"
+    "  --lr X              learning rate, decayed to 0 by a cosine over the run\n"
+    "                      (default 0.08 for sgd, 0.003 for adam)\n"
     "  --momentum X        SGD momentum (default 0.9)\n"
     "  --seed S            seed of the weights and the data (default 1)\n"
     "output:\n"
@@ -103,11 +106,35 @@ static float parse_float(const char *opt, const char *v) {
   return x;
 }
 
+/* The options that take a value. */
+static const char *const value_options[] = {
+    "--mp",       "--pp",     "--micro-batches", "--schedule", "--steps",       "--batch",
+    "--width",    "--hidden", "--blocks",        "--classes",  "--optim",       "--lr",
+    "--momentum", "--seed",   "--log-every",     "--plot",     "--die-at-step", "--die-rank"};
+
+static int takes_value(const char *name) {
+  for (size_t i = 0; i < sizeof value_options / sizeof *value_options; i++)
+    if (!strcmp(name, value_options[i])) return 1;
+  return 0;
+}
+
 static void parse_options(int argc, char **argv, train_config *c) {
-  *c = (train_config){.mp = 1, .pp = 1, .steps = 300, .batch = 128, .micro_batches = 4,
-                      .width = 32, .hidden = 128, .blocks = 4, .classes = 4,
-                      .optim = OPTIM_SGD, .lr = -1.0f, .momentum = 0.9f,
-                      .schedule = SCHEDULE_1F1B, .seed = 1, .log_every = 25, .die_rank = -1};
+  *c = (train_config){.mp = 1,
+                      .pp = 1,
+                      .steps = 300,
+                      .batch = 128,
+                      .micro_batches = 4,
+                      .width = 32,
+                      .hidden = 128,
+                      .blocks = 4,
+                      .classes = 4,
+                      .optim = OPTIM_SGD,
+                      .lr = -1.0f,
+                      .momentum = 0.9f,
+                      .schedule = SCHEDULE_1F1B,
+                      .seed = 1,
+                      .log_every = 25,
+                      .die_rank = -1};
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -122,38 +149,60 @@ static void parse_options(int argc, char **argv, train_config *c) {
     char name[32];
     const char *v, *eq = strchr(a, '=');
     if (strncmp(a, "--", 2) != 0) train_die("unexpected argument '%s' (see train --help)", a);
+    snprintf(name, sizeof name, "%.*s", eq ? (int)(eq - a) : (int)strlen(a), a);
+    if (!takes_value(name)) train_die("unknown option '%s' (see train --help)", name);
     if (eq) {
-      snprintf(name, sizeof name, "%.*s", (int)(eq - a), a);
       v = eq + 1;
     } else {
-      snprintf(name, sizeof name, "%s", a);
       if (i + 1 >= argc) train_die("%s needs a value (see train --help)", a);
       v = argv[++i];
     }
-    if (!strcmp(name, "--mp")) c->mp = parse_int(name, v, 1);
-    else if (!strcmp(name, "--pp")) c->pp = parse_int(name, v, 1);
-    else if (!strcmp(name, "--micro-batches")) c->micro_batches = parse_int(name, v, 1);
-    else if (!strcmp(name, "--steps")) c->steps = parse_int(name, v, 1);
-    else if (!strcmp(name, "--batch")) c->batch = parse_int(name, v, 1);
-    else if (!strcmp(name, "--width")) c->width = parse_int(name, v, 1);
-    else if (!strcmp(name, "--hidden")) c->hidden = parse_int(name, v, 1);
-    else if (!strcmp(name, "--blocks")) c->blocks = parse_int(name, v, 1);
-    else if (!strcmp(name, "--classes")) c->classes = parse_int(name, v, 2);
-    else if (!strcmp(name, "--lr")) c->lr = parse_float(name, v);
-    else if (!strcmp(name, "--momentum")) c->momentum = parse_float(name, v);
-    else if (!strcmp(name, "--seed")) c->seed = (uint64_t)parse_int(name, v, 0);
-    else if (!strcmp(name, "--log-every")) c->log_every = parse_int(name, v, 1);
-    else if (!strcmp(name, "--plot")) c->plot_path = v;
-    else if (!strcmp(name, "--die-at-step")) c->die_at_step = parse_int(name, v, 1);
-    else if (!strcmp(name, "--die-rank")) c->die_rank = parse_int(name, v, 0);
+    if (!strcmp(name, "--mp"))
+      c->mp = parse_int(name, v, 1);
+    else if (!strcmp(name, "--pp"))
+      c->pp = parse_int(name, v, 1);
+    else if (!strcmp(name, "--micro-batches"))
+      c->micro_batches = parse_int(name, v, 1);
+    else if (!strcmp(name, "--steps"))
+      c->steps = parse_int(name, v, 1);
+    else if (!strcmp(name, "--batch"))
+      c->batch = parse_int(name, v, 1);
+    else if (!strcmp(name, "--width"))
+      c->width = parse_int(name, v, 1);
+    else if (!strcmp(name, "--hidden"))
+      c->hidden = parse_int(name, v, 1);
+    else if (!strcmp(name, "--blocks"))
+      c->blocks = parse_int(name, v, 1);
+    else if (!strcmp(name, "--classes"))
+      c->classes = parse_int(name, v, 2);
+    else if (!strcmp(name, "--lr"))
+      c->lr = parse_float(name, v);
+    else if (!strcmp(name, "--momentum"))
+      c->momentum = parse_float(name, v);
+    else if (!strcmp(name, "--seed"))
+      c->seed = (uint64_t)parse_int(name, v, 0);
+    else if (!strcmp(name, "--log-every"))
+      c->log_every = parse_int(name, v, 1);
+    else if (!strcmp(name, "--plot"))
+      c->plot_path = v;
+    else if (!strcmp(name, "--die-at-step"))
+      c->die_at_step = parse_int(name, v, 1);
+    else if (!strcmp(name, "--die-rank"))
+      c->die_rank = parse_int(name, v, 0);
     else if (!strcmp(name, "--optim")) {
-      if (!strcmp(v, "sgd")) c->optim = OPTIM_SGD;
-      else if (!strcmp(v, "adam")) c->optim = OPTIM_ADAM;
-      else train_die("--optim '%s': expected sgd or adam", v);
+      if (!strcmp(v, "sgd"))
+        c->optim = OPTIM_SGD;
+      else if (!strcmp(v, "adam"))
+        c->optim = OPTIM_ADAM;
+      else
+        train_die("--optim '%s': expected sgd or adam", v);
     } else if (!strcmp(name, "--schedule")) {
-      if (!strcmp(v, "1f1b")) c->schedule = SCHEDULE_1F1B;
-      else if (!strcmp(v, "gpipe")) c->schedule = SCHEDULE_GPIPE;
-      else train_die("--schedule '%s': expected 1f1b or gpipe", v);
+      if (!strcmp(v, "1f1b"))
+        c->schedule = SCHEDULE_1F1B;
+      else if (!strcmp(v, "gpipe"))
+        c->schedule = SCHEDULE_GPIPE;
+      else
+        train_die("--schedule '%s': expected 1f1b or gpipe", v);
     } else {
       train_die("unknown option '%s' (see train --help)", name);
     }
@@ -180,13 +229,15 @@ static void validate(const train_config *c, const train_par *p) {
   if (c->hidden % mp)
     snprintf(msg, sizeof msg, "--hidden %d is not divisible by mp %d", c->hidden, mp);
   else if (c->classes % mp)
-    snprintf(msg, sizeof msg, "--classes %d is not divisible by mp %d (the classifier is "
-             "split over mp)", c->classes, mp);
+    snprintf(msg, sizeof msg,
+             "--classes %d is not divisible by mp %d (the classifier is "
+             "split over mp)",
+             c->classes, mp);
   else if (c->blocks < pp)
     snprintf(msg, sizeof msg, "--blocks %d is fewer than the %d pipeline stages", c->blocks, pp);
   else if (c->batch % (dp * c->micro_batches))
-    snprintf(msg, sizeof msg, "--batch %d is not divisible by dp %d x %d micro-batches",
-             c->batch, dp, c->micro_batches);
+    snprintf(msg, sizeof msg, "--batch %d is not divisible by dp %d x %d micro-batches", c->batch,
+             dp, c->micro_batches);
   if (msg[0]) config_error(p->world, msg);
 }
 
@@ -196,6 +247,9 @@ static void validate(const train_config *c, const train_par *p) {
 
 static void par_setup(train_par *p, const train_config *cfg) {
   memset(p, 0, sizeof *p);
+  /* train prints the configuration line itself, with the groups; the library's info line
+   * would repeat it. An explicit PAR_LOG still wins. */
+  if (!getenv("PAR_LOG")) par_set_log_level(PAR_LOG_WARN);
   /* Rank and size from parrun's environment; without parrun, a world of one. */
   CHECK(par_world_create(NULL, &p->world));
   p->rank = g_rank = par_world_rank(p->world);
@@ -248,6 +302,12 @@ int main(int argc, char **argv) {
   optimizer opt;
   optim_init(&opt, &cfg, m.nparams);
 
+  /* On a terminal the progress line is redrawn every step, which needs every step's loss
+   * from every rank: they all learn whether rank 0's stdout is one. */
+  int tty = par.rank == 0 ? report_is_tty(&cfg) : 0;
+  train_err_group = par.all;
+  CHECK(par_allreduce(par.all, &tty, &tty, 1, PAR_I32, PAR_MAX));
+
   report rep;
   if (par.rank == 0) report_start(&rep, &cfg, &par, &m, par.dp.size);
 
@@ -260,9 +320,10 @@ int main(int argc, char **argv) {
     double share = train_step(&m, &st, &cfg, &par, step - 1);
     optim_step(&opt, m.mem_params, m.mem_grads);
 
-    if (step == 1 || step % cfg.log_every == 0 || step == cfg.steps) {
+    int logged = step == 1 || step % cfg.log_every == 0 || step == cfg.steps;
+    if (logged || tty) {
       double loss = global_loss(&par, share, cfg.batch);
-      if (par.rank == 0) report_step(&rep, &cfg, step, loss);
+      if (par.rank == 0) report_step(&rep, &cfg, step, loss, logged);
     }
   }
 

@@ -53,16 +53,16 @@ typedef enum optim_kind { OPTIM_SGD, OPTIM_ADAM } optim_kind;
 typedef enum schedule_kind { SCHEDULE_1F1B, SCHEDULE_GPIPE } schedule_kind;
 
 typedef struct train_config {
-  int mp, pp;            /* requested model and pipeline parallel sizes (dp is derived) */
-  int steps;             /* optimizer steps */
-  int batch;             /* B: global batch, the same in every configuration */
-  int micro_batches;     /* M: micro-batches per data-parallel part of the batch */
-  int width;             /* D */
-  int hidden;            /* H */
-  int blocks;            /* residual blocks */
-  int classes;           /* C: spiral arms */
+  int mp, pp;        /* requested model and pipeline parallel sizes (dp is derived) */
+  int steps;         /* optimizer steps */
+  int batch;         /* B: global batch, the same in every configuration */
+  int micro_batches; /* M: micro-batches per data-parallel part of the batch */
+  int width;         /* D */
+  int hidden;        /* H */
+  int blocks;        /* residual blocks */
+  int classes;       /* C: spiral arms */
   optim_kind optim;
-  float lr, momentum;    /* momentum is SGD's; Adam uses beta1 0.9, beta2 0.999 */
+  float lr, momentum; /* momentum is SGD's; Adam uses beta1 0.9, beta2 0.999 */
   schedule_kind schedule;
   uint64_t seed;
   int log_every;
@@ -79,10 +79,10 @@ typedef struct train_config {
 typedef struct train_par {
   par_world *world;
   par_mesh *mesh;
-  par_group *all;             /* the world group (loss reporting) */
-  par_group_info mp, pp, dp;  /* this rank's groups; index = coordinate on that dim */
+  par_group *all;            /* the world group (loss reporting) */
+  par_group_info mp, pp, dp; /* this rank's groups; index = coordinate on that dim */
   int rank, size;
-  int stage, nstages;         /* = pp.index, pp.size */
+  int stage, nstages; /* = pp.index, pp.size */
 } train_par;
 
 /* ---------------------------------------------------------------------------------------- */
@@ -115,9 +115,9 @@ typedef struct block_tensors {
 /* Pointers into one flat buffer (parameters, gradients or optimizer state); NULL where this
  * stage does not hold the tensor. */
 typedef struct stage_tensors {
-  float *we, *be;      /* input layer (X, D), (D): first stage only, replicated over mp */
-  block_tensors *blk;  /* this stage's blocks */
-  float *wc, *bc;      /* classifier (D, Cl), (Cl): last stage only, column-parallel */
+  float *we, *be;     /* input layer (X, D), (D): first stage only, replicated over mp */
+  block_tensors *blk; /* this stage's blocks */
+  float *wc, *bc;     /* classifier (D, Cl), (Cl): last stage only, column-parallel */
 } stage_tensors;
 
 /* A run of the flat buffer that becomes final at one point of the backward pass; each one is
@@ -132,8 +132,8 @@ typedef struct model {
   int first_block, nblocks; /* this stage holds blocks [first_block, first_block + nblocks) */
   int total_blocks;
   int has_input, has_head;
-  size_t nparams;          /* this rank's parameters */
-  size_t total_params;     /* the whole model's */
+  size_t nparams;      /* this rank's parameters */
+  size_t total_params; /* the whole model's */
   float *mem_params, *mem_grads;
   stage_tensors params, grads;
   /* Buckets in the order the backward pass finishes them: classifier, blocks last to first,
@@ -155,14 +155,14 @@ void model_stage_blocks(int blocks, int stage, int nstages, int *first, int *cou
 
 /* Activations of one micro-batch on this stage, kept for its backward pass. */
 typedef struct activations {
-  float *x;       /* (b, X) input points (first stage) */
-  int *labels;    /* (b) (last stage) */
-  float **stream; /* nblocks+1 of (b, D): the residual stream entering each block, and out */
-  float **pre;    /* nblocks of (b, Hl): x W1 + b1 */
-  float **act;    /* nblocks of (b, Hl): gelu(pre) */
-  float *logits_l;/* (b, Cl) this rank's logits */
-  float *logits;  /* (b, C) all of them, gathered over mp */
-  float *probs;   /* (b, C) softmax */
+  float *x;        /* (b, X) input points (first stage) */
+  int *labels;     /* (b) (last stage) */
+  float **stream;  /* nblocks+1 of (b, D): the residual stream entering each block, and out */
+  float **pre;     /* nblocks of (b, Hl): x W1 + b1 */
+  float **act;     /* nblocks of (b, Hl): gelu(pre) */
+  float *logits_l; /* (b, Cl) this rank's logits */
+  float *logits;   /* (b, C) all of them, gathered over mp */
+  float *probs;    /* (b, C) softmax */
 } activations;
 
 /* Scratch for the backward pass of one micro-batch. */
@@ -203,12 +203,12 @@ void input_backward(model *m, const activations *a, const backward_scratch *s, i
 /* ---------------------------------------------------------------------------------------- */
 
 typedef struct step_state {
-  int b;              /* samples per micro-batch */
-  int M;              /* micro-batches */
-  activations *mb;    /* M of them */
+  int b;           /* samples per micro-batch */
+  int M;           /* micro-batches */
+  activations *mb; /* M of them */
   backward_scratch scratch;
-  float **grad_out;   /* M of (b, D): gradients sent to the previous stage */
-  par_work **sends;   /* pending pipeline sends, at most 2*M per step */
+  float **grad_out; /* M of (b, D): gradients sent to the previous stage */
+  par_work **sends; /* pending pipeline sends, at most 2*M per step */
   int nsends;
   par_work **reduces; /* pending dp all-reduces, one per bucket */
 } step_state;
@@ -218,8 +218,7 @@ void step_free(step_state *s, const model *m);
 /* Runs forward and backward of global batch `step` (0-based) and leaves the dp-averaged
  * gradients in m->grads. Returns this rank's share of the summed loss (non-zero only on last
  * stage ranks with mp index 0, so that a sum over the world is the batch's total). */
-double train_step(model *m, step_state *s, const train_config *cfg, const train_par *par,
-                  int step);
+double train_step(model *m, step_state *s, const train_config *cfg, const train_par *par, int step);
 
 /* ---------------------------------------------------------------------------------------- */
 /* Optimizer (optim.c)                                                                      */
@@ -228,9 +227,9 @@ double train_step(model *m, step_state *s, const train_config *cfg, const train_
 typedef struct optimizer {
   optim_kind kind;
   float lr, momentum, beta1, beta2, eps;
-  int t;           /* steps taken */
-  int steps;       /* of the whole run: the learning rate decays over them */
-  float *m1, *m2;  /* momentum / first moment; second moment (Adam) */
+  int t;          /* steps taken */
+  int steps;      /* of the whole run: the learning rate decays over them */
+  float *m1, *m2; /* momentum / first moment; second moment (Adam) */
   size_t n;
 } optimizer;
 
@@ -245,20 +244,24 @@ void optim_free(optimizer *o);
 /* ---------------------------------------------------------------------------------------- */
 
 typedef struct report {
-  int tty;           /* stdout is a terminal: progress is redrawn in place */
+  int tty; /* stdout is a terminal: progress is redrawn in place */
   int json;
-  int n, cap;        /* logged points */
+  int n, cap; /* logged points */
   int *steps;
   double *losses;
   double t_start, t_last;
   int step_last;
-  char title[256];   /* the configuration line, for the plot */
+  char title[256]; /* the configuration line, for the plot */
 } report;
 
 double now_seconds(void);
-void report_start(report *r, const train_config *cfg, const train_par *par, const model *m,
-                  int dp);
-void report_step(report *r, const train_config *cfg, int step, double loss);
+void report_start(report *r, const train_config *cfg, const train_par *par, const model *m, int dp);
+/* Whether progress goes to a terminal (and is redrawn in place): stdout is one, without
+ * --json. Decided by rank 0; the others learn it from it. */
+int report_is_tty(const train_config *cfg);
+/* The loss of step `step`. `logged`: a step of the --log-every grid (kept for the plot and
+ * printed on a line of its own unless on a terminal); otherwise a terminal redraw. */
+void report_step(report *r, const train_config *cfg, int step, double loss, int logged);
 void report_finish(report *r, const train_config *cfg);
 /* Writes the loss curve as an SVG file. Returns 0, or -1 with errno set. */
 int report_plot(const report *r, const char *path);

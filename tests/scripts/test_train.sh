@@ -3,10 +3,12 @@
 # reference; each parallel layout (mp, pp, dp) = (2,2,2) (2,1,1) (1,2,1) (1,1,2) (1,2,2)
 # (2,2,1) under parrun must log the same steps with every loss within the tolerance that
 # docs/train.md states (relative 1e-4). Also: the GPipe schedule gives bit-identical losses to
-# 1F1B, pure pipeline parallelism is bit-identical to one process (same micro-batches), the
-# loss goes down, the start-up lines show the configuration and the 8-rank groups, --plot
-# writes an SVG of the curve, bad layouts are refused with a message, and a rank killed during
-# training ends the job within seconds with parrun naming that rank.
+# 1F1B, pure pipeline parallelism is bit-identical to one process (same micro-batches), Adam
+# and 4 stages match too, 1F1B does not deadlock on messages larger than the shared-memory
+# channels, the loss goes down, the start-up lines show the configuration and the 8-rank groups, --plot
+# writes an SVG of the curve, bad layouts are refused with a message, a rank killed during
+# training ends the job within seconds with parrun naming that rank, and without parrun the
+# survivor reports PAR_ERR_PEER_LOST naming it.
 set -u
 
 B=${1:?usage: test_train.sh BUILD_DIR}
@@ -14,8 +16,9 @@ PARRUN="$B/bin/parrun"
 TRAIN="$B/bin/train"
 # A hang (a lost message, a deadlock) fails the run instead of stalling the suite.
 PARRUN_OPTS=(--timeout 120)
-# Shortened runs: 100 steps, a loss every 10 (11 logged points).
-SHORT=(--steps 100 --log-every 10 --json)
+# Shortened runs, to stay quick under the sanitizers too: 60 steps of a narrower model on a
+# smaller batch, a loss every 10 steps (7 logged points).
+SHORT=(--steps 60 --hidden 64 --batch 64 --log-every 10 --json)
 TOL=1e-4
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
@@ -78,7 +81,7 @@ import json, re, sys
 l = [json.loads(m.group(0))["loss"] for m in
      (re.search(r'\{"step":.*\}', x) for x in open(sys.argv[1])) if m]
 print("loss %.4f -> %.4f" % (l[0], l[-1]))
-sys.exit(0 if len(l) == 11 and 1.2 < l[0] < 1.6 and l[-1] < 0.8 * l[0] else 1)
+sys.exit(0 if len(l) == 7 and 1.2 < l[0] < 1.6 and l[-1] < 0.8 * l[0] else 1)
 EOF
 
 # --- each layout against it ---------------------------------------------------------------
@@ -115,7 +118,7 @@ for want in "mp \[0,1\] \[2,3\] \[4,5\] \[6,7\]" "pp \[0,2\] \[1,3\] \[4,6\] \[5
   "dp \[0,4\] \[1,5\] \[2,6\] \[3,7\]" "final loss: "; do
   grep -q "^\[0\] .*$want" "$out" || fail "8-rank output lacks '$want' from rank 0"
 done
-[ "$(grep -c '"step"' "$out")" -eq 11 ] || fail "8-rank run: expected 11 JSON loss lines (rank 0)"
+[ "$(grep -c '"step"' "$out")" -eq 7 ] || fail "8-rank run: expected 7 JSON loss lines (rank 0)"
 
 # GPipe and 1F1B run the backwards in the same order: bit-identical losses.
 if "$PARRUN" "${PARRUN_OPTS[@]}" -n 8 "$TRAIN" --mp 2 --pp 2 --schedule gpipe "${SHORT[@]}" \
@@ -137,6 +140,19 @@ if "$PARRUN" "${PARRUN_OPTS[@]}" -n 4 "$TRAIN" --optim adam --blocks 4 --pp 4 "$
   msg=$(compare "$TMP/adam_ref.out" "$TMP/adam.out" tol 2>&1) || fail "adam pp=4: $msg"
 else
   fail "adam pp=4 run failed: $(tail -5 "$TMP/adam.out")"
+fi
+
+# 1F1B with activations larger than what a shared-memory channel buffers (1024 samples x 128
+# floats = 512 KiB per message): in the steady state both neighbours send before they receive,
+# so this deadlocks unless each send progresses together with the receive posted after it.
+# Within the tolerance of one process, too.
+BIG=(--width 128 --hidden 4 --blocks 2 --batch 2048 --micro-batches 2 --steps 2 --log-every 1
+  --json)
+"$TRAIN" "${BIG[@]}" >"$TMP/big_ref.out" 2>&1 || fail "large-message single-process run failed"
+if "$PARRUN" --timeout 60 -n 2 "$TRAIN" --pp 2 "${BIG[@]}" >"$TMP/big.out" 2>&1; then
+  msg=$(compare "$TMP/big_ref.out" "$TMP/big.out" tol 2>&1) || fail "1f1b, 512 KiB messages: $msg"
+else
+  fail "1f1b with 512 KiB messages failed or hung: $(tail -3 "$TMP/big.out")"
 fi
 
 # --- --plot --------------------------------------------------------------------------------
@@ -178,7 +194,7 @@ expect_refusal 4 "blocks 2 is fewer than the 4 pipeline stages" --pp 4 --blocks 
 
 # --- a rank dies during training ------------------------------------------------------------
 start=$(date +%s)
-"$PARRUN" "${PARRUN_OPTS[@]}" -n 8 "$TRAIN" --mp 2 --pp 2 --json --log-every 10 --die-at-step 30 --die-rank 5 \
+"$PARRUN" "${PARRUN_OPTS[@]}" -n 8 "$TRAIN" --mp 2 --pp 2 "${SHORT[@]}" --die-at-step 30 --die-rank 5 \
   >"$TMP/die.out" 2>&1
 rc=$?
 elapsed=$(($(date +%s) - start))
@@ -188,6 +204,35 @@ grep -q "parrun: rank 5 .*killed by signal 9" "$TMP/die.out" ||
   fail "parrun did not name rank 5 as killed: $(grep parrun: "$TMP/die.out" | head -3)"
 [ "$elapsed" -le 10 ] || fail "the job took ${elapsed}s to end after rank 5 died"
 grep -q '"step":30' "$TMP/die.out" && fail "training went on past the step where rank 5 died"
+
+# Without parrun to stop it, the survivor itself finds the loss: its next collective fails
+# with PAR_ERR_PEER_LOST naming rank 1, and CHECK reports the call and exits 1, within seconds.
+# Two ranks started by hand with the torchrun-style environment; rank 0 hosts the store.
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+export WORLD_SIZE=2 LOCAL_WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port
+export PAR_TOKEN="train-test-$$" PAR_JOB_ID="train-test-$$" PAR_TIMEOUT=60
+start=$(date +%s)
+RANK=0 LOCAL_RANK=0 timeout 60 "$TRAIN" --mp 2 "${SHORT[@]}" --die-at-step 30 --die-rank 1 \
+  >"$TMP/surv0.out" 2>&1 &
+pid0=$!
+RANK=1 LOCAL_RANK=1 timeout 60 "$TRAIN" --mp 2 "${SHORT[@]}" --die-at-step 30 --die-rank 1 \
+  >"$TMP/surv1.out" 2>&1 &
+pid1=$!
+{ # bash would announce rank 1's "Killed" on stderr
+  wait "$pid0"
+  rc=$?
+  wait "$pid1"
+  rc1=$?
+} 2>/dev/null
+elapsed=$(($(date +%s) - start))
+unset WORLD_SIZE LOCAL_WORLD_SIZE MASTER_ADDR MASTER_PORT PAR_TOKEN PAR_JOB_ID PAR_TIMEOUT
+[ "$rc1" -eq 137 ] || fail "rank 1 exited $rc1, expected 137 (SIGKILL at step 30)"
+[ "$rc" -eq 1 ] || fail "the survivor exited $rc, expected 1 (124: it hung)"
+grep -q "train: rank 0: .*failed: PAR_ERR_PEER_LOST" "$TMP/surv0.out" ||
+  fail "the survivor did not report PAR_ERR_PEER_LOST: $(tail -3 "$TMP/surv0.out")"
+grep -q "(rank 1, pid [0-9]*) died" "$TMP/surv0.out" ||
+  fail "the survivor did not name rank 1: $(tail -3 "$TMP/surv0.out")"
+[ "$elapsed" -le 15 ] || fail "the survivor took ${elapsed}s to notice rank 1 died"
 
 if [ "$FAILS" -ne 0 ]; then
   echo "test_train: $FAILS failure(s)" >&2
