@@ -14,9 +14,21 @@ const par__backend *par__backend_get(par_backend b) {
   switch (b) {
     case PAR_BACKEND_SHM:
       return &par__shm_backend;
+#ifdef PAR_HAVE_MPI
+    case PAR_BACKEND_MPI:
+      return &par__mpi_backend;
+#endif
     default:
       return NULL;
   }
+}
+
+const par__runtime *par__runtime_get(void) {
+#ifdef PAR_HAVE_MPI
+  return &par__mpi_runtime;
+#else
+  return NULL;
+#endif
 }
 
 static uint64_t hash_ranks(const int *ranks, int n) {
@@ -99,11 +111,17 @@ static par_status choose_backend(par_group *g, par_backend want) {
     same_host = strcmp(id, g->world->host_id) == 0;
   }
   if (want == PAR_BACKEND_AUTO) {
-    PAR_RETURN_ERROR_IF(!same_host, PAR_ERR_UNSUPPORTED,
-                        "group '%s' spans hosts, and this build has no backend for that (tcp "
-                        "and mpi are not built)",
-                        g->name);
-    want = PAR_BACKEND_SHM;
+    /* Inside a host shm; across hosts the backend of the runtime that started the world. */
+    const par__runtime *rt = g->world->rt;
+    if (same_host)
+      want = PAR_BACKEND_SHM;
+    else if (rt && par__backend_get(rt->cross_host))
+      want = rt->cross_host;
+    else
+      return par__error(PAR_ERR_UNSUPPORTED,
+                        "group '%s' spans hosts, and this world has no backend for that (tcp "
+                        "is not built; mpi serves worlds started by mpirun or srun%s)",
+                        g->name, par__backend_get(PAR_BACKEND_MPI) ? "" : ", and is not built");
   }
   const par__backend *be = par__backend_get(want);
   PAR_RETURN_ERROR_IF(!be, PAR_ERR_UNSUPPORTED, "group '%s': backend %s is not built",

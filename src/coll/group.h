@@ -87,9 +87,40 @@ typedef struct par__backend {
 } par__backend;
 
 extern const par__backend par__shm_backend;
+extern const par__backend par__mpi_backend; /* only where built (PAR_HAVE_MPI) */
 
 /* The backend table: NULL where the backend is not built. */
 const par__backend *par__backend_get(par_backend b);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Runtimes                                                                                 */
+/* ---------------------------------------------------------------------------------------- */
+
+/*
+ * A launcher's runtime that starts the world in place of the rendezvous store: MPI, under
+ * mpirun, mpiexec or srun. The world then takes its rank, size and every rank's host id from
+ * the runtime, and the runtime gives ranks that share a host a store of their own (on
+ * loopback) for the shm backend to meet through. Groups that span hosts use its backend
+ * under `auto`.
+ */
+typedef struct par__runtime {
+  const char *name;
+  par_backend cross_host; /* the backend of groups that span hosts, under auto */
+  /* 1 when this world should come from the runtime: the process was started by its launcher
+   * (or the program initialised it), and opts leave rank, size and store to the environment. */
+  int (*detect)(const par_world_options *opts);
+  /* Collective over the world. Sets rank, size, local_rank, local_size, job_id, host_ids (of
+   * every rank), rt_state, and store, server and store_peers when ranks share a host. Blocks
+   * at most w->timeout_s. */
+  par_status (*world_init)(par_world *w);
+  /* Releases rt_state; called last, after the world's groups and store are gone. */
+  void (*world_fini)(par_world *w);
+} par__runtime;
+
+extern const par__runtime par__mpi_runtime; /* only where built (PAR_HAVE_MPI) */
+
+/* The runtime this build has, or NULL. */
+const par__runtime *par__runtime_get(void);
 
 /* ---------------------------------------------------------------------------------------- */
 /* World and group                                                                          */
@@ -104,10 +135,13 @@ struct par_world {
   int rank, size, local_rank, local_size;
   double timeout_s;
   par__store *store;          /* NULL for a world of 1 */
-  par__store_server *server;  /* when rank 0 hosts the store */
+  par__store_server *server;  /* when this rank hosts the store */
+  int store_peers;            /* ranks that use the store (they count goodbyes on it) */
+  const par__runtime *rt;     /* the runtime that started the world; NULL: the store did */
+  void *rt_state;
   char job_id[32];            /* names shared-memory segments: /par-<job_id>-... */
   char host_id[160];          /* hostname and boot id: ranks with equal ids share a host */
-  char **host_ids;            /* per rank, fetched on demand (NULL until needed) */
+  char **host_ids;            /* per rank: from the runtime, or fetched on demand */
   par_group *world_group;
   pthread_mutex_t mu;         /* guards created[], host_ids, last_error */
   par__created *created;      /* how many groups were made per member list, by hash */

@@ -2,6 +2,8 @@
  * world.c -- this process's world: who it is (bootstrap/whoami.c), the rendezvous store
  * (hosted by parrun, or by rank 0 under torchrun-style launchers), the job id that names
  * shared-memory segments, host ids that tell which ranks share a host, and the world group.
+ * A runtime that started the process (MPI under mpirun or srun; see par__runtime) replaces
+ * who-am-I and the store's rendezvous when this build has one.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -71,29 +73,46 @@ static par_status world_connect(par_world *w, const par__whoami *who) {
   return par__store_set(w->store, key, w->host_id, strlen(w->host_id));
 }
 
+/* Rank, size, store and job id from the options or the launcher's environment. */
+static par_status world_from_store(par_world *w, const par_world_options *opts,
+                                   const char **source) {
+  par__whoami who;
+  PAR_FORWARD_IF_ERROR(par__whoami_resolve(opts, NULL, &who));
+  w->rank = who.rank;
+  w->size = who.size;
+  w->local_rank = who.local_rank;
+  w->local_size = who.local_size;
+  w->store_peers = who.size;
+  *source = who.source;
+  PAR_FORWARD_IF_ERROR(world_connect(w, &who));
+  return agree_job_id(w);
+}
+
 par_status par_world_create(const par_world_options *opts, par_world **out) {
   PAR_RETURN_ERROR_IF(!out, PAR_ERR_NULL, "par_world_create: out is NULL");
   *out = NULL;
   par_world_options defaults = PAR_WORLD_OPTIONS_INIT;
   if (!opts) opts = &defaults;
 
-  par__whoami who;
-  PAR_FORWARD_IF_ERROR(par__whoami_resolve(opts, NULL, &who));
-
   par_world *w = calloc(1, sizeof *w);
   PAR_RETURN_ERROR_IF(!w, PAR_ERR_NOMEM, "par_world_create: out of memory");
   pthread_mutex_init(&w->mu, NULL);
-  w->rank = who.rank;
-  w->size = who.size;
-  w->local_rank = who.local_rank;
-  w->local_size = who.local_size;
   w->timeout_s = opts->timeout_s > 0 ? opts->timeout_s : par__env_get()->timeout_s;
   read_host_id(w->host_id, sizeof w->host_id);
-  par__log_set_rank(w->size > 1 ? w->rank : -1);
 
-  par_status s = world_connect(w, &who);
-  if (s >= 0) s = agree_job_id(w);
+  /* A runtime that started this process (MPI under mpirun) gives the world; else the store. */
+  const par__runtime *rt = par__runtime_get();
+  const char *source = NULL;
+  par_status s;
+  if (rt && rt->detect(opts)) {
+    w->rt = rt;
+    source = rt->name;
+    s = rt->world_init(w);
+  } else {
+    s = world_from_store(w, opts, &source);
+  }
   if (s >= 0) {
+    par__log_set_rank(w->size > 1 ? w->rank : -1);
     int *all = malloc(sizeof(int) * (size_t)w->size);
     if (!all) {
       s = par__error(PAR_ERR_NOMEM, "par_world_create: out of memory");
@@ -112,7 +131,7 @@ par_status par_world_create(const par_world_options *opts, par_world **out) {
     return par__error(s, "%s", detail);
   }
   PAR__LOG_DEBUG("world: rank %d of %d (local %d of %d) from %s, job %s", w->rank, w->size,
-                 w->local_rank, w->local_size, who.source, w->job_id);
+                 w->local_rank, w->local_size, source, w->job_id);
   *out = w;
   return PAR_OK;
 }
@@ -124,7 +143,7 @@ void par_world_destroy(par_world *w) {
     /* Rank 0 may host the store: it keeps it up until every rank has said goodbye. The rank
      * that completes the count says so under a key rank 0 waits on. */
     int64_t v = 0;
-    if (par__store_add(w->store, "par/bye", 1, &v) >= 0 && v == w->size)
+    if (par__store_add(w->store, "par/bye", 1, &v) >= 0 && v == w->store_peers)
       par__store_set(w->store, "par/bye/done", "1", 1);
     if (w->server) {
       char buf[4];
@@ -139,18 +158,23 @@ void par_world_destroy(par_world *w) {
     free(w->host_ids);
   }
   free(w->created);
+  if (w->rt) w->rt->world_fini(w);
   pthread_mutex_destroy(&w->mu);
   free(w);
 }
 
 par_status par__world_host_id(par_world *w, int rank, const char **out) {
-  if (rank == w->rank || !w->store) {
-    *out = w->host_id;
+  /* A runtime fills every rank's id up front; the store's are fetched on first use. */
+  pthread_mutex_lock(&w->mu);
+  char *have = w->host_ids ? w->host_ids[rank] : NULL;
+  pthread_mutex_unlock(&w->mu);
+  if (have || rank == w->rank || !w->store) {
+    *out = have ? have : w->host_id;
     return PAR_OK;
   }
   pthread_mutex_lock(&w->mu);
   if (!w->host_ids) w->host_ids = calloc((size_t)w->size, sizeof(char *));
-  char *have = w->host_ids ? w->host_ids[rank] : NULL;
+  have = w->host_ids ? w->host_ids[rank] : NULL;
   pthread_mutex_unlock(&w->mu);
   PAR_RETURN_ERROR_IF(!w->host_ids, PAR_ERR_NOMEM, "out of memory");
   if (!have) {
