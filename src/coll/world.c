@@ -83,6 +83,7 @@ par_status par_world_create(const par_world_options *opts, par_world **out) {
   par_world *w = calloc(1, sizeof *w);
   PAR_RETURN_ERROR_IF(!w, PAR_ERR_NOMEM, "par_world_create: out of memory");
   pthread_mutex_init(&w->mu, NULL);
+  pthread_mutex_init(&w->regions_mu, NULL);
   w->rank = who.rank;
   w->size = who.size;
   w->local_rank = who.local_rank;
@@ -139,6 +140,8 @@ void par_world_destroy(par_world *w) {
     free(w->host_ids);
   }
   free(w->created);
+  par__regions_free(w);
+  pthread_mutex_destroy(&w->regions_mu);
   pthread_mutex_destroy(&w->mu);
   free(w);
 }

@@ -249,6 +249,9 @@ static void shm_fini(par_group *g) {
   if (st->base) munmap(st->base, st->size);
   if (!st->unlinked && st->me == 0 && st->n > 1) shm_unlink(st->name);
   free(st->srcs);
+  free(st->zsrc);
+  free(st->zdst);
+  free(st->zinplace);
   free(st);
   g->be_state = NULL;
 }
@@ -261,7 +264,10 @@ static par_status shm_init(par_group *g) {
   st->me = g->index;
   atomic_store(&st->sleeping_on, -1);
   st->srcs = calloc((size_t)g->n, sizeof(void *));
-  if (!st->srcs) {
+  st->zsrc = calloc((size_t)g->n, sizeof(char *));
+  st->zdst = calloc((size_t)g->n, sizeof(char *));
+  st->zinplace = calloc((size_t)g->n, 1);
+  if (!st->srcs || !st->zsrc || !st->zdst || !st->zinplace) {
     shm_fini(g);
     return par__error(PAR_ERR_NOMEM, "shm: out of memory");
   }
