@@ -48,8 +48,8 @@ par_status par_alloc(par_world *w, size_t bytes, void **out) {
     free(r);
     return par__error(PAR_ERR_SYSTEM, "par_alloc: cannot create %s: %s", r->name, strerror(e));
   }
-  if (ftruncate(fd, (off_t)bytes) < 0) {
-    int e = errno;
+  int e = ftruncate(fd, (off_t)bytes) < 0 ? errno : posix_fallocate(fd, 0, (off_t)bytes);
+  if (e) {
     close(fd);
     shm_unlink(r->name);
     free(r);

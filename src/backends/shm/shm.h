@@ -44,7 +44,7 @@ typedef struct shm_header {
 typedef struct shm_ctrl {
   _Alignas(SHM_LINE) _Atomic uint64_t epoch;
   _Atomic uint32_t bell; /* futex word */
-  int32_t pid;
+  _Atomic int32_t pid; /* set before the member counts itself attached */
   uint64_t fp[2][3]; /* PAR_CHECK fingerprints, by round parity */
   uint64_t zc[2][5]; /* zero-copy buffers of the current op, by round parity (shm_coll.c) */
   _Alignas(SHM_LINE) _Atomic uint32_t sleepers; /* written by waiters: its own line */
