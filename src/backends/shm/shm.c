@@ -284,7 +284,7 @@ static par_status shm_init(par_group *g) {
   const par__env *env = par__env_get();
   long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
   int oversubscribed = ncpu > 0 && g->world->local_size > ncpu;
-  st->spin = env->spin >= 0 ? env->spin : oversubscribed ? 64 : 20000;
+  st->spin = env->spin >= 0 ? env->spin : oversubscribed ? 0 : 20000;
   st->yields = oversubscribed ? 16 : 0;
   snprintf(st->name, sizeof st->name, "/par-%s-%s", g->world->job_id, g->uid);
   if (st->n == 1) st->unlinked = 1;
