@@ -177,6 +177,19 @@ const char *par_world_last_error(const par_world *world);
  * par_world_create). Thread-local. */
 const char *par_last_error(void);
 
+/*
+ * Allocates `bytes` of memory that the other ranks of the world on this host can read
+ * directly (a shared-memory file, populated up front). Collectives on the shm backend whose
+ * buffers lie in such memory skip copying them through the group's segment: an allreduce reads
+ * every member's input in place (and, when the outputs are par_alloc'ed too, each member reduces
+ * its share into its own output and the others copy it from there); allgather and broadcast
+ * read the sources in place. Any buffer works with any collective; this only makes it faster.
+ * Not collective. Free with par_free before destroying the world. Thread-safe.
+ */
+par_status par_alloc(par_world *world, size_t bytes, void **out);
+/* Frees memory from par_alloc. NULL does nothing. No collective may be using it. */
+par_status par_free(par_world *world, void *ptr);
+
 /* ------------------------------------------------------------------------------------------ */
 /* Groups                                                                                     */
 /* ------------------------------------------------------------------------------------------ */

@@ -17,7 +17,11 @@ const char *par__op_kind_name(par__op_kind k) {
 
 /* Copies the thread's error detail into the group's last error and returns s. */
 static par_status finish(par_group *g, par_status s) {
-  if (s < 0 && g) par__error_copy(g->last_error);
+  if (s < 0 && g) {
+    pthread_mutex_lock(&g->mu);
+    par__error_copy(g->last_error);
+    pthread_mutex_unlock(&g->mu);
+  }
   return s;
 }
 

@@ -147,7 +147,22 @@ struct par_world {
   par__created *created;      /* how many groups were made per member list, by hash */
   size_t ncreated, capcreated;
   char last_error[PAR__ERRLEN];
+  struct par__region *regions; /* par_alloc'ed memory: this rank's and peers' mapped (alloc.c) */
+  uint32_t next_region_id;
+  pthread_mutex_t regions_mu;
 };
+
+/* ---------------------------------------------------------------------------------------- */
+/* Zero-copy regions (alloc.c)                                                              */
+/* ---------------------------------------------------------------------------------------- */
+
+/* Where a buffer lies in this rank's par_alloc'ed memory: region id (from 1) and offset.
+ * Returns 0 (and id 0) when [p, p+len) is not wholly inside one region. Thread-safe. */
+int par__region_find(par_world *w, const void *p, size_t len, uint32_t *id, uint64_t *off);
+/* Maps region `id` of rank `rank` (on this host) and returns its base and size; mappings are
+ * kept until the world is destroyed. Thread-safe. */
+par_status par__region_map(par_world *w, int rank, uint32_t id, char **base, size_t *size);
+void par__regions_free(par_world *w);
 
 struct par_group {
   par_world *world;

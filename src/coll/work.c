@@ -172,6 +172,7 @@ static par_status ensure_worker(par_group *g) {
 
 /* Called with g->mu held; returns 1 when the caller must poke the backend after unlocking. */
 static int enqueue(par_group *g, par_work *w) {
+  w->op.seq = ++g->seq; /* numbered in queue order, under the queue's lock */
   w->next = NULL;
   if (g->tail)
     g->tail->next = w;
@@ -190,7 +191,6 @@ static void work_init(par_work *w, par_group *g, const par__op *op) {
   memset(w, 0, sizeof *w);
   w->g = g;
   w->op = *op;
-  w->op.seq = ++g->seq;
   if (w->op.timeout_s <= 0) w->op.timeout_s = g->timeout_s;
 }
 
@@ -231,6 +231,7 @@ par_status par__submit(par_group *g, const par__op *op, par_work **out) {
   work_init(&w, g, op);
   if (!g->busy && !g->head) {
     g->busy = 1;
+    w.op.seq = ++g->seq;
     par_work *one = &w;
     if (par__op_is_p2p(w.op.kind)) {
       execute_p2p(g, &one, 1, 0);
@@ -264,11 +265,13 @@ void par__work_shutdown(par_group *g) {
   g->stopping = 1;
   pthread_cond_broadcast(&g->cv);
   int has = g->has_worker;
-  /* A blocking op of another thread may still be running inline. */
-  while (g->busy && !has) pthread_cond_wait(&g->cv, &g->mu);
   pthread_mutex_unlock(&g->mu);
   if (has) pthread_join(g->worker, NULL);
   g->has_worker = 0;
+  /* A blocking op of another thread may still be running inline. */
+  pthread_mutex_lock(&g->mu);
+  while (g->busy) pthread_cond_wait(&g->cv, &g->mu);
+  pthread_mutex_unlock(&g->mu);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -289,15 +292,19 @@ par_status par_work_wait(par_work *w, double timeout_s) {
   /* The op enforces its own deadline; a wait without a bound of its own still gives up a
    * little after the op's timeout could have run out, so it cannot hang. */
   double limit = timeout_s >= 0 ? timeout_s : w->op.timeout_s * 2 + 5;
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  double end = (double)ts.tv_sec + ts.tv_nsec * 1e-9 + limit;
-  ts.tv_sec = (time_t)end;
-  ts.tv_nsec = (long)((end - (double)ts.tv_sec) * 1e9);
-
   pthread_mutex_lock(&g->mu);
-  int rc = 0;
-  while (!atomic_load(&w->done) && rc != ETIMEDOUT) rc = pthread_cond_timedwait(&g->cv, &g->mu, &ts);
+  if (!(limit < 1e8)) {
+    /* Beyond three years (or infinite, or NaN): no deadline of our own; the op's ends it. */
+    while (!atomic_load(&w->done)) pthread_cond_wait(&g->cv, &g->mu);
+  } else {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    long long ns = (long long)ts.tv_nsec + (long long)((limit - (double)(long long)limit) * 1e9);
+    ts.tv_sec += (time_t)limit + (time_t)(ns / 1000000000);
+    ts.tv_nsec = (long)(ns % 1000000000);
+    int rc = 0;
+    while (!atomic_load(&w->done) && rc == 0) rc = pthread_cond_timedwait(&g->cv, &g->mu, &ts);
+  }
   pthread_mutex_unlock(&g->mu);
   if (!atomic_load_explicit(&w->done, memory_order_acquire))
     return par__error(PAR_ERR_TIMEOUT, "%s on group '%s' (op #%llu) not complete after %.3g s",

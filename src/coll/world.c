@@ -97,6 +97,7 @@ par_status par_world_create(const par_world_options *opts, par_world **out) {
   par_world *w = calloc(1, sizeof *w);
   PAR_RETURN_ERROR_IF(!w, PAR_ERR_NOMEM, "par_world_create: out of memory");
   pthread_mutex_init(&w->mu, NULL);
+  pthread_mutex_init(&w->regions_mu, NULL);
   w->timeout_s = opts->timeout_s > 0 ? opts->timeout_s : par__env_get()->timeout_s;
   read_host_id(w->host_id, sizeof w->host_id);
 
@@ -158,6 +159,8 @@ void par_world_destroy(par_world *w) {
     free(w->host_ids);
   }
   free(w->created);
+  par__regions_free(w);
+  pthread_mutex_destroy(&w->regions_mu);
   if (w->rt) w->rt->world_fini(w);
   pthread_mutex_destroy(&w->mu);
   free(w);

@@ -9,6 +9,7 @@
  *
  * PAR_TEST_RANKS: 1 2 3 5 8
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -217,6 +218,20 @@ static void test_free_pending(void) {
   par_work_free(NULL); /* does nothing */
 }
 
+/* Waits without a bound of their own (an infinite or huge timeout) end when the op does. */
+static void test_unbounded_wait(void) {
+  double limits[] = {INFINITY, 1e30, 1e9};
+  for (int i = 0; i < 3; i++) {
+    h_context("par_work_wait(%g) on an allreduce that completes", limits[i]);
+    int x = h_rank + 1, y = 0;
+    par_work *w = NULL;
+    CHECK(world, par_allreduce_async(world, &x, &y, 1, PAR_I32, PAR_SUM, &w));
+    EXPECT_STATUS(PAR_OK, par_work_wait(w, limits[i]));
+    EXPECT_INT(h_size * (h_size + 1) / 2, y);
+    par_work_free(w);
+  }
+}
+
 int main(void) {
   h_init("test_async");
   world = par_world_group(h_world);
@@ -225,6 +240,7 @@ int main(void) {
   test_two_groups();
   test_wait_timeout();
   test_free_pending();
+  test_unbounded_wait();
   h_context("final barrier");
   CHECK(world, par_barrier(world));
   return h_finish();

@@ -191,6 +191,15 @@ for r in bad:
 sys.exit(1 if bad or not rows else 0)
 EOF
 
+# --zero-copy: the same checked results with buffers from par_alloc, read in place by peers.
+"$PARRUN" "${PARRUN_OPTS[@]}" -n 3 "$BENCH" --zero-copy --check --json --max 1M --factor 8 \
+  --iters 2 --op allreduce,reduce,allgather,broadcast,reduce_scatter,alltoall,sendrecv \
+  --dtype f32,bf16,i8 --redop sum,avg >"$TMP/zc" 2>"$TMP/err"
+rc=$?
+[ "$rc" -eq 0 ] || fail "--zero-copy --check: exit status $rc: $(tail -n 3 "$TMP/err")"
+grep -q '"wrong":0' "$TMP/zc" || fail "--zero-copy: no rows"
+if grep -Eq '"wrong":[1-9]' "$TMP/zc"; then fail "--zero-copy: wrong results"; fi
+
 if [ "$FAILS" -ne 0 ]; then
   echo "test_parbench: $FAILS failure(s)" >&2
   exit 1

@@ -75,6 +75,7 @@ typedef struct bench_opts {
   int iters; /* 0: automatic */
   int check;
   int json;
+  int zero_copy; /* --zero-copy: buffers from par_alloc */
   int root;
 } bench_opts;
 

@@ -179,6 +179,7 @@ void bench_usage(FILE *f) {
           "                  least %d runs (default 0)\n"
           "  --check         verify every result against the exact expected values\n"
           "  --json          print one JSON object per measurement instead of the table\n"
+          "  --zero-copy     take the buffers from par_alloc (peers read them in place)\n"
           "  -h, --help      print this help\n"
           "\n"
           "Exit status: 0 ok; 1 a wrong result or a failed par call; 2 a bad command line.\n",
@@ -187,7 +188,7 @@ void bench_usage(FILE *f) {
 }
 
 enum { OPT_OP = 256, OPT_MIN, OPT_MAX, OPT_FACTOR, OPT_DTYPE, OPT_REDOP, OPT_ROOT,
-       OPT_WARMUP, OPT_ITERS, OPT_CHECK, OPT_JSON };
+       OPT_WARMUP, OPT_ITERS, OPT_CHECK, OPT_JSON, OPT_ZERO_COPY };
 
 static const struct option long_opts[] = {
     {"op", required_argument, NULL, OPT_OP},
@@ -201,6 +202,7 @@ static const struct option long_opts[] = {
     {"iters", required_argument, NULL, OPT_ITERS},
     {"check", no_argument, NULL, OPT_CHECK},
     {"json", no_argument, NULL, OPT_JSON},
+    {"zero-copy", no_argument, NULL, OPT_ZERO_COPY},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -267,6 +269,7 @@ int bench_parse_args(int argc, char **argv, bench_opts *o) {
       break;
     case OPT_CHECK: o->check = 1; break;
     case OPT_JSON: o->json = 1; break;
+    case OPT_ZERO_COPY: o->zero_copy = 1; break;
     case 'h': bench_usage(stdout); return 1;
     case ':':
       fprintf(stderr, "parbench: option %s needs a value\n", name);

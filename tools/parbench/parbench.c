@@ -210,8 +210,9 @@ static void print_json(const bench *b, const call *k, const result *r) {
 
 static void print_header(const bench *b) {
   const bench_opts *o = b->o;
-  printf("# parbench: %d ranks, backend %s\n", b->n,
-         par_backend_name(par_group_backend(b->g)));
+  printf("# parbench: %d ranks, backend %s%s\n", b->n,
+         par_backend_name(par_group_backend(b->g)),
+         o->zero_copy ? ", buffers from par_alloc (zero copy)" : "");
   printf("# op:");
   for (int i = 0; i < o->ncolls; i++) printf("%s%s", i ? "," : " ", bench_coll_name(o->colls[i]));
   printf("  dtype:");
@@ -276,13 +277,27 @@ static int64_t sweep(bench *b, bench_coll c, par_dtype dt, par_op op, double *bw
   return wrong;
 }
 
-static void *alloc_touched(size_t bytes, int fill) {
+static void *alloc_touched(bench *b, size_t bytes, int fill) {
   size_t rounded = (bytes + 4095) & ~(size_t)4095;
-  void *p = aligned_alloc(4096, rounded);
-  CHECK(p != NULL, "cannot allocate %zu bytes", rounded);
+  void *p = NULL;
+  if (b->o->zero_copy) {
+    par_status st = par_alloc(b->world, rounded, &p);
+    CHECK(st == PAR_OK, "par_alloc(%zu) failed: %s: %s", rounded, par_status_name(st),
+          par_last_error());
+  } else {
+    p = aligned_alloc(4096, rounded);
+    CHECK(p != NULL, "cannot allocate %zu bytes", rounded);
+  }
   /* Fault every page in now: a first touch inside the timed loop would be measured. */
   memset(p, fill, rounded);
   return p;
+}
+
+static void free_buffer(bench *b, void *p) {
+  if (b->o->zero_copy)
+    par_free(b->world, p);
+  else
+    free(p);
 }
 
 int main(int argc, char **argv) {
@@ -308,8 +323,8 @@ int main(int argc, char **argv) {
   }
 
   b.buf_bytes = o.max_bytes + BENCH_GUARD;
-  b.send = alloc_touched(b.buf_bytes, 0);
-  b.recv = alloc_touched(b.buf_bytes, BENCH_SENTINEL);
+  b.send = alloc_touched(&b, b.buf_bytes, 0);
+  b.recv = alloc_touched(&b, b.buf_bytes, BENCH_SENTINEL);
 
   if (b.me == 0 && !o.json) print_header(&b);
   int64_t wrong = 0;
@@ -334,8 +349,8 @@ int main(int argc, char **argv) {
   }
   /* Nobody leaves while a peer may still be reading its buffers. */
   BENCH_CALL(&b, NULL, par_barrier(b.g));
-  free(b.send);
-  free(b.recv);
+  free_buffer(&b, b.send);
+  free_buffer(&b, b.recv);
   par_world_destroy(b.world);
   return wrong > 0 ? 1 : 0;
 }

@@ -64,7 +64,7 @@ static void ring_all(shm_state *st) {
 
 /* 1 when the member's process is gone or a zombie. */
 static int peer_dead(shm_state *st, int j) {
-  pid_t pid = st->ctrl[j].pid;
+  pid_t pid = atomic_load(&st->ctrl[j].pid);
   if (pid <= 0) return 0;
   if (kill(pid, 0) < 0 && errno == ESRCH) return 1;
   char path[64], buf[256];
@@ -102,9 +102,12 @@ par_status par__shm_wait(shm_state *st, const shm_waitctx *wc, shm_pred pred, co
     atomic_fetch_add(&c->sleepers, 1);
     atomic_store(&st->sleeping_on, bell);
     uint32_t v = atomic_load(&c->bell);
-    who = pred(st, arg);
+    int again = pred(st, arg);
     double now = par__now();
-    if (who >= 0 && now < wc->deadline && !atomic_load(&st->hdr->abort)) {
+    /* Sleep only on the bell of the member still awaited: another's post rings only its own. */
+    int nap = again >= 0 && (wc->own_bell || again == who);
+    who = again;
+    if (nap && now < wc->deadline && !atomic_load(&st->hdr->abort)) {
       double left = wc->deadline - now;
       futex_wait(&c->bell, v, left < 0.05 ? left : 0.05);
       who = pred(st, arg);
@@ -125,7 +128,7 @@ par_status par__shm_wait(shm_state *st, const shm_waitctx *wc, shm_pred pred, co
         return par__error(PAR_ERR_PEER_LOST,
                           "%s on group '%s' (op #%llu): member %d (rank %d, pid %d) died",
                           wc->what, g->name, (unsigned long long)wc->seq, who, g->ranks[who],
-                          (int)st->ctrl[who].pid);
+                          (int)atomic_load(&st->ctrl[who].pid));
     }
   }
 }
@@ -177,10 +180,13 @@ static void layout(shm_header *h, int n, size_t chunk) {
   h->size = h->off_p2p + (size_t)n * (size_t)n * h->p2p_stride;
 }
 
+/* Names the first member that has not attached yet. */
 static int pred_attached(shm_state *st, const void *arg) {
   (void)arg;
-  uint32_t a = atomic_load(&st->hdr->attached);
-  return a >= (uint32_t)st->n ? -1 : (int)a;
+  if (atomic_load(&st->hdr->attached) >= (uint32_t)st->n) return -1;
+  for (int j = 0; j < st->n; j++)
+    if (atomic_load(&st->ctrl[j].pid) == 0) return j;
+  return st->me; /* all pids are set: the last count is a moment away */
 }
 
 static par_status map_segment(shm_state *st, int fd, size_t size) {
@@ -202,12 +208,16 @@ static par_status create_segment(par_group *g, shm_state *st, size_t chunk) {
     fd = shm_open(st->name, O_CREAT | O_EXCL | O_RDWR, 0600);
     PAR_RETURN_ERROR_IF(fd < 0, PAR_ERR_SYSTEM, "shm: cannot create segment %s for group '%s': %s",
                         st->name, g->name, strerror(errno));
-    if (ftruncate(fd, (off_t)h.size) < 0) {
-      int e = errno;
+    /* Reserve the pages now: on a full /dev/shm a sparse file would fault with SIGBUS on
+     * first touch instead of failing here. */
+    int e = ftruncate(fd, (off_t)h.size) < 0 ? errno : posix_fallocate(fd, 0, (off_t)h.size);
+    if (e) {
       close(fd);
       shm_unlink(st->name);
-      return par__error(PAR_ERR_SYSTEM, "shm: cannot size segment %s to %llu bytes: %s",
-                        st->name, (unsigned long long)h.size, strerror(e));
+      return par__error(PAR_ERR_NOMEM,
+                        "shm: cannot reserve %llu bytes for segment %s of group '%s' in /dev/shm: "
+                        "%s",
+                        (unsigned long long)h.size, st->name, g->name, strerror(e));
     }
   }
   par_status s = map_segment(st, fd, h.size);
@@ -249,6 +259,9 @@ static void shm_fini(par_group *g) {
   if (st->base) munmap(st->base, st->size);
   if (!st->unlinked && st->me == 0 && st->n > 1) shm_unlink(st->name);
   free(st->srcs);
+  free(st->zsrc);
+  free(st->zdst);
+  free(st->zinplace);
   free(st);
   g->be_state = NULL;
 }
@@ -261,14 +274,17 @@ static par_status shm_init(par_group *g) {
   st->me = g->index;
   atomic_store(&st->sleeping_on, -1);
   st->srcs = calloc((size_t)g->n, sizeof(void *));
-  if (!st->srcs) {
+  st->zsrc = calloc((size_t)g->n, sizeof(char *));
+  st->zdst = calloc((size_t)g->n, sizeof(char *));
+  st->zinplace = calloc((size_t)g->n, 1);
+  if (!st->srcs || !st->zsrc || !st->zdst || !st->zinplace) {
     shm_fini(g);
     return par__error(PAR_ERR_NOMEM, "shm: out of memory");
   }
   const par__env *env = par__env_get();
   long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
   int oversubscribed = ncpu > 0 && g->world->local_size > ncpu;
-  st->spin = env->spin >= 0 ? env->spin : oversubscribed ? 64 : 20000;
+  st->spin = env->spin >= 0 ? env->spin : oversubscribed ? 0 : 20000;
   st->yields = oversubscribed ? 16 : 0;
   snprintf(st->name, sizeof st->name, "/par-%s-%s", g->world->job_id, g->uid);
   if (st->n == 1) st->unlinked = 1;
@@ -295,12 +311,17 @@ static par_status shm_init(par_group *g) {
     return s;
   }
   st->ctrl = (shm_ctrl *)(st->base + st->hdr->off_ctrl);
-  st->ctrl[st->me].pid = (int32_t)getpid();
+  atomic_store(&st->ctrl[st->me].pid, (int32_t)getpid());
   atomic_fetch_add(&st->hdr->attached, 1);
   ring_all(st); /* whoever waits for the last member to attach sleeps on some bell */
 
   shm_waitctx wc = {g, "creating the group", 0, g->create_deadline, 1};
   s = par__shm_wait(st, &wc, pred_attached, NULL);
+  if (s < 0) {
+    /* Members that did attach must not wait on a group this member gave up on. */
+    atomic_store(&st->hdr->abort, 1);
+    ring_all(st);
+  }
   if (s >= 0 && st->me == 0 && st->n > 1) {
     /* Everyone has it mapped: the name is no longer needed, and a crash leaves nothing. */
     shm_unlink(st->name);

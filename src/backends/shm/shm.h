@@ -44,8 +44,9 @@ typedef struct shm_header {
 typedef struct shm_ctrl {
   _Alignas(SHM_LINE) _Atomic uint64_t epoch;
   _Atomic uint32_t bell; /* futex word */
-  int32_t pid;
+  _Atomic int32_t pid; /* set before the member counts itself attached */
   uint64_t fp[2][3]; /* PAR_CHECK fingerprints, by round parity */
+  uint64_t zc[2][5]; /* zero-copy buffers of the current op, by round parity (shm_coll.c) */
   _Alignas(SHM_LINE) _Atomic uint32_t sleepers; /* written by waiters: its own line */
 } shm_ctrl;
 
@@ -75,6 +76,9 @@ typedef struct shm_state {
   int spin, yields;        /* waiting policy */
   _Atomic int sleeping_on; /* the bell this process's waiting thread sleeps on, or -1 */
   const void **srcs;       /* n pointers, scratch for reductions */
+  const char **zsrc;       /* per member: its input, mapped, when it is par_alloc'ed */
+  const char **zdst;       /* per member: its output, mapped, when it is par_alloc'ed */
+  unsigned char *zinplace; /* per member: its op is in place */
 } shm_state;
 
 /* What a wait is for, to name it in a timeout message. */

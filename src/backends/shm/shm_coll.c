@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "backends/shm/shm.h"
+#include "coll/group.h"
 
 /* Starts a round. A member that will write into the round's set first waits until everyone
  * has posted the previous round, i.e. has finished reading the set two rounds back. */
@@ -66,54 +67,170 @@ static par_status check_fingerprint(par_group *g, shm_state *st, const par__op *
 }
 
 /* ---------------------------------------------------------------------------------------- */
-/* Reductions: allreduce, reduce (to a root), reduce_scatter                                */
+/* Zero copy: members whose buffers come from par_alloc publish where they lie (in their    */
+/* ctrl line, with the op's first post); readers then take those contributions in place.   */
+/* Every decision below depends only on what all members published, so all take the same    */
+/* path. A member whose input is read in place must not return before the readers are done: */
+/* such ops end with one more synchronisation.                                              */
 /* ---------------------------------------------------------------------------------------- */
 
-/* Every reducer combines all contributions itself: one synchronisation per round. Its own
- * contribution is read from its input (still in cache from the copy) unless the op is in
- * place. Used for small inputs, and for all sizes on two members, where it also moves the
- * least data. */
-static par_status reduce_direct(shm_state *st, const shm_waitctx *wc, const par__op *op,
-                                int all) {
-  size_t es = par_dtype_size(op->dt), per = st->hdr->chunk / es;
-  const char *in = op->sendbuf;
-  char *out = op->recvbuf;
-  int reader = all || op->root == st->me, inplace = op->sendbuf == op->recvbuf;
-  for (size_t base = 0; base < op->count; base += per) {
-    size_t m = op->count - base < per ? op->count - base : per;
-    int s;
-    PAR_FORWARD_IF_ERROR(round_begin(st, wc, 1, &s));
-    memcpy(shm_area(st, st->me, s, 0), in + base * es, m * es);
-    PAR_FORWARD_IF_ERROR(par__shm_wait_all(st, wc, post_next(st)));
-    if (reader) {
-      for (int j = 0; j < st->n; j++) st->srcs[j] = shm_area(st, j, s, 0);
-      if (!inplace) st->srcs[st->me] = in + base * es;
-      par__reduce(out + base * es, st->srcs, st->n, m, op->dt, op->op, st->n);
+enum { ZC_SEND_ID, ZC_SEND_OFF, ZC_RECV_ID, ZC_RECV_OFF, ZC_FLAGS };
+#define ZC_INPLACE 1u
+
+typedef struct zc_info {
+  int nsend, nrecv; /* members whose input / output is par_alloc'ed */
+  int usable;       /* members whose input can be read in place all along (not in place) */
+} zc_info;
+
+static void zc_publish(const shm_waitctx *wc, shm_state *st, const par__op *op, int s,
+                       size_t sbytes, size_t rbytes) {
+  uint64_t *z = st->ctrl[st->me].zc[s];
+  uint32_t id;
+  uint64_t off;
+  memset(z, 0, sizeof st->ctrl[st->me].zc[s]);
+  if (par__region_find(wc->g->world, op->sendbuf, sbytes, &id, &off))
+    z[ZC_SEND_ID] = id, z[ZC_SEND_OFF] = off;
+  if (rbytes && par__region_find(wc->g->world, op->recvbuf, rbytes, &id, &off))
+    z[ZC_RECV_ID] = id, z[ZC_RECV_OFF] = off;
+  if (op->sendbuf == op->recvbuf) z[ZC_FLAGS] |= ZC_INPLACE;
+}
+
+static par_status zc_map(const shm_waitctx *wc, int j, uint64_t id, uint64_t off, size_t bytes,
+                         const char **out) {
+  char *base;
+  size_t size;
+  PAR_FORWARD_IF_ERROR(par__region_map(wc->g->world, wc->g->ranks[j], (uint32_t)id, &base, &size));
+  PAR_RETURN_ERROR_IF(off > size || bytes > size - off, PAR_ERR_PROTOCOL,
+                      "%s on group '%s': rank %d published a buffer outside its allocation",
+                      wc->what, wc->g->name, wc->g->ranks[j]);
+  *out = base + off;
+  return PAR_OK;
+}
+
+/* Reads what every member published in round parity s (after waiting for all of them). */
+static par_status zc_resolve(const shm_waitctx *wc, shm_state *st, const par__op *op, int s,
+                             size_t sbytes, size_t rbytes, zc_info *zi) {
+  memset(zi, 0, sizeof *zi);
+  for (int j = 0; j < st->n; j++) {
+    const uint64_t *z = st->ctrl[j].zc[s];
+    st->zsrc[j] = st->zdst[j] = NULL;
+    st->zinplace[j] = (z[ZC_FLAGS] & ZC_INPLACE) != 0;
+    if (z[ZC_SEND_ID]) {
+      if (j == st->me)
+        st->zsrc[j] = op->sendbuf;
+      else
+        PAR_FORWARD_IF_ERROR(zc_map(wc, j, z[ZC_SEND_ID], z[ZC_SEND_OFF], sbytes, &st->zsrc[j]));
+      zi->nsend++;
+      zi->usable += !st->zinplace[j];
     }
-    round_end(st);
+    if (z[ZC_RECV_ID]) {
+      if (j == st->me)
+        st->zdst[j] = op->recvbuf;
+      else
+        PAR_FORWARD_IF_ERROR(zc_map(wc, j, z[ZC_RECV_ID], z[ZC_RECV_OFF], rbytes, &st->zdst[j]));
+      zi->nrecv++;
+    }
   }
   return PAR_OK;
 }
 
-static par_status reduce_large(shm_state *st, const shm_waitctx *wc, const par__op *op,
-                               int all) {
-  size_t es = par_dtype_size(op->dt), per = st->hdr->chunk / es;
+static int zc_usable(shm_state *st, int j) { return st->zsrc[j] && !st->zinplace[j]; }
+
+/* The last synchronisation of an op that read some member's buffer in place. */
+static par_status zc_finish(shm_state *st, const shm_waitctx *wc) {
+  int s;
+  PAR_FORWARD_IF_ERROR(round_begin(st, wc, 0, &s));
+  PAR_FORWARD_IF_ERROR(par__shm_wait_all(st, wc, post_next(st)));
+  round_end(st);
+  return PAR_OK;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Reductions: allreduce, reduce (to a root), reduce_scatter                                */
+/* ---------------------------------------------------------------------------------------- */
+
+/* Every input and output par_alloc'ed: member i reduces its share of the elements straight
+ * from the inputs into its own output, then copies the other shares from their owners'
+ * outputs. Works in place: a member's share is written only by itself, and read by the others
+ * only after everyone has reduced. */
+static par_status allreduce_zc(shm_state *st, const shm_waitctx *wc, const par__op *op) {
+  size_t es = par_dtype_size(op->dt), lo, hi;
+  char *out = op->recvbuf;
+  int s;
+  PAR_FORWARD_IF_ERROR(round_begin(st, wc, 1, &s));
+  share(op->count, es, st->n, st->me, &lo, &hi);
+  if (!st->zinplace[st->me] || st->me == 0) {
+    for (int j = 0; j < st->n; j++) st->srcs[j] = st->zsrc[j] + lo * es;
+    if (hi > lo) par__reduce(out + lo * es, st->srcs, st->n, hi - lo, op->dt, op->op, st->n);
+  } else {
+    /* The output is my input src[me]: only src[0] may alias the output, so reduce through the
+     * segment's result area chunk by chunk. */
+    size_t per = st->hdr->chunk / es;
+    char *tmp = shm_area(st, st->me, s, 1);
+    for (size_t b = lo; b < hi; b += per) {
+      size_t m = hi - b < per ? hi - b : per;
+      for (int j = 0; j < st->n; j++) st->srcs[j] = st->zsrc[j] + b * es;
+      par__reduce(tmp, st->srcs, st->n, m, op->dt, op->op, st->n);
+      memcpy(out + b * es, tmp, m * es);
+    }
+  }
+  PAR_FORWARD_IF_ERROR(par__shm_wait_all(st, wc, post_next(st)));
+  round_end(st);
+  for (int k = 1; k < st->n; k++) {
+    int j = (st->me + k) % st->n;
+    share(op->count, es, st->n, j, &lo, &hi);
+    if (hi > lo) memcpy(out + lo * es, st->zdst[j] + lo * es, (hi - lo) * es);
+  }
+  return zc_finish(st, wc);
+}
+
+/*
+ * Allreduce and reduce in rounds of a chunk per member. `direct`: everyone publishes its chunk
+ * and every reader combines all of them itself (one synchronisation per round; its own
+ * contribution comes from its input, still in cache). Otherwise reduce-scatter plus
+ * all-gather inside the round: member i reduces 1/n of it and the readers copy the n results.
+ * Members with par_alloc'ed inputs skip the copy into the segment.
+ */
+static par_status reduce_rounds(shm_state *st, const shm_waitctx *wc, const par__op *op, int all,
+                                int direct) {
+  size_t es = par_dtype_size(op->dt), per = st->hdr->chunk / es, bytes = op->count * es;
   const char *in = op->sendbuf;
   char *out = op->recvbuf;
-  int reader = all || op->root == st->me;
+  int reader = all || op->root == st->me, inplace = op->sendbuf == op->recvbuf;
+  zc_info zi;
   for (size_t base = 0; base < op->count; base += per) {
     size_t m = op->count - base < per ? op->count - base : per, lo, hi;
-    int s;
+    int s, first = base == 0;
     PAR_FORWARD_IF_ERROR(round_begin(st, wc, 1, &s));
-    memcpy(shm_area(st, st->me, s, 0), in + base * es, m * es);
+    if (first) zc_publish(wc, st, op, s, bytes, all ? bytes : 0);
+    int in_place_read = first ? st->ctrl[st->me].zc[s][ZC_SEND_ID] && !inplace
+                              : zc_usable(st, st->me);
+    if (!in_place_read) memcpy(shm_area(st, st->me, s, 0), in + base * es, m * es);
     PAR_FORWARD_IF_ERROR(par__shm_wait_all(st, wc, post_next(st)));
+    if (first) {
+      PAR_FORWARD_IF_ERROR(zc_resolve(wc, st, op, s, bytes, all ? bytes : 0, &zi));
+      if (all && zi.nsend == st->n && zi.nrecv == st->n) {
+        round_end(st);
+        return allreduce_zc(st, wc, op);
+      }
+    }
+    for (int j = 0; j < st->n; j++)
+      st->srcs[j] = zc_usable(st, j) ? st->zsrc[j] + base * es : shm_area(st, j, s, 0);
+
+    if (direct) {
+      if (reader) {
+        if (!inplace) st->srcs[st->me] = in + base * es;
+        par__reduce(out + base * es, st->srcs, st->n, m, op->dt, op->op, st->n);
+      }
+      round_end(st);
+      continue;
+    }
 
     share(m, es, st->n, st->me, &lo, &hi);
-    for (int j = 0; j < st->n; j++) st->srcs[j] = shm_area(st, j, s, 0) + lo * es;
+    for (int j = 0; j < st->n; j++) st->srcs[j] = (const char *)st->srcs[j] + lo * es;
     if (hi > lo)
       par__reduce(shm_area(st, st->me, s, 1), st->srcs, st->n, hi - lo, op->dt, op->op, st->n);
     uint64_t done = post_next(st);
-
     if (reader)
       for (int k = 0; k < st->n; k++) {
         int j = (st->me + k) % st->n;
@@ -124,7 +241,7 @@ static par_status reduce_large(shm_state *st, const shm_waitctx *wc, const par__
       }
     round_end(st);
   }
-  return PAR_OK;
+  return zi.usable ? zc_finish(st, wc) : PAR_OK;
 }
 
 static par_status reduce_scatter(shm_state *st, const shm_waitctx *wc, const par__op *op) {
@@ -152,15 +269,25 @@ static par_status reduce_scatter(shm_state *st, const shm_waitctx *wc, const par
 /* ---------------------------------------------------------------------------------------- */
 
 static par_status allgather(shm_state *st, const shm_waitctx *wc, const par__op *op) {
-  size_t es = par_dtype_size(op->dt), per = st->hdr->chunk / es;
+  size_t es = par_dtype_size(op->dt), per = st->hdr->chunk / es, bytes = op->count * es;
   const char *in = op->sendbuf;
   char *out = op->recvbuf;
+  zc_info zi;
   for (size_t base = 0; base < op->count; base += per) {
     size_t m = op->count - base < per ? op->count - base : per;
-    int s;
+    int s, first = base == 0;
     PAR_FORWARD_IF_ERROR(round_begin(st, wc, 1, &s));
-    memcpy(shm_area(st, st->me, s, 0), in + base * es, m * es);
+    if (first) zc_publish(wc, st, op, s, bytes, 0);
+    /* In place, the input is the member's own block of the output, which nobody else writes:
+     * it can always be read in place. */
+    int mine_zc = first ? st->ctrl[st->me].zc[s][ZC_SEND_ID] != 0 : st->zsrc[st->me] != NULL;
+    if (!mine_zc) memcpy(shm_area(st, st->me, s, 0), in + base * es, m * es);
     uint64_t e = post_next(st);
+    if (first) {
+      PAR_FORWARD_IF_ERROR(par__shm_wait_all(st, wc, e));
+      PAR_FORWARD_IF_ERROR(zc_resolve(wc, st, op, s, bytes, 0, &zi));
+      if (zi.nsend == st->n) m = op->count - base; /* everything in this one round */
+    }
     for (int k = 0; k < st->n; k++) {
       int j = (st->me + k) % st->n;
       char *dst = out + ((size_t)j * op->count + base) * es;
@@ -169,30 +296,44 @@ static par_status allgather(shm_state *st, const shm_waitctx *wc, const par__op 
         continue;
       }
       PAR_FORWARD_IF_ERROR(par__shm_wait_one(st, wc, j, e));
-      memcpy(dst, shm_area(st, j, s, 0), m * es);
+      memcpy(dst, st->zsrc[j] ? st->zsrc[j] + base * es : shm_area(st, j, s, 0), m * es);
     }
     round_end(st);
+    if (first && zi.nsend == st->n) break;
   }
-  return PAR_OK;
+  return zi.nsend ? zc_finish(st, wc) : PAR_OK;
 }
 
 static par_status broadcast(shm_state *st, const shm_waitctx *wc, const par__op *op) {
-  size_t es = par_dtype_size(op->dt), per = st->hdr->chunk / es;
+  size_t es = par_dtype_size(op->dt), per = st->hdr->chunk / es, bytes = op->count * es;
   char *buf = op->recvbuf;
-  int root = op->root, am_root = root == st->me;
+  int root = op->root, am_root = root == st->me, root_zc = 0;
   for (size_t base = 0; base < op->count; base += per) {
     size_t m = op->count - base < per ? op->count - base : per;
-    int s;
+    int s, first = base == 0;
     PAR_FORWARD_IF_ERROR(round_begin(st, wc, am_root, &s));
-    if (am_root) memcpy(shm_area(st, root, s, 0), buf + base * es, m * es);
+    if (first && am_root) {
+      zc_publish(wc, st, op, s, bytes, 0);
+      root_zc = st->ctrl[root].zc[s][ZC_SEND_ID] != 0;
+    }
+    if (am_root && !root_zc) memcpy(shm_area(st, root, s, 0), buf + base * es, m * es);
     uint64_t e = post_next(st);
     if (!am_root) {
       PAR_FORWARD_IF_ERROR(par__shm_wait_one(st, wc, root, e));
-      memcpy(buf + base * es, shm_area(st, root, s, 0), m * es);
+      if (first && st->ctrl[root].zc[s][ZC_SEND_ID]) {
+        PAR_FORWARD_IF_ERROR(zc_map(wc, root, st->ctrl[root].zc[s][ZC_SEND_ID],
+                                    st->ctrl[root].zc[s][ZC_SEND_OFF], bytes, &st->zsrc[root]));
+        root_zc = 1;
+      }
+      if (root_zc)
+        memcpy(buf, st->zsrc[root], bytes); /* the whole message, straight from the root */
+      else
+        memcpy(buf + base * es, shm_area(st, root, s, 0), m * es);
     }
     round_end(st);
+    if (root_zc) break;
   }
-  return PAR_OK;
+  return root_zc ? zc_finish(st, wc) : PAR_OK;
 }
 
 static par_status alltoall(shm_state *st, const shm_waitctx *wc, const par__op *op) {
@@ -236,9 +377,8 @@ par_status par__shm_collective(par_group *g, shm_state *st, const par__op *op) {
     case PAR__ALLREDUCE:
     case PAR__REDUCE: {
       int all = op->kind == PAR__ALLREDUCE;
-      if (st->n <= 2 || (bytes <= SHM_SMALL_MAX && bytes <= st->hdr->chunk))
-        return reduce_direct(st, &wc, op, all);
-      return reduce_large(st, &wc, op, all);
+      int direct = st->n <= 2 || (bytes <= SHM_SMALL_MAX && bytes <= st->hdr->chunk);
+      return reduce_rounds(st, &wc, op, all, direct);
     }
     case PAR__REDUCE_SCATTER:
       return reduce_scatter(st, &wc, op);

@@ -1,0 +1,163 @@
+/*
+ * alloc.c -- par_alloc / par_free: memory that the other ranks on this host can read directly.
+ * Each allocation is its own shared-memory file named after the job, the owner's rank and a
+ * per-rank id, so a peer can map it from the (rank, id) pair a collective publishes; the
+ * shared-memory backend then reads contributions in place instead of copying them through the
+ * group's segment. Peers' mappings are cached until the world is destroyed.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "coll/group.h"
+
+typedef struct par__region {
+  struct par__region *next;
+  int rank; /* owner */
+  uint32_t id;
+  char *base;
+  size_t size;
+  char name[96];
+} par__region;
+
+static void region_name(par_world *w, int rank, uint32_t id, char *out, size_t cap) {
+  snprintf(out, cap, "/par-%s-m%d.%u", w->job_id, rank, id);
+}
+
+par_status par_alloc(par_world *w, size_t bytes, void **out) {
+  PAR_RETURN_ERROR_IF(!w || !out, PAR_ERR_NULL, "par_alloc: %s is NULL", w ? "out" : "world");
+  *out = NULL;
+  PAR_RETURN_ERROR_IF(bytes == 0, PAR_ERR_INVALID, "par_alloc: size is 0");
+  par__region *r = calloc(1, sizeof *r);
+  PAR_RETURN_ERROR_IF(!r, PAR_ERR_NOMEM, "par_alloc: out of memory");
+  pthread_mutex_lock(&w->regions_mu);
+  r->id = ++w->next_region_id;
+  pthread_mutex_unlock(&w->regions_mu);
+  r->rank = w->rank;
+  r->size = bytes;
+  region_name(w, w->rank, r->id, r->name, sizeof r->name);
+
+  int fd = shm_open(r->name, O_CREAT | O_EXCL | O_RDWR, 0600);
+  if (fd < 0) {
+    int e = errno;
+    free(r);
+    return par__error(PAR_ERR_SYSTEM, "par_alloc: cannot create %s: %s", r->name, strerror(e));
+  }
+  int e = ftruncate(fd, (off_t)bytes) < 0 ? errno : posix_fallocate(fd, 0, (off_t)bytes);
+  if (e) {
+    close(fd);
+    shm_unlink(r->name);
+    free(r);
+    return par__error(PAR_ERR_NOMEM, "par_alloc: cannot reserve %zu bytes: %s", bytes,
+                      strerror(e));
+  }
+  /* Populated now: a first touch later would cost a page fault per 4 KiB inside collectives. */
+  void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+  close(fd);
+  if (p == MAP_FAILED) {
+    int e = errno;
+    shm_unlink(r->name);
+    free(r);
+    return par__error(PAR_ERR_NOMEM, "par_alloc: cannot map %zu bytes: %s", bytes, strerror(e));
+  }
+  r->base = p;
+  pthread_mutex_lock(&w->regions_mu);
+  r->next = w->regions;
+  w->regions = r;
+  pthread_mutex_unlock(&w->regions_mu);
+  *out = p;
+  return PAR_OK;
+}
+
+par_status par_free(par_world *w, void *p) {
+  if (!p) return PAR_OK;
+  PAR_RETURN_ERROR_IF(!w, PAR_ERR_NULL, "par_free: world is NULL");
+  pthread_mutex_lock(&w->regions_mu);
+  par__region **pp = &w->regions;
+  while (*pp && !((*pp)->rank == w->rank && (*pp)->base == p)) pp = &(*pp)->next;
+  par__region *r = *pp;
+  if (r) *pp = r->next;
+  pthread_mutex_unlock(&w->regions_mu);
+  PAR_RETURN_ERROR_IF(!r, PAR_ERR_INVALID, "par_free: %p was not returned by par_alloc", p);
+  munmap(r->base, r->size);
+  shm_unlink(r->name);
+  free(r);
+  return PAR_OK;
+}
+
+int par__region_find(par_world *w, const void *p, size_t len, uint32_t *id, uint64_t *off) {
+  *id = 0;
+  *off = 0;
+  if (!w->regions || !p) return 0;
+  const char *c = p;
+  pthread_mutex_lock(&w->regions_mu);
+  for (par__region *r = w->regions; r; r = r->next)
+    if (r->rank == w->rank && c >= r->base && c - r->base <= (ptrdiff_t)r->size &&
+        len <= r->size - (size_t)(c - r->base)) {
+      *id = r->id;
+      *off = (uint64_t)(c - r->base);
+      break;
+    }
+  pthread_mutex_unlock(&w->regions_mu);
+  return *id != 0;
+}
+
+par_status par__region_map(par_world *w, int rank, uint32_t id, char **base, size_t *size) {
+  pthread_mutex_lock(&w->regions_mu);
+  for (par__region *r = w->regions; r; r = r->next)
+    if (r->rank == rank && r->id == id) {
+      *base = r->base;
+      *size = r->size;
+      pthread_mutex_unlock(&w->regions_mu);
+      return PAR_OK;
+    }
+  pthread_mutex_unlock(&w->regions_mu);
+
+  par__region *r = calloc(1, sizeof *r);
+  PAR_RETURN_ERROR_IF(!r, PAR_ERR_NOMEM, "out of memory");
+  r->rank = rank;
+  r->id = id;
+  region_name(w, rank, id, r->name, sizeof r->name);
+  int fd = shm_open(r->name, O_RDONLY, 0);
+  struct stat sb;
+  if (fd < 0 || fstat(fd, &sb) < 0) {
+    int e = errno;
+    if (fd >= 0) close(fd);
+    free(r);
+    return par__error(PAR_ERR_SYSTEM, "cannot map rank %d's buffer %s: %s", rank, r->name,
+                      strerror(e));
+  }
+  r->size = (size_t)sb.st_size;
+  void *p = mmap(NULL, r->size, PROT_READ, MAP_SHARED, fd, 0);
+  close(fd);
+  if (p == MAP_FAILED) {
+    int e = errno;
+    free(r);
+    return par__error(PAR_ERR_SYSTEM, "cannot map rank %d's buffer: %s", rank, strerror(e));
+  }
+  r->base = p;
+  pthread_mutex_lock(&w->regions_mu);
+  r->next = w->regions;
+  w->regions = r;
+  pthread_mutex_unlock(&w->regions_mu);
+  *base = r->base;
+  *size = r->size;
+  return PAR_OK;
+}
+
+void par__regions_free(par_world *w) {
+  par__region *r = w->regions;
+  while (r) {
+    par__region *next = r->next;
+    munmap(r->base, r->size);
+    if (r->rank == w->rank) shm_unlink(r->name);
+    free(r);
+    r = next;
+  }
+  w->regions = NULL;
+}
