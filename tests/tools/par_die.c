@@ -26,6 +26,7 @@ int main(int argc, char **argv) {
   }
   par_group *g = par_world_group(w);
   int rank = par_world_rank(w);
+  if (rank == 0 && getenv("PAR_JOB_ID")) printf("job %s\n", getenv("PAR_JOB_ID"));
   static float buf[1 << 16];
   for (int i = 0;; i++) {
     if (rank == victim && i == at) raise(SIGKILL);

@@ -318,6 +318,9 @@ int main(int argc, char **argv) {
     if (b.me == 0)
       fprintf(stderr, "parbench: invalid value '%d' for --root: the world has %d rank(s)\n",
               o.root, b.n);
+    /* Everyone leaves together: a rank exiting first would make the launcher stop rank 0
+     * before it has said why. */
+    par_barrier(b.g);
     par_world_destroy(b.world);
     return 2;
   }
