@@ -74,6 +74,19 @@ typedef struct par__env {
 const par__env *par__env_get(void);
 int par__env_reading(void);
 
+/* 1 when a job with `local_size` ranks on this host has more ranks than cores: waiting
+ * ranks must then give up their core early instead of spinning. */
+int par__oversubscribed(int local_size);
+
+/* A pause for spin-wait loops. */
+static inline void par__cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield");
+#endif
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* Time                                                                                     */
 /* ---------------------------------------------------------------------------------------- */

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "core/core.h"
 
@@ -92,6 +93,12 @@ const par__env *par__env_get(void) {
   if (env_nwarnings && !__atomic_exchange_n(&warned, 1, __ATOMIC_ACQ_REL))
     for (int i = 0; i < env_nwarnings; i++) par__log(PAR_LOG_WARN, "%s", env_warnings[i]);
   return &env;
+}
+
+int par__oversubscribed(int local_size) {
+  static long ncpu;
+  if (!ncpu) ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+  return ncpu > 0 && local_size > ncpu;
 }
 
 double par__now(void) {

@@ -165,8 +165,7 @@ static par_status mpi_init(par_group *g) {
   }
   /* Spin while every local rank has a core; otherwise yield and sleep early. */
   const par__env *env = par__env_get();
-  long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-  int oversubscribed = ncpu > 0 && g->world->local_size > ncpu;
+  int oversubscribed = par__oversubscribed(g->world->local_size);
   st->spin = env->spin >= 0 ? env->spin : oversubscribed ? 0 : 2000;
   st->yields = oversubscribed ? 64 : 100;
 

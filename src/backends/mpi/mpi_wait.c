@@ -89,18 +89,10 @@ par_status par__mpi_interrupted(const mpi_waitctx *wc, int starting) {
   return PAR_OK;
 }
 
-static inline void cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  __asm__ __volatile__("yield");
-#endif
-}
-
 void par__mpi_backoff(mpi_state *st, unsigned *round, unsigned seen) {
   unsigned r = (*round)++;
   if (r < (unsigned)st->spin) {
-    cpu_relax();
+    par__cpu_relax();
     return;
   }
   r -= (unsigned)st->spin;

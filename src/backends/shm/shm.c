@@ -24,14 +24,6 @@
 
 #include "backends/shm/shm.h"
 
-static inline void cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  __asm__ __volatile__("yield");
-#endif
-}
-
 static void futex_wait(_Atomic uint32_t *addr, uint32_t val, double seconds) {
   struct timespec ts;
   ts.tv_sec = (time_t)seconds;
@@ -82,7 +74,7 @@ par_status par__shm_wait(shm_state *st, const shm_waitctx *wc, shm_pred pred, co
   int who = pred(st, arg);
   if (who < 0) return PAR_OK;
   for (int i = 0; i < st->spin; i++) {
-    cpu_relax();
+    par__cpu_relax();
     if ((who = pred(st, arg)) < 0) return PAR_OK;
   }
   for (int i = 0; i < st->yields; i++) {
@@ -282,8 +274,7 @@ static par_status shm_init(par_group *g) {
     return par__error(PAR_ERR_NOMEM, "shm: out of memory");
   }
   const par__env *env = par__env_get();
-  long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-  int oversubscribed = ncpu > 0 && g->world->local_size > ncpu;
+  int oversubscribed = par__oversubscribed(g->world->local_size);
   st->spin = env->spin >= 0 ? env->spin : oversubscribed ? 0 : 20000;
   st->yields = oversubscribed ? 16 : 0;
   snprintf(st->name, sizeof st->name, "/par-%s-%s", g->world->job_id, g->uid);
