@@ -76,6 +76,8 @@ typedef struct bench_opts {
   int check;
   int json;
   int zero_copy; /* --zero-copy: buffers from par_alloc */
+  par_backend backends[PAR_BACKEND_COUNT]; /* --backend: one group of all ranks per backend */
+  int nbackends;                           /* 0: the world group */
   int root;
 } bench_opts;
 

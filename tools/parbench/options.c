@@ -154,6 +154,16 @@ static int add_redop(const char *item, void *ctx) {
   return 0;
 }
 
+static int add_backend(const char *item, void *ctx) {
+  bench_opts *o = ctx;
+  par_backend be;
+  if (par_backend_parse(item, &be) != PAR_OK) return -1;
+  for (int i = 0; i < o->nbackends; i++)
+    if (o->backends[i] == be) return 0;
+  o->backends[o->nbackends++] = be;
+  return 0;
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* Command line                                                                             */
 /* ---------------------------------------------------------------------------------------- */
@@ -180,6 +190,8 @@ void bench_usage(FILE *f) {
           "  --check         verify every result against the exact expected values\n"
           "  --json          print one JSON object per measurement instead of the table\n"
           "  --zero-copy     take the buffers from par_alloc (peers read them in place)\n"
+          "  --backend LIST  measure a group of all ranks on each backend (e.g. shm,mpi under\n"
+          "                  mpirun); default: the world group\n"
           "  -h, --help      print this help\n"
           "\n"
           "Exit status: 0 ok; 1 a wrong result or a failed par call; 2 a bad command line.\n",
@@ -188,7 +200,7 @@ void bench_usage(FILE *f) {
 }
 
 enum { OPT_OP = 256, OPT_MIN, OPT_MAX, OPT_FACTOR, OPT_DTYPE, OPT_REDOP, OPT_ROOT,
-       OPT_WARMUP, OPT_ITERS, OPT_CHECK, OPT_JSON, OPT_ZERO_COPY };
+       OPT_WARMUP, OPT_ITERS, OPT_CHECK, OPT_JSON, OPT_ZERO_COPY, OPT_BACKEND };
 
 static const struct option long_opts[] = {
     {"op", required_argument, NULL, OPT_OP},
@@ -203,6 +215,7 @@ static const struct option long_opts[] = {
     {"check", no_argument, NULL, OPT_CHECK},
     {"json", no_argument, NULL, OPT_JSON},
     {"zero-copy", no_argument, NULL, OPT_ZERO_COPY},
+    {"backend", required_argument, NULL, OPT_BACKEND},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -270,6 +283,10 @@ int bench_parse_args(int argc, char **argv, bench_opts *o) {
     case OPT_CHECK: o->check = 1; break;
     case OPT_JSON: o->json = 1; break;
     case OPT_ZERO_COPY: o->zero_copy = 1; break;
+    case OPT_BACKEND:
+      if (parse_list(optarg, add_backend, o) != 0)
+        return bad("--backend", optarg, "a comma list of auto, shm, tcp, mpi");
+      break;
     case 'h': bench_usage(stdout); return 1;
     case ':':
       fprintf(stderr, "parbench: option %s needs a value\n", name);

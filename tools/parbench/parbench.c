@@ -201,10 +201,11 @@ static void print_json(const bench *b, const call *k, const result *r) {
   if (bench_coll_reduces(k->c)) snprintf(redop, sizeof redop, "\"%s\"", par_op_name(k->op));
   if (bench_coll_rooted(k->c)) snprintf(root, sizeof root, "%d", b->o->root);
   if (r->wrong >= 0) snprintf(wrong, sizeof wrong, "%lld", (long long)r->wrong);
-  printf("{\"op\":\"%s\",\"dtype\":\"%s\",\"redop\":%s,\"root\":%s,\"bytes\":%zu,\"count\":%zu,"
+  printf("{\"backend\":\"%s\",\"op\":\"%s\",\"dtype\":\"%s\",\"redop\":%s,\"root\":%s,\"bytes\":%zu,\"count\":%zu,"
          "\"ranks\":%d,\"iters\":%lld,\"time_us\":%.4f,\"algbw_gbs\":%.6f,\"busbw_gbs\":%.6f,"
          "\"wrong\":%s}\n",
-         bench_coll_name(k->c), par_dtype_name(k->dt), redop, root, r->bytes, r->count, b->n,
+         par_backend_name(par_group_backend(b->g)), bench_coll_name(k->c), par_dtype_name(k->dt),
+         redop, root, r->bytes, r->count, b->n,
          (long long)r->iters, r->time_us, r->algbw, r->busbw, wrong);
 }
 
@@ -331,19 +332,42 @@ int main(int argc, char **argv) {
 
   if (b.me == 0 && !o.json) print_header(&b);
   int64_t wrong = 0;
-  for (int ci = 0; ci < o.ncolls; ci++) {
-    bench_coll c = (bench_coll)o.colls[ci];
-    if (b.me == 0 && !o.json) print_table_head(c);
-    double bw_sum = 0;
-    int bw_n = 0;
-    for (int di = 0; di < o.ndtypes; di++) {
-      /* Ops without a reduction run once per dtype, not once per --redop. */
-      int nred = bench_coll_reduces(c) ? o.nredops : 1;
-      for (int ri = 0; ri < nred; ri++)
-        wrong += sweep(&b, c, o.dtypes[di], o.redops[ri], &bw_sum, &bw_n);
+  par_group *world = b.g;
+  for (int bi = 0; bi < (o.nbackends ? o.nbackends : 1); bi++) {
+    if (o.nbackends) {
+      /* A group of every rank on the backend asked for: one table compares backends. */
+      int *all = malloc(sizeof(int) * (size_t)b.n);
+      CHECK(all != NULL, "out of memory");
+      for (int i = 0; i < b.n; i++) all[i] = par_group_global_rank(world, i);
+      par_group_options go = PAR_GROUP_OPTIONS_INIT;
+      go.backend = o.backends[bi];
+      go.name = par_backend_name(o.backends[bi]);
+      st = par_group_create(b.world, all, b.n, &go, &b.g);
+      free(all);
+      CHECK(st == PAR_OK, "cannot make a group on backend %s: %s: %s",
+            par_backend_name(o.backends[bi]), par_status_name(st), par_world_last_error(b.world));
+      if (b.me == 0 && !o.json)
+        printf("#\n# backend %s\n", par_backend_name(par_group_backend(b.g)));
     }
-    if (b.me == 0 && !o.json)
-      printf("# %s: average busbw %.3f GB/s\n", bench_coll_name(c), bw_n ? bw_sum / bw_n : 0.0);
+    for (int ci = 0; ci < o.ncolls; ci++) {
+      bench_coll c = (bench_coll)o.colls[ci];
+      if (b.me == 0 && !o.json) print_table_head(c);
+      double bw_sum = 0;
+      int bw_n = 0;
+      for (int di = 0; di < o.ndtypes; di++) {
+        /* Ops without a reduction run once per dtype, not once per --redop. */
+        int nred = bench_coll_reduces(c) ? o.nredops : 1;
+        for (int ri = 0; ri < nred; ri++)
+          wrong += sweep(&b, c, o.dtypes[di], o.redops[ri], &bw_sum, &bw_n);
+      }
+      if (b.me == 0 && !o.json)
+        printf("# %s: average busbw %.3f GB/s\n", bench_coll_name(c), bw_n ? bw_sum / bw_n : 0.0);
+    }
+    if (b.g != world) {
+      BENCH_CALL(&b, NULL, par_barrier(b.g));
+      par_group_destroy(b.g);
+      b.g = world;
+    }
   }
   if (b.me == 0) {
     if (!o.json && o.check) printf("#\n# wrong elements: %lld\n", (long long)wrong);
