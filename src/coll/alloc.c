@@ -45,8 +45,9 @@ par_status par_alloc(par_world *w, size_t bytes, void **out) {
   int fd = shm_open(r->name, O_CREAT | O_EXCL | O_RDWR, 0600);
   if (fd < 0) {
     int e = errno;
+    par__error(PAR_ERR_SYSTEM, "par_alloc: cannot create %s: %s", r->name, strerror(e));
     free(r);
-    return par__error(PAR_ERR_SYSTEM, "par_alloc: cannot create %s: %s", r->name, strerror(e));
+    return PAR_ERR_SYSTEM;
   }
   int e = ftruncate(fd, (off_t)bytes) < 0 ? errno : posix_fallocate(fd, 0, (off_t)bytes);
   if (e) {
@@ -128,9 +129,9 @@ par_status par__region_map(par_world *w, int rank, uint32_t id, char **base, siz
   if (fd < 0 || fstat(fd, &sb) < 0) {
     int e = errno;
     if (fd >= 0) close(fd);
+    par__error(PAR_ERR_SYSTEM, "cannot map rank %d's buffer %s: %s", rank, r->name, strerror(e));
     free(r);
-    return par__error(PAR_ERR_SYSTEM, "cannot map rank %d's buffer %s: %s", rank, r->name,
-                      strerror(e));
+    return PAR_ERR_SYSTEM;
   }
   r->size = (size_t)sb.st_size;
   void *p = mmap(NULL, r->size, PROT_READ, MAP_SHARED, fd, 0);
