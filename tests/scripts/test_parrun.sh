@@ -158,6 +158,26 @@ check "no /dev/shm/par-$job-* file remains after a failed job" \
 check "files of other jobs are left alone" [ -e "/dev/shm/par-other-keep-$$" ]
 rm -f "/dev/shm/par-other-keep-$$"
 
+# --- CPU binding -------------------------------------------------------------------------
+ncpu=$(nproc)
+if [ "$ncpu" -ge 2 ]; then
+  run -n 2 sh -c 'grep Cpus_allowed_list /proc/self/status'
+  check "with a CPU per rank, each rank is pinned to one CPU" \
+    [ "$(grep -c 'Cpus_allowed_list:[[:space:]]*[0-9]*$' "$TMP/out")" = 2 ]
+  check "the two ranks are on different CPUs" \
+    [ "$(awk '{print $NF}' "$TMP/out" | sort -u | wc -l)" = 2 ]
+fi
+run -n $((ncpu + 1)) sh -c 'grep Cpus_allowed_list /proc/self/status'
+check "with more ranks than CPUs nothing is pinned" \
+  [ "$(grep -c 'Cpus_allowed_list:[[:space:]]*[0-9]*$' "$TMP/out")" = 0 ]
+if [ "$ncpu" -ge 2 ]; then
+  run --bind-to none -n 1 sh -c 'grep Cpus_allowed_list /proc/self/status'
+  check "--bind-to none leaves placement to the kernel" \
+    [ "$(grep -c 'Cpus_allowed_list:[[:space:]]*[0-9]*$' "$TMP/out")" = 0 ]
+fi
+run --bind-to sideways -n 1 true
+check "a bad --bind-to is refused with exit 2" [ "$RC" = 2 ]
+
 echo "# $CHECKS checks, $FAILS failed"
 if [ "$FAILS" != 0 ]; then
   show

@@ -14,6 +14,7 @@
 #include <fcntl.h>
 #include <math.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,12 +36,14 @@ extern char **environ;
 #define DRAIN_S 2.0
 
 static const char *usage_text =
-    "usage: parrun -n N [--timeout S] [--] PROGRAM [ARGS...]\n"
+    "usage: parrun -n N [--timeout S] [--bind-to core|none] [--] PROGRAM [ARGS...]\n"
     "\n"
     "Runs N ranks of PROGRAM on this host as one par job.\n"
     "\n"
     "  -n N          number of ranks (1..4096)\n"
     "  --timeout S   stop the whole job after S seconds (exit code 124)\n"
+    "  --bind-to B   core (default): when the ranks fit the CPUs parrun may use, rank i runs\n"
+    "                on the i-th of them, as mpirun does; none: let the kernel place them\n"
     "  -h, --help    show this help\n"
     "\n"
     "Each rank gets RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT,\n"
@@ -208,7 +211,7 @@ static void remove_job_shm(const char *job_id) {
  * (the child reports its errno through a close-on-exec pipe, which reads EOF once exec
  * worked); -2 with *exec_err set when no process could be made. */
 static pid_t spawn_rank(pid_t pgid, const char *path, char **argv, char **env, int devnull,
-                        int give_stdin, int out_fd[2], int err_fd[2], int *exec_err) {
+                        int give_stdin, int out_fd[2], int err_fd[2], int cpu, int *exec_err) {
   int ep[2];
   *exec_err = 0;
   if (pipe2(ep, O_CLOEXEC) != 0) {
@@ -223,8 +226,15 @@ static pid_t spawn_rank(pid_t pgid, const char *path, char **argv, char **env, i
     return -2;
   }
   if (pid == 0) {
-    /* Child: async-signal-safe calls only. */
+    /* Child: async-signal-safe calls only (sched_setaffinity is a plain system call). */
     setpgid(0, pgid);
+    if (cpu >= 0) {
+      /* Two ranks that spin-wait for each other on one core would take turns by time slice. */
+      cpu_set_t one;
+      CPU_ZERO(&one);
+      CPU_SET(cpu, &one);
+      sched_setaffinity(0, sizeof one, &one);
+    }
     struct sigaction dfl = {.sa_handler = SIG_DFL};
     sigemptyset(&dfl.sa_mask);
     int sigs[] = {SIGPIPE, SIGINT, SIGTERM, SIGHUP, SIGCHLD};
@@ -314,7 +324,8 @@ static void reap(job *j) {
   }
 }
 
-static int parse_args(int argc, char **argv, int *n, double *timeout, int *prog_index) {
+static int parse_args(int argc, char **argv, int *n, double *timeout, int *bind,
+                      int *prog_index) {
   *n = 0;
   *timeout = 0;
   int i = 1;
@@ -331,6 +342,15 @@ static int parse_args(int argc, char **argv, int *n, double *timeout, int *prog_
     if (a[0] != '-') break;
     int is_n = !strcmp(a, "-n") || !strcmp(a, "--np");
     int is_t = !strcmp(a, "--timeout");
+    if (!strcmp(a, "--bind-to") || !strncmp(a, "--bind-to=", 10)) {
+      const char *b = a[9] == '=' ? a + 10 : (i + 1 < argc ? argv[++i] : "");
+      if (strcmp(b, "core") && strcmp(b, "none")) {
+        fprintf(stderr, "parrun: --bind-to '%s' is not core or none\n", b);
+        return -1;
+      }
+      *bind = !strcmp(b, "core");
+      continue;
+    }
     if (is_n || is_t) {
       if (i + 1 >= argc) {
         fprintf(stderr, "parrun: %s needs a value\n", a);
@@ -375,9 +395,9 @@ static int parse_args(int argc, char **argv, int *n, double *timeout, int *prog_
 }
 
 int main(int argc, char **argv) {
-  int n, prog_index;
+  int n, prog_index, bind = 1;
   double timeout_s;
-  if (parse_args(argc, argv, &n, &timeout_s, &prog_index) != 0) return 2;
+  if (parse_args(argc, argv, &n, &timeout_s, &bind, &prog_index) != 0) return 2;
   const char *prog = argv[prog_index];
 
   int exec_err;
@@ -429,6 +449,14 @@ int main(int argc, char **argv) {
   int width = snprintf(NULL, 0, "%d", n - 1);
   j.t0 = par__now();
 
+  /* The CPUs we may use, in order: rank r goes on the r-th when every rank gets its own. */
+  int cpus[CPU_SETSIZE], ncpus = 0;
+  cpu_set_t allowed;
+  if (bind && sched_getaffinity(0, sizeof allowed, &allowed) == 0)
+    for (int c = 0; c < CPU_SETSIZE; c++)
+      if (CPU_ISSET(c, &allowed)) cpus[ncpus++] = c;
+  if (n > ncpus) ncpus = 0;
+
   int launch_failed = 0;
   for (int r = 0; r < n; r++) {
     int op[2] = {-1, -1}, ep[2] = {-1, -1};
@@ -446,7 +474,7 @@ int main(int argc, char **argv) {
       break;
     }
     pid_t pid = spawn_rank(j.pgid, path, argv + prog_index, env, devnull, r == 0 && stdin_ok, op,
-                           ep, &exec_err);
+                           ep, ncpus ? cpus[r] : -1, &exec_err);
     close(op[1]);
     close(ep[1]);
     free_env(env, owned_from);

@@ -37,9 +37,14 @@ static void futex_wake_all(_Atomic uint32_t *addr) {
 
 void par__shm_ring(shm_state *st, int j) {
   shm_ctrl *c = &st->ctrl[j];
-  /* seq_cst: pairs with the sleeper count in par__shm_wait (a Dekker handshake). */
-  atomic_fetch_add(&c->bell, 1);
-  if (atomic_load(&c->sleepers) > 0) futex_wake_all(&c->bell);
+  /* seq_cst: the caller's store of what changed (an epoch, a ring counter) comes before this
+   * load of the sleeper count, as a sleeper's count comes before its check (a Dekker
+   * handshake): either the sleeper sees the change, or we see the sleeper and move the bell,
+   * which its futex_wait then notices. With no sleeper, ringing costs one load. */
+  if (atomic_load(&c->sleepers) > 0) {
+    atomic_fetch_add(&c->bell, 1);
+    futex_wake_all(&c->bell);
+  }
 }
 
 void par__shm_post(shm_state *st, uint64_t epoch) {
