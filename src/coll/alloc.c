@@ -71,6 +71,7 @@ par_status par_alloc(par_world *w, size_t bytes, void **out) {
   r->next = w->regions;
   w->regions = r;
   pthread_mutex_unlock(&w->regions_mu);
+  atomic_fetch_add(&w->own_regions, 1);
   *out = p;
   return PAR_OK;
 }
@@ -85,6 +86,7 @@ par_status par_free(par_world *w, void *p) {
   if (r) *pp = r->next;
   pthread_mutex_unlock(&w->regions_mu);
   PAR_RETURN_ERROR_IF(!r, PAR_ERR_INVALID, "par_free: %p was not returned by par_alloc", p);
+  atomic_fetch_sub(&w->own_regions, 1);
   munmap(r->base, r->size);
   shm_unlink(r->name);
   free(r);
@@ -94,7 +96,8 @@ par_status par_free(par_world *w, void *p) {
 int par__region_find(par_world *w, const void *p, size_t len, uint32_t *id, uint64_t *off) {
   *id = 0;
   *off = 0;
-  if (!w->regions || !p) return 0;
+  /* Every collective asks: without a par_alloc'ed buffer it costs one load, not a lock. */
+  if (!p || !atomic_load_explicit(&w->own_regions, memory_order_relaxed)) return 0;
   const char *c = p;
   pthread_mutex_lock(&w->regions_mu);
   for (par__region *r = w->regions; r; r = r->next)

@@ -149,6 +149,7 @@ struct par_world {
   char last_error[PAR__ERRLEN];
   struct par__region *regions; /* par_alloc'ed memory: this rank's and peers' mapped (alloc.c) */
   uint32_t next_region_id;
+  _Atomic int own_regions; /* this rank's live par_alloc regions: collectives skip the lookup at 0 */
   pthread_mutex_t regions_mu;
 };
 
