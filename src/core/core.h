@@ -67,6 +67,7 @@ typedef struct par__env {
   int check;               /* PAR_CHECK=1: fingerprint every collective */
   size_t shm_chunk;        /* PAR_SHM_CHUNK: bytes per rank per pipeline stage */
   int spin;                /* PAR_SPIN: spin iterations before sleeping; -1 = automatic */
+  int shm_cma;             /* PAR_SHM_CMA: single-copy reads of peers' memory; -1 = auto */
 } par__env;
 
 /* The environment, parsed on first use. Thread-safe. While it is being parsed, calls from the

@@ -35,6 +35,7 @@ static void env_read(void) {
   env.check = 0;
   env.shm_chunk = 0; /* 0: the backend's default */
   env.spin = -1;
+  env.shm_cma = -1;
 
   const char *v;
   if ((v = getenv("PAR_LOG")) && *v) {
@@ -79,13 +80,21 @@ static void env_read(void) {
     else
       warn_later("PAR_SPIN", v);
   }
+  if ((v = getenv("PAR_SHM_CMA")) && *v) {
+    if (!strcmp(v, "0") || !strcmp(v, "1"))
+      env.shm_cma = v[0] == '1';
+    else if (!strcasecmp(v, "auto"))
+      env.shm_cma = -1;
+    else
+      warn_later("PAR_SHM_CMA", v);
+  }
   reading = 0;
 }
 
 int par__env_reading(void) { return reading; }
 
 const par__env *par__env_get(void) {
-  static const par__env defaults = {PAR_LOG_INFO, 300.0, PAR_BACKEND_AUTO, 0, 0, -1};
+  static const par__env defaults = {PAR_LOG_INFO, 300.0, PAR_BACKEND_AUTO, 0, 0, -1, -1};
   if (reading) return &defaults;
   pthread_once(&env_once, env_read);
   /* Logged after the once-block: par__log reads the level through this function. */

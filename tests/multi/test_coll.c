@@ -3,8 +3,10 @@
  *
  * Covers allreduce, reduce_scatter, reduce (every root), allgather, broadcast (every root),
  * alltoall and barrier, for every dtype and every op that applies, in-place and out-of-place
- * as par.h documents per call, counts 0, 1, 7 and 1000, misaligned buffers, and a few
- * multi-MiB cases. Every buffer has guard bytes; inputs must be left as they were. Then
+ * as par.h documents per call, counts 0, 1, 7 and 1000, misaligned buffers, a few multi-MiB
+ * cases, and the mid sizes the shared-memory backend moves by single copy (tests/CMakeLists.txt
+ * also runs this file with PAR_SHM_CMA forced on and off). Every buffer has guard bytes;
+ * inputs must be left as they were. Then
  * determinism: the same allreduce twice gives the same bits, and every rank's result hashes
  * the same (compared through allgather).
  *
@@ -130,6 +132,40 @@ static void test_large(void) {
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) h_case_run(world, &cases[i], H_BLOCKING);
 }
 
+/* Sizes where the shared-memory backend reads peers' buffers directly (single copy, when
+ * the group allows it: PAR_SHM_CMA, docs/env.md): all-reduce of 256 KiB..8 MiB, all-gather
+ * and broadcast of 64 KiB..1 MiB per member. Every dtype and op, in place and out of place,
+ * misaligned, element counts that do not split evenly over the members. */
+static void test_single_copy(void) {
+  const size_t kib = 1024;
+  for (size_t d = 0; d < NDT; d++) {
+    par_dtype dt = dtypes[d];
+    size_t es = par_dtype_size(dt);
+    for (int op = 0; op < PAR_OP_COUNT; op++)
+      for (int inplace = 0; inplace < 2; inplace++) {
+        h_case c = {H_ALLREDUCE, dt, (par_op)op, 300 * kib / es + 3, 0, inplace,
+                    op == PAR_PROD ? H_GEN_TINY : H_GEN_WIDE, inplace ? es : 0, salt++};
+        h_case_run(world, &c, H_BLOCKING);
+      }
+    for (int inplace = 0; inplace < 2; inplace++) {
+      h_case a = {H_ALLGATHER, dt, PAR_SUM, 100 * kib / es + 1, 0, inplace, H_GEN_BITS,
+                  inplace ? 0 : es, salt++};
+      h_case_run(world, &a, H_BLOCKING);
+    }
+    h_case b = {H_BROADCAST, dt, PAR_SUM, 200 * kib / es + 5, (int)d % h_size, 1, H_GEN_BITS,
+                es, salt++};
+    h_case_run(world, &b, H_BLOCKING);
+  }
+  /* Async: several single-copy ops in flight on one group complete in issue order. */
+  h_pending *p[3];
+  for (int i = 0; i < 3; i++) {
+    h_case c = {H_ALLREDUCE, PAR_F32, PAR_SUM, (256 + 64 * (size_t)i) * kib / 4, 0, i & 1,
+                H_GEN_WIDE, 0, salt++};
+    p[i] = h_case_post(world, &c, H_ASYNC_WAIT);
+  }
+  for (int i = 0; i < 3; i++) h_case_finish(p[i]);
+}
+
 /* Same inputs, same op, twice: the same bits; and every rank holds the same bits. */
 static void test_determinism(void) {
   static const struct {
@@ -213,6 +249,8 @@ int main(void) {
   test_zero_count_null();
   section("large (multi-MiB)");
   test_large();
+  section("single copy (mid-sized)");
+  test_single_copy();
   section("determinism");
   test_determinism();
   section("done");

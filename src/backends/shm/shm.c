@@ -19,6 +19,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -157,6 +158,69 @@ par_status par__shm_wait_one(shm_state *st, const shm_waitctx *wc, int j, uint64
 }
 
 /* ---------------------------------------------------------------------------------------- */
+/* Single copy: reading a peer's memory with process_vm_readv (cross-memory attach)          */
+/* ---------------------------------------------------------------------------------------- */
+
+par_status par__shm_cma_read(shm_state *st, const shm_waitctx *wc, int j, void *dst,
+                             uint64_t addr, size_t len) {
+  pid_t pid = atomic_load(&st->ctrl[j].pid);
+  char *d = dst;
+  while (len > 0) {
+    struct iovec local = {d, len}, remote = {(void *)(uintptr_t)addr, len};
+    ssize_t got = process_vm_readv(pid, &local, 1, &remote, 1, 0);
+    if (got > 0) {
+      d += got, addr += (uint64_t)got, len -= (size_t)got;
+      continue;
+    }
+    if (got < 0 && errno == EINTR) continue;
+    int e = got < 0 ? errno : EFAULT;
+    atomic_store(&st->hdr->abort, 1);
+    ring_all(st);
+    par_group *g = wc->g;
+    return par__error(e == ESRCH ? PAR_ERR_PEER_LOST : PAR_ERR_SYSTEM,
+                      "%s on group '%s' (op #%llu): cannot read %zu bytes of member %d (rank %d, "
+                      "pid %d): %s",
+                      wc->what, g->name, (unsigned long long)wc->seq, len, j, g->ranks[j],
+                      (int)pid, e == ESRCH ? "it died" : strerror(e));
+  }
+  return PAR_OK;
+}
+
+/* 1 when this process can read member j's memory: its pid, at the address j published. */
+static int cma_probe(shm_state *st, int j) {
+  int32_t got = 0, want = atomic_load(&st->ctrl[j].pid);
+  struct iovec local = {&got, sizeof got}, remote = {(void *)(uintptr_t)st->ctrl[j].probe,
+                                                     sizeof got};
+  return process_vm_readv(want, &local, 1, &remote, 1, 0) == (ssize_t)sizeof got && got == want;
+}
+
+static int pred_cma(shm_state *st, const void *arg) {
+  (void)arg;
+  for (int j = 0; j < st->n; j++)
+    if (atomic_load(&st->ctrl[j].cma) == 0) return j;
+  return -1;
+}
+
+/* Every member probes every other and publishes whether it could read them all; single copy
+ * is used only when all could, so that all members take the same paths. By default not when
+ * the host has more ranks than cores: there it was measured slower than the segment's
+ * pipeline at every size (docs/PERFORMANCE.md); PAR_SHM_CMA=1 turns it on anyway. */
+static par_status cma_agree(par_group *g, shm_state *st) {
+  int want = par__env_get()->shm_cma;
+  int ok = st->n > 1 && (want > 0 || (want < 0 && !par__oversubscribed(g->world->local_size)));
+  for (int j = 0; ok && j < st->n; j++) ok = j == st->me || cma_probe(st, j);
+  atomic_store(&st->ctrl[st->me].cma, ok ? 2u : 1u);
+  ring_all(st);
+  shm_waitctx wc = {g, "creating the group", 0, g->create_deadline, 1};
+  PAR_FORWARD_IF_ERROR(par__shm_wait(st, &wc, pred_cma, NULL));
+  st->cma = 1;
+  for (int j = 0; j < st->n; j++) st->cma &= atomic_load(&st->ctrl[j].cma) == 2;
+  PAR__LOG_DEBUG("shm: group '%s': single-copy reads between members %s", g->name,
+                st->cma ? "on" : "off");
+  return PAR_OK;
+}
+
+/* ---------------------------------------------------------------------------------------- */
 /* Segment lifecycle                                                                        */
 /* ---------------------------------------------------------------------------------------- */
 
@@ -259,6 +323,8 @@ static void shm_fini(par_group *g) {
   free(st->zsrc);
   free(st->zdst);
   free(st->zinplace);
+  free(st->asrc);
+  free(st->adst);
   free(st);
   g->be_state = NULL;
 }
@@ -274,7 +340,9 @@ static par_status shm_init(par_group *g) {
   st->zsrc = calloc((size_t)g->n, sizeof(char *));
   st->zdst = calloc((size_t)g->n, sizeof(char *));
   st->zinplace = calloc((size_t)g->n, 1);
-  if (!st->srcs || !st->zsrc || !st->zdst || !st->zinplace) {
+  st->asrc = calloc((size_t)g->n, sizeof(uint64_t));
+  st->adst = calloc((size_t)g->n, sizeof(uint64_t));
+  if (!st->srcs || !st->zsrc || !st->zdst || !st->zinplace || !st->asrc || !st->adst) {
     shm_fini(g);
     return par__error(PAR_ERR_NOMEM, "shm: out of memory");
   }
@@ -307,12 +375,14 @@ static par_status shm_init(par_group *g) {
     return s;
   }
   st->ctrl = (shm_ctrl *)(st->base + st->hdr->off_ctrl);
+  st->ctrl[st->me].probe = (uint64_t)(uintptr_t)&st->ctrl[st->me].pid;
   atomic_store(&st->ctrl[st->me].pid, (int32_t)getpid());
   atomic_fetch_add(&st->hdr->attached, 1);
   ring_all(st); /* whoever waits for the last member to attach sleeps on some bell */
 
   shm_waitctx wc = {g, "creating the group", 0, g->create_deadline, 1};
   s = par__shm_wait(st, &wc, pred_attached, NULL);
+  if (s >= 0) s = cma_agree(g, st);
   if (s < 0) {
     /* Members that did attach must not wait on a group this member gave up on. */
     atomic_store(&st->hdr->abort, 1);

@@ -21,12 +21,21 @@
 #include "coll/group.h"
 
 #define SHM_MAGIC 0x7061722d73686d31ull /* "par-shm1" */
-#define SHM_VERSION 1
+#define SHM_VERSION 2
 #define SHM_LINE 128 /* two cache lines: adjacent-line prefetch must not couple flags */
 #define SHM_DEFAULT_CHUNK (256u << 10)
 #define SHM_P2P_CHUNK (32u << 10)
 #define SHM_P2P_SLOTS 4u
 #define SHM_SMALL_MAX (32u << 10) /* allreduce/reduce at most this size take one round */
+/* Single copy (cross-memory attach): the sizes for which members read each other's buffers
+ * directly instead of copying through the segment (docs/PERFORMANCE.md has the measurements).
+ * Below them a system call per peer costs more than the copy it saves; above them the data
+ * no longer fits the caches and the segment's pipeline, with every member copying at once,
+ * moves it faster than the kernel's page-by-page copy. */
+#define SHM_CMA_REDUCE_MIN (256u << 10) /* all-reduce, whole message */
+#define SHM_CMA_REDUCE_MAX (8u << 20)
+#define SHM_CMA_MOVE_MIN (64u << 10) /* all-gather and broadcast, per member */
+#define SHM_CMA_MOVE_MAX (1u << 20)
 
 typedef struct shm_header {
   uint64_t magic;
@@ -46,7 +55,9 @@ typedef struct shm_ctrl {
   _Atomic uint32_t bell; /* futex word */
   _Atomic int32_t pid; /* set before the member counts itself attached */
   uint64_t fp[2][3]; /* PAR_CHECK fingerprints, by round parity */
-  uint64_t zc[2][5]; /* zero-copy buffers of the current op, by round parity (shm_coll.c) */
+  uint64_t zc[2][7]; /* buffers of the current op, by round parity (shm_coll.c) */
+  uint64_t probe;    /* address, in the member's own memory, of its pid: the single-copy probe */
+  _Atomic uint32_t cma; /* 0 not probed yet, 1 cannot read every peer, 2 can */
   _Alignas(SHM_LINE) _Atomic uint32_t sleepers; /* written by waiters: its own line */
 } shm_ctrl;
 
@@ -79,6 +90,8 @@ typedef struct shm_state {
   const char **zsrc;       /* per member: its input, mapped, when it is par_alloc'ed */
   const char **zdst;       /* per member: its output, mapped, when it is par_alloc'ed */
   unsigned char *zinplace; /* per member: its op is in place */
+  uint64_t *asrc, *adst;   /* per member: its input and output addresses, in its own memory */
+  int cma;                 /* every member can read every other's memory (process_vm_readv) */
 } shm_state;
 
 /* What a wait is for, to name it in a timeout message. */
@@ -99,6 +112,10 @@ void par__shm_post(shm_state *st, uint64_t epoch);
 void par__shm_ring(shm_state *st, int j);
 par_status par__shm_wait_all(shm_state *st, const shm_waitctx *wc, uint64_t epoch);
 par_status par__shm_wait_one(shm_state *st, const shm_waitctx *wc, int j, uint64_t epoch);
+/* Copies len bytes at addr in member j's memory to dst (needs st->cma). A failure aborts the
+ * group, so the other members do not wait for this one. */
+par_status par__shm_cma_read(shm_state *st, const shm_waitctx *wc, int j, void *dst,
+                             uint64_t addr, size_t len);
 
 static inline char *shm_area(shm_state *st, int r, int set, int area) {
   return st->base + st->hdr->off_data +

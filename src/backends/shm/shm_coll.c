@@ -74,7 +74,7 @@ static par_status check_fingerprint(par_group *g, shm_state *st, const par__op *
 /* such ops end with one more synchronisation.                                              */
 /* ---------------------------------------------------------------------------------------- */
 
-enum { ZC_SEND_ID, ZC_SEND_OFF, ZC_RECV_ID, ZC_RECV_OFF, ZC_FLAGS };
+enum { ZC_SEND_ID, ZC_SEND_OFF, ZC_RECV_ID, ZC_RECV_OFF, ZC_FLAGS, ZC_SEND_ADDR, ZC_RECV_ADDR };
 #define ZC_INPLACE 1u
 
 typedef struct zc_info {
@@ -93,6 +93,8 @@ static void zc_publish(const shm_waitctx *wc, shm_state *st, const par__op *op, 
   if (rbytes && par__region_find(wc->g->world, op->recvbuf, rbytes, &id, &off))
     z[ZC_RECV_ID] = id, z[ZC_RECV_OFF] = off;
   if (op->sendbuf == op->recvbuf) z[ZC_FLAGS] |= ZC_INPLACE;
+  z[ZC_SEND_ADDR] = (uint64_t)(uintptr_t)op->sendbuf;
+  z[ZC_RECV_ADDR] = (uint64_t)(uintptr_t)op->recvbuf;
 }
 
 static par_status zc_map(const shm_waitctx *wc, int j, uint64_t id, uint64_t off, size_t bytes,
@@ -115,6 +117,8 @@ static par_status zc_resolve(const shm_waitctx *wc, shm_state *st, const par__op
     const uint64_t *z = st->ctrl[j].zc[s];
     st->zsrc[j] = st->zdst[j] = NULL;
     st->zinplace[j] = (z[ZC_FLAGS] & ZC_INPLACE) != 0;
+    st->asrc[j] = z[ZC_SEND_ADDR];
+    st->adst[j] = z[ZC_RECV_ADDR];
     if (z[ZC_SEND_ID]) {
       if (j == st->me)
         st->zsrc[j] = op->sendbuf;
@@ -181,6 +185,126 @@ static par_status allreduce_zc(shm_state *st, const shm_waitctx *wc, const par__
     share(op->count, es, st->n, j, &lo, &hi);
     if (hi > lo) memcpy(out + lo * es, st->zdst[j] + lo * es, (hi - lo) * es);
   }
+  return zc_finish(st, wc);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Single copy: when every member can read every other's memory (shm.c probes it when the    */
+/* group is created), large ops read peers' buffers where they lie -- mapped when par_alloc'ed, */
+/* with process_vm_readv otherwise -- instead of copying them through the segment first. The */
+/* first round publishes the buffers; every op ends with a synchronisation after which no     */
+/* member reads another's buffers.                                                           */
+/* ---------------------------------------------------------------------------------------- */
+
+/* Copies len bytes at byte offset off of member j's input (out == 0) or output (out == 1). */
+static par_status peer_read(shm_state *st, const shm_waitctx *wc, int j, int out, size_t off,
+                            void *dst, size_t len) {
+  const char *mapped = st->zsrc[j];
+  if (out) mapped = st->zdst[j] ? st->zdst[j] : st->zinplace[j] ? st->zsrc[j] : NULL;
+  if (mapped) {
+    memcpy(dst, mapped + off, len);
+    return PAR_OK;
+  }
+  return par__shm_cma_read(st, wc, j, dst, (out ? st->adst[j] : st->asrc[j]) + off, len);
+}
+
+/* The first round: everyone publishes its buffers and learns everyone else's. */
+static par_status sc_publish(shm_state *st, const shm_waitctx *wc, const par__op *op,
+                             size_t sbytes, size_t rbytes, zc_info *zi) {
+  int s;
+  PAR_FORWARD_IF_ERROR(round_begin(st, wc, 1, &s));
+  zc_publish(wc, st, op, s, sbytes, rbytes);
+  PAR_FORWARD_IF_ERROR(par__shm_wait_all(st, wc, post_next(st)));
+  par_status r = zc_resolve(wc, st, op, s, sbytes, rbytes, zi);
+  round_end(st);
+  return r;
+}
+
+/*
+ * All-reduce as reduce-scatter plus all-gather on the members' own buffers: member i reduces
+ * its share of the elements, reading the others' inputs a slice at a time into its scratch
+ * area, and writes it into its own output; after one synchronisation everyone copies the other
+ * shares from their owners' outputs. In place works too: member i writes only its own share,
+ * which the others read from its output only after the synchronisation.
+ */
+static par_status allreduce_sc(shm_state *st, const shm_waitctx *wc, const par__op *op) {
+  size_t es = par_dtype_size(op->dt), bytes = op->count * es, lo, hi;
+  zc_info zi;
+  PAR_FORWARD_IF_ERROR(sc_publish(st, wc, op, bytes, bytes, &zi));
+  if (zi.nsend == st->n && zi.nrecv == st->n) return allreduce_zc(st, wc, op);
+  const char *in = op->sendbuf;
+  char *out = op->recvbuf;
+  int s, inplace = op->sendbuf == op->recvbuf;
+  PAR_FORWARD_IF_ERROR(round_begin(st, wc, 1, &s));
+  /* Scratch: both areas of this member's set s (nobody reads them in this op), one slot per
+   * member, in whole 64-byte units. */
+  size_t unit = es >= 64 ? 1 : 64 / es;
+  size_t per = 2 * st->hdr->chunk / es / (size_t)st->n / unit * unit;
+  char *tmp = shm_area(st, st->me, s, 0);
+  share(op->count, es, st->n, st->me, &lo, &hi);
+  for (size_t b = lo; b < hi; b += per) {
+    size_t m = hi - b < per ? hi - b : per;
+    for (int j = 0; j < st->n; j++) {
+      char *slot = tmp + (size_t)j * per * es;
+      if (j != st->me) {
+        PAR_FORWARD_IF_ERROR(peer_read(st, wc, j, 0, b * es, slot, m * es));
+        st->srcs[j] = slot;
+      } else if (inplace && j != 0) {
+        memcpy(slot, in + b * es, m * es); /* only src[0] may alias the output */
+        st->srcs[j] = slot;
+      } else {
+        st->srcs[j] = in + b * es;
+      }
+    }
+    par__reduce(out + b * es, st->srcs, st->n, m, op->dt, op->op, st->n);
+  }
+  PAR_FORWARD_IF_ERROR(par__shm_wait_all(st, wc, post_next(st)));
+  round_end(st);
+  for (int k = 1; k < st->n; k++) {
+    int j = (st->me + k) % st->n;
+    share(op->count, es, st->n, j, &lo, &hi);
+    if (hi > lo)
+      PAR_FORWARD_IF_ERROR(peer_read(st, wc, j, 1, lo * es, out + lo * es, (hi - lo) * es));
+  }
+  return zc_finish(st, wc);
+}
+
+/* All-gather: everyone copies each member's input straight into its block of the output. */
+static par_status allgather_sc(shm_state *st, const shm_waitctx *wc, const par__op *op) {
+  size_t bytes = op->count * par_dtype_size(op->dt);
+  const char *in = op->sendbuf;
+  char *out = op->recvbuf;
+  zc_info zi;
+  PAR_FORWARD_IF_ERROR(sc_publish(st, wc, op, bytes, 0, &zi));
+  for (int k = 0; k < st->n; k++) {
+    int j = (st->me + k) % st->n;
+    char *dst = out + (size_t)j * bytes;
+    if (j != st->me)
+      PAR_FORWARD_IF_ERROR(peer_read(st, wc, j, 0, 0, dst, bytes));
+    else if (dst != in)
+      memcpy(dst, in, bytes);
+  }
+  return zc_finish(st, wc);
+}
+
+/* Broadcast: the root publishes its buffer and everyone else copies it whole. */
+static par_status broadcast_sc(shm_state *st, const shm_waitctx *wc, const par__op *op) {
+  size_t bytes = op->count * par_dtype_size(op->dt);
+  int s, root = op->root;
+  PAR_FORWARD_IF_ERROR(round_begin(st, wc, root == st->me, &s));
+  if (root == st->me) zc_publish(wc, st, op, s, bytes, 0);
+  uint64_t e = post_next(st);
+  if (root != st->me) {
+    PAR_FORWARD_IF_ERROR(par__shm_wait_one(st, wc, root, e));
+    const uint64_t *z = st->ctrl[root].zc[s];
+    const char *src = NULL;
+    if (z[ZC_SEND_ID]) PAR_FORWARD_IF_ERROR(zc_map(wc, root, z[ZC_SEND_ID], z[ZC_SEND_OFF], bytes, &src));
+    if (src)
+      memcpy(op->recvbuf, src, bytes);
+    else
+      PAR_FORWARD_IF_ERROR(par__shm_cma_read(st, wc, root, op->recvbuf, z[ZC_SEND_ADDR], bytes));
+  }
+  round_end(st);
   return zc_finish(st, wc);
 }
 
@@ -377,14 +501,20 @@ par_status par__shm_collective(par_group *g, shm_state *st, const par__op *op) {
     case PAR__ALLREDUCE:
     case PAR__REDUCE: {
       int all = op->kind == PAR__ALLREDUCE;
+      if (all && st->cma && bytes >= SHM_CMA_REDUCE_MIN && bytes <= SHM_CMA_REDUCE_MAX)
+        return allreduce_sc(st, &wc, op);
       int direct = st->n <= 2 || (bytes <= SHM_SMALL_MAX && bytes <= st->hdr->chunk);
       return reduce_rounds(st, &wc, op, all, direct);
     }
     case PAR__REDUCE_SCATTER:
       return reduce_scatter(st, &wc, op);
     case PAR__ALLGATHER:
+      if (st->cma && bytes >= SHM_CMA_MOVE_MIN && bytes <= SHM_CMA_MOVE_MAX)
+        return allgather_sc(st, &wc, op);
       return allgather(st, &wc, op);
     case PAR__BROADCAST:
+      if (st->cma && bytes >= SHM_CMA_MOVE_MIN && bytes <= SHM_CMA_MOVE_MAX)
+        return broadcast_sc(st, &wc, op);
       return broadcast(st, &wc, op);
     case PAR__ALLTOALL:
       return alltoall(st, &wc, op);
