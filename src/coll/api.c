@@ -33,13 +33,14 @@ static int overlaps(const void *a, size_t alen, const void *b, size_t blen) {
 /* Checks what every op shares, and computes bytes = count * element size * mult without
  * overflow. */
 static par_status check_common(par_group *g, const par__op *op, size_t mult, size_t *bytes) {
-  const char *name = par__op_kind_name(op->kind);
   PAR_RETURN_ERROR_IF(!par__dtype_valid(op->dt), PAR_ERR_DTYPE,
-                      "%s on group '%s': invalid dtype %d", name, g->name, (int)op->dt);
-  size_t es = par_dtype_size(op->dt);
-  PAR_RETURN_ERROR_IF(op->count > SIZE_MAX / es / mult, PAR_ERR_COUNT,
-                      "%s on group '%s': count %zu is too large", name, g->name, op->count);
-  *bytes = op->count * es;
+                      "%s on group '%s': invalid dtype %d", par__op_kind_name(op->kind), g->name,
+                      (int)op->dt);
+  size_t total;
+  PAR_RETURN_ERROR_IF(__builtin_mul_overflow(op->count, par_dtype_size(op->dt), bytes) ||
+                          __builtin_mul_overflow(*bytes, mult, &total),
+                      PAR_ERR_COUNT, "%s on group '%s': count %zu is too large",
+                      par__op_kind_name(op->kind), g->name, op->count);
   return PAR_OK;
 }
 

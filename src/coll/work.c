@@ -188,9 +188,16 @@ static int enqueue(par_group *g, par_work *w) {
 }
 
 static void work_init(par_work *w, par_group *g, const par__op *op) {
-  memset(w, 0, sizeof *w);
+  /* Field by field: the error buffer is large and written only when the op fails. */
   w->g = g;
   w->op = *op;
+  atomic_init(&w->done, 0);
+  w->status = PAR_OK;
+  w->error[0] = '\0';
+  w->next = NULL;
+  w->then = NULL;
+  w->then_ctx = NULL;
+  w->then_free = NULL;
   if (w->op.timeout_s <= 0) w->op.timeout_s = g->timeout_s;
 }
 

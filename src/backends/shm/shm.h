@@ -16,17 +16,20 @@
 #define PAR_SHM_H
 
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "coll/group.h"
 
 #define SHM_MAGIC 0x7061722d73686d31ull /* "par-shm1" */
-#define SHM_VERSION 2
+#define SHM_VERSION 3
 #define SHM_LINE 128 /* two cache lines: adjacent-line prefetch must not couple flags */
 #define SHM_DEFAULT_CHUNK (256u << 10)
 #define SHM_P2P_CHUNK (32u << 10)
 #define SHM_P2P_SLOTS 4u
 #define SHM_SMALL_MAX (32u << 10) /* allreduce/reduce at most this size take one round */
+#define SHM_ZC_MIN (16u << 10)    /* smaller ops copy par_alloc'ed buffers like any other */
+#define SHM_TINY_MAX 24u          /* allreduce/reduce at most this size travel with the epoch */
 /* Single copy (cross-memory attach): the sizes for which members read each other's buffers
  * directly instead of copying through the segment (docs/PERFORMANCE.md has the measurements).
  * Below them a system call per peer costs more than the copy it saves; above them the data
@@ -54,12 +57,18 @@ typedef struct shm_ctrl {
   _Alignas(SHM_LINE) _Atomic uint64_t epoch;
   _Atomic uint32_t bell; /* futex word */
   _Atomic int32_t pid; /* set before the member counts itself attached */
+  /* Tiny reductions' contributions, by round parity: on the epoch's 64-byte line, so that a
+   * reader fetches one line per member (shm_coll.c). */
+  _Alignas(16) unsigned char tiny[2][SHM_TINY_MAX];
   uint64_t fp[2][3]; /* PAR_CHECK fingerprints, by round parity */
   uint64_t zc[2][7]; /* buffers of the current op, by round parity (shm_coll.c) */
   uint64_t probe;    /* address, in the member's own memory, of its pid: the single-copy probe */
   _Atomic uint32_t cma; /* 0 not probed yet, 1 cannot read every peer, 2 can */
   _Alignas(SHM_LINE) _Atomic uint32_t sleepers; /* written by waiters: its own line */
 } shm_ctrl;
+
+_Static_assert(offsetof(shm_ctrl, tiny) + sizeof(((shm_ctrl *)0)->tiny) <= 64,
+               "tiny contributions share the epoch's cache line");
 
 typedef struct shm_slot {
   uint64_t total; /* bytes of the whole message */

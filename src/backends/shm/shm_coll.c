@@ -308,6 +308,21 @@ static par_status broadcast_sc(shm_state *st, const shm_waitctx *wc, const par__
   return zc_finish(st, wc);
 }
 
+/* Tiny allreduce and reduce: each contribution travels in its member's control line, beside
+ * the epoch that publishes it, so a reader fetches one cache line per member. */
+static par_status reduce_tiny(shm_state *st, const shm_waitctx *wc, const par__op *op, int all) {
+  int s;
+  PAR_FORWARD_IF_ERROR(round_begin(st, wc, 1, &s));
+  memcpy(st->ctrl[st->me].tiny[s], op->sendbuf, op->count * par_dtype_size(op->dt));
+  PAR_FORWARD_IF_ERROR(par__shm_wait_all(st, wc, post_next(st)));
+  if (all || op->root == st->me) {
+    for (int j = 0; j < st->n; j++) st->srcs[j] = st->ctrl[j].tiny[s];
+    par__reduce(op->recvbuf, st->srcs, st->n, op->count, op->dt, op->op, st->n);
+  }
+  round_end(st);
+  return PAR_OK;
+}
+
 /*
  * Allreduce and reduce in rounds of a chunk per member. `direct`: everyone publishes its chunk
  * and every reader combines all of them itself (one synchronisation per round; its own
@@ -321,17 +336,19 @@ static par_status reduce_rounds(shm_state *st, const shm_waitctx *wc, const par_
   const char *in = op->sendbuf;
   char *out = op->recvbuf;
   int reader = all || op->root == st->me, inplace = op->sendbuf == op->recvbuf;
-  zc_info zi;
+  int zc = bytes >= SHM_ZC_MIN;
+  zc_info zi = {0, 0, 0};
   for (size_t base = 0; base < op->count; base += per) {
     size_t m = op->count - base < per ? op->count - base : per, lo, hi;
     int s, first = base == 0;
     PAR_FORWARD_IF_ERROR(round_begin(st, wc, 1, &s));
-    if (first) zc_publish(wc, st, op, s, bytes, all ? bytes : 0);
-    int in_place_read = first ? st->ctrl[st->me].zc[s][ZC_SEND_ID] && !inplace
-                              : zc_usable(st, st->me);
+    if (first && zc) zc_publish(wc, st, op, s, bytes, all ? bytes : 0);
+    int in_place_read = !zc              ? 0
+                        : first ? st->ctrl[st->me].zc[s][ZC_SEND_ID] && !inplace
+                                : zc_usable(st, st->me);
     if (!in_place_read) memcpy(shm_area(st, st->me, s, 0), in + base * es, m * es);
     PAR_FORWARD_IF_ERROR(par__shm_wait_all(st, wc, post_next(st)));
-    if (first) {
+    if (first && zc) {
       PAR_FORWARD_IF_ERROR(zc_resolve(wc, st, op, s, bytes, all ? bytes : 0, &zi));
       if (all && zi.nsend == st->n && zi.nrecv == st->n) {
         round_end(st);
@@ -339,7 +356,7 @@ static par_status reduce_rounds(shm_state *st, const shm_waitctx *wc, const par_
       }
     }
     for (int j = 0; j < st->n; j++)
-      st->srcs[j] = zc_usable(st, j) ? st->zsrc[j] + base * es : shm_area(st, j, s, 0);
+      st->srcs[j] = zc && zc_usable(st, j) ? st->zsrc[j] + base * es : shm_area(st, j, s, 0);
 
     if (direct) {
       if (reader) {
@@ -396,18 +413,21 @@ static par_status allgather(shm_state *st, const shm_waitctx *wc, const par__op 
   size_t es = par_dtype_size(op->dt), per = st->hdr->chunk / es, bytes = op->count * es;
   const char *in = op->sendbuf;
   char *out = op->recvbuf;
-  zc_info zi;
+  int zc = bytes >= SHM_ZC_MIN;
+  zc_info zi = {0, 0, 0};
   for (size_t base = 0; base < op->count; base += per) {
     size_t m = op->count - base < per ? op->count - base : per;
     int s, first = base == 0;
     PAR_FORWARD_IF_ERROR(round_begin(st, wc, 1, &s));
-    if (first) zc_publish(wc, st, op, s, bytes, 0);
+    if (first && zc) zc_publish(wc, st, op, s, bytes, 0);
     /* In place, the input is the member's own block of the output, which nobody else writes:
      * it can always be read in place. */
-    int mine_zc = first ? st->ctrl[st->me].zc[s][ZC_SEND_ID] != 0 : st->zsrc[st->me] != NULL;
+    int mine_zc = !zc    ? 0
+                  : first ? st->ctrl[st->me].zc[s][ZC_SEND_ID] != 0
+                          : st->zsrc[st->me] != NULL;
     if (!mine_zc) memcpy(shm_area(st, st->me, s, 0), in + base * es, m * es);
     uint64_t e = post_next(st);
-    if (first) {
+    if (first && zc) {
       PAR_FORWARD_IF_ERROR(par__shm_wait_all(st, wc, e));
       PAR_FORWARD_IF_ERROR(zc_resolve(wc, st, op, s, bytes, 0, &zi));
       if (zi.nsend == st->n) m = op->count - base; /* everything in this one round */
@@ -420,7 +440,7 @@ static par_status allgather(shm_state *st, const shm_waitctx *wc, const par__op 
         continue;
       }
       PAR_FORWARD_IF_ERROR(par__shm_wait_one(st, wc, j, e));
-      memcpy(dst, st->zsrc[j] ? st->zsrc[j] + base * es : shm_area(st, j, s, 0), m * es);
+      memcpy(dst, zc && st->zsrc[j] ? st->zsrc[j] + base * es : shm_area(st, j, s, 0), m * es);
     }
     round_end(st);
     if (first && zi.nsend == st->n) break;
@@ -436,7 +456,7 @@ static par_status broadcast(shm_state *st, const shm_waitctx *wc, const par__op 
     size_t m = op->count - base < per ? op->count - base : per;
     int s, first = base == 0;
     PAR_FORWARD_IF_ERROR(round_begin(st, wc, am_root, &s));
-    if (first && am_root) {
+    if (first && am_root && bytes >= SHM_ZC_MIN) {
       zc_publish(wc, st, op, s, bytes, 0);
       root_zc = st->ctrl[root].zc[s][ZC_SEND_ID] != 0;
     }
@@ -444,7 +464,7 @@ static par_status broadcast(shm_state *st, const shm_waitctx *wc, const par__op 
     uint64_t e = post_next(st);
     if (!am_root) {
       PAR_FORWARD_IF_ERROR(par__shm_wait_one(st, wc, root, e));
-      if (first && st->ctrl[root].zc[s][ZC_SEND_ID]) {
+      if (first && bytes >= SHM_ZC_MIN && st->ctrl[root].zc[s][ZC_SEND_ID]) {
         PAR_FORWARD_IF_ERROR(zc_map(wc, root, st->ctrl[root].zc[s][ZC_SEND_ID],
                                     st->ctrl[root].zc[s][ZC_SEND_OFF], bytes, &st->zsrc[root]));
         root_zc = 1;
@@ -501,6 +521,7 @@ par_status par__shm_collective(par_group *g, shm_state *st, const par__op *op) {
     case PAR__ALLREDUCE:
     case PAR__REDUCE: {
       int all = op->kind == PAR__ALLREDUCE;
+      if (bytes <= SHM_TINY_MAX) return reduce_tiny(st, &wc, op, all);
       if (all && st->cma && bytes >= SHM_CMA_REDUCE_MIN && bytes <= SHM_CMA_REDUCE_MAX)
         return allreduce_sc(st, &wc, op);
       int direct = st->n <= 2 || (bytes <= SHM_SMALL_MAX && bytes <= st->hdr->chunk);
