@@ -158,18 +158,20 @@ par_status par__shm_wait_one(shm_state *st, const shm_waitctx *wc, int j, uint64
 }
 
 /* ---------------------------------------------------------------------------------------- */
-/* Single copy: reading a peer's memory with process_vm_readv (cross-memory attach)          */
+/* Single copy: a peer's memory read or written with process_vm_readv/writev (cross-memory  */
+/* attach)                                                                                  */
 /* ---------------------------------------------------------------------------------------- */
 
-par_status par__shm_cma_read(shm_state *st, const shm_waitctx *wc, int j, void *dst,
-                             uint64_t addr, size_t len) {
+/* One direction of cross-memory attach, until len bytes have moved. */
+static par_status cma_move(shm_state *st, const shm_waitctx *wc, int j, char *local,
+                           uint64_t addr, size_t len, int write) {
   pid_t pid = atomic_load(&st->ctrl[j].pid);
-  char *d = dst;
   while (len > 0) {
-    struct iovec local = {d, len}, remote = {(void *)(uintptr_t)addr, len};
-    ssize_t got = process_vm_readv(pid, &local, 1, &remote, 1, 0);
+    struct iovec l = {local, len}, r = {(void *)(uintptr_t)addr, len};
+    ssize_t got = write ? process_vm_writev(pid, &l, 1, &r, 1, 0)
+                        : process_vm_readv(pid, &l, 1, &r, 1, 0);
     if (got > 0) {
-      d += got, addr += (uint64_t)got, len -= (size_t)got;
+      local += got, addr += (uint64_t)got, len -= (size_t)got;
       continue;
     }
     if (got < 0 && errno == EINTR) continue;
@@ -178,20 +180,34 @@ par_status par__shm_cma_read(shm_state *st, const shm_waitctx *wc, int j, void *
     ring_all(st);
     par_group *g = wc->g;
     return par__error(e == ESRCH ? PAR_ERR_PEER_LOST : PAR_ERR_SYSTEM,
-                      "%s on group '%s' (op #%llu): cannot read %zu bytes of member %d (rank %d, "
+                      "%s on group '%s' (op #%llu): cannot %s %zu bytes %s member %d (rank %d, "
                       "pid %d): %s",
-                      wc->what, g->name, (unsigned long long)wc->seq, len, j, g->ranks[j],
-                      (int)pid, e == ESRCH ? "it died" : strerror(e));
+                      wc->what, g->name, (unsigned long long)wc->seq, write ? "write" : "read",
+                      len, write ? "into" : "of", j, g->ranks[j], (int)pid,
+                      e == ESRCH ? "it died" : strerror(e));
   }
   return PAR_OK;
 }
 
-/* 1 when this process can read member j's memory: its pid, at the address j published. */
+par_status par__shm_cma_read(shm_state *st, const shm_waitctx *wc, int j, void *dst,
+                             uint64_t addr, size_t len) {
+  return cma_move(st, wc, j, dst, addr, len, 0);
+}
+
+par_status par__shm_cma_write(shm_state *st, const shm_waitctx *wc, int j, uint64_t addr,
+                              const void *src, size_t len) {
+  return cma_move(st, wc, j, (char *)(uintptr_t)src, addr, len, 1);
+}
+
+/* 1 when this process can read and write member j's memory: it reads j's pid at the address
+ * j published, and writes the same value back. */
 static int cma_probe(shm_state *st, int j) {
   int32_t got = 0, want = atomic_load(&st->ctrl[j].pid);
   struct iovec local = {&got, sizeof got}, remote = {(void *)(uintptr_t)st->ctrl[j].probe,
                                                      sizeof got};
-  return process_vm_readv(want, &local, 1, &remote, 1, 0) == (ssize_t)sizeof got && got == want;
+  if (process_vm_readv(want, &local, 1, &remote, 1, 0) != (ssize_t)sizeof got || got != want)
+    return 0;
+  return process_vm_writev(want, &local, 1, &remote, 1, 0) == (ssize_t)sizeof got;
 }
 
 static int pred_cma(shm_state *st, const void *arg) {

@@ -30,15 +30,16 @@
 #define SHM_SMALL_MAX (32u << 10) /* allreduce/reduce at most this size take one round */
 #define SHM_ZC_MIN (16u << 10)    /* smaller ops copy par_alloc'ed buffers like any other */
 #define SHM_TINY_MAX 24u          /* allreduce/reduce at most this size travel with the epoch */
-/* Single copy (cross-memory attach): the sizes for which members read each other's buffers
- * directly instead of copying through the segment (docs/PERFORMANCE.md has the measurements).
- * Below them a system call per peer costs more than the copy it saves; above them the data
- * no longer fits the caches and the segment's pipeline, with every member copying at once,
- * moves it faster than the kernel's page-by-page copy. */
+/* Single copy (cross-memory attach): the sizes for which members read (and, in broadcast,
+ * write) each other's buffers directly instead of copying through the segment
+ * (docs/PERFORMANCE.md has the measurements). Below them a system call per peer costs more
+ * than the copy it saves; above the maxima the data no longer fits the caches and the
+ * segment's pipeline moves it faster than the kernel's page-by-page copy. Broadcast has no
+ * maximum: there the root copies too instead of waiting. */
 #define SHM_CMA_REDUCE_MIN (256u << 10) /* all-reduce, whole message */
 #define SHM_CMA_REDUCE_MAX (8u << 20)
-#define SHM_CMA_MOVE_MIN (64u << 10) /* all-gather and broadcast, per member */
-#define SHM_CMA_MOVE_MAX (1u << 20)
+#define SHM_CMA_MOVE_MIN (64u << 10) /* all-gather (per member) and broadcast */
+#define SHM_CMA_MOVE_MAX (1u << 20)  /* all-gather, per member */
 
 typedef struct shm_header {
   uint64_t magic;
@@ -121,10 +122,13 @@ void par__shm_post(shm_state *st, uint64_t epoch);
 void par__shm_ring(shm_state *st, int j);
 par_status par__shm_wait_all(shm_state *st, const shm_waitctx *wc, uint64_t epoch);
 par_status par__shm_wait_one(shm_state *st, const shm_waitctx *wc, int j, uint64_t epoch);
-/* Copies len bytes at addr in member j's memory to dst (needs st->cma). A failure aborts the
- * group, so the other members do not wait for this one. */
+/* Copies len bytes at addr in member j's memory to dst (needs st->cma: process_vm_readv). A
+ * failure aborts the group, so the other members do not wait for this one. */
 par_status par__shm_cma_read(shm_state *st, const shm_waitctx *wc, int j, void *dst,
                              uint64_t addr, size_t len);
+/* Copies len bytes from src to addr in member j's memory (process_vm_writev); as above. */
+par_status par__shm_cma_write(shm_state *st, const shm_waitctx *wc, int j, uint64_t addr,
+                              const void *src, size_t len);
 
 static inline char *shm_area(shm_state *st, int r, int set, int area) {
   return st->base + st->hdr->off_data +

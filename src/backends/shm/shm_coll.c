@@ -287,24 +287,32 @@ static par_status allgather_sc(shm_state *st, const shm_waitctx *wc, const par__
   return zc_finish(st, wc);
 }
 
-/* Broadcast: the root publishes its buffer and everyone else copies it whole. */
+/*
+ * Broadcast: the message is cut into n parts. Each non-root member reads from the root every
+ * part but its own, and the root writes part j into member j's buffer meanwhile, so the root
+ * copies as much as each reader instead of waiting (on 2 ranks each copies half).
+ */
 static par_status broadcast_sc(shm_state *st, const shm_waitctx *wc, const par__op *op) {
-  size_t bytes = op->count * par_dtype_size(op->dt);
-  int s, root = op->root;
-  PAR_FORWARD_IF_ERROR(round_begin(st, wc, root == st->me, &s));
-  if (root == st->me) zc_publish(wc, st, op, s, bytes, 0);
-  uint64_t e = post_next(st);
-  if (root != st->me) {
-    PAR_FORWARD_IF_ERROR(par__shm_wait_one(st, wc, root, e));
-    const uint64_t *z = st->ctrl[root].zc[s];
-    const char *src = NULL;
-    if (z[ZC_SEND_ID]) PAR_FORWARD_IF_ERROR(zc_map(wc, root, z[ZC_SEND_ID], z[ZC_SEND_OFF], bytes, &src));
-    if (src)
-      memcpy(op->recvbuf, src, bytes);
-    else
-      PAR_FORWARD_IF_ERROR(par__shm_cma_read(st, wc, root, op->recvbuf, z[ZC_SEND_ADDR], bytes));
+  size_t es = par_dtype_size(op->dt), bytes = op->count * es, lo, hi;
+  int root = op->root;
+  char *buf = op->recvbuf;
+  zc_info zi;
+  PAR_FORWARD_IF_ERROR(sc_publish(st, wc, op, bytes, 0, &zi));
+  for (int k = 1; k < st->n; k++) {
+    int j = (st->me + k) % st->n;
+    if (root == st->me) {
+      share(op->count, es, st->n, j, &lo, &hi);
+      if (hi == lo) continue;
+      /* (Even into a par_alloc'ed buffer: peers map those read-only.) */
+      PAR_FORWARD_IF_ERROR(
+          par__shm_cma_write(st, wc, j, st->asrc[j] + lo * es, buf + lo * es, (hi - lo) * es));
+    } else {
+      share(op->count, es, st->n, j, &lo, &hi); /* every part but mine, the root's included */
+      if (hi > lo)
+        PAR_FORWARD_IF_ERROR(
+            peer_read(st, wc, root, 0, lo * es, buf + lo * es, (hi - lo) * es));
+    }
   }
-  round_end(st);
   return zc_finish(st, wc);
 }
 
@@ -534,8 +542,7 @@ par_status par__shm_collective(par_group *g, shm_state *st, const par__op *op) {
         return allgather_sc(st, &wc, op);
       return allgather(st, &wc, op);
     case PAR__BROADCAST:
-      if (st->cma && bytes >= SHM_CMA_MOVE_MIN && bytes <= SHM_CMA_MOVE_MAX)
-        return broadcast_sc(st, &wc, op);
+      if (st->cma && bytes >= SHM_CMA_MOVE_MIN) return broadcast_sc(st, &wc, op);
       return broadcast(st, &wc, op);
     case PAR__ALLTOALL:
       return alltoall(st, &wc, op);
