@@ -354,7 +354,17 @@ static par_status reduce_rounds(shm_state *st, const shm_waitctx *wc, const par_
     int in_place_read = !zc              ? 0
                         : first ? st->ctrl[st->me].zc[s][ZC_SEND_ID] && !inplace
                                 : zc_usable(st, st->me);
-    if (!in_place_read) memcpy(shm_area(st, st->me, s, 0), in + base * es, m * es);
+    if (!in_place_read) {
+      char *area = shm_area(st, st->me, s, 0);
+      if (direct) {
+        memcpy(area, in + base * es, m * es);
+      } else {
+        /* My own share is reduced by me alone, straight from my input: not copied. */
+        share(m, es, st->n, st->me, &lo, &hi);
+        memcpy(area, in + base * es, lo * es);
+        memcpy(area + hi * es, in + (base + hi) * es, (m - hi) * es);
+      }
+    }
     PAR_FORWARD_IF_ERROR(par__shm_wait_all(st, wc, post_next(st)));
     if (first && zc) {
       PAR_FORWARD_IF_ERROR(zc_resolve(wc, st, op, s, bytes, all ? bytes : 0, &zi));
@@ -377,6 +387,7 @@ static par_status reduce_rounds(shm_state *st, const shm_waitctx *wc, const par_
 
     share(m, es, st->n, st->me, &lo, &hi);
     for (int j = 0; j < st->n; j++) st->srcs[j] = (const char *)st->srcs[j] + lo * es;
+    st->srcs[st->me] = in + (base + lo) * es;
     if (hi > lo)
       par__reduce(shm_area(st, st->me, s, 1), st->srcs, st->n, hi - lo, op->dt, op->op, st->n);
     uint64_t done = post_next(st);
