@@ -183,7 +183,8 @@ const char *par_last_error(void);
  * buffers lie in such memory skip copying them through the group's segment: an allreduce reads
  * every member's input in place (and, when the outputs are par_alloc'ed too, each member reduces
  * its share into its own output and the others copy it from there); allgather and broadcast
- * read the sources in place. Any buffer works with any collective; this only makes it faster.
+ * read the sources in place (ops of 16 KiB and more; smaller ones gain nothing from it). Any
+ * buffer works with any collective; this only makes it faster.
  * Not collective. Free with par_free before destroying the world. Thread-safe.
  */
 par_status par_alloc(par_world *world, size_t bytes, void **out);

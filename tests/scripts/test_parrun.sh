@@ -167,9 +167,11 @@ if [ "$ncpu" -ge 2 ]; then
   check "the two ranks are on different CPUs" \
     [ "$(awk '{print $NF}' "$TMP/out" | sort -u | wc -l)" = 2 ]
 fi
-run -n $((ncpu + 1)) sh -c 'grep Cpus_allowed_list /proc/self/status'
-check "with more ranks than CPUs nothing is pinned" \
-  [ "$(grep -c 'Cpus_allowed_list:[[:space:]]*[0-9]*$' "$TMP/out")" = 0 ]
+run -n $((2 * ncpu + 1)) sh -c 'grep Cpus_allowed_list /proc/self/status'
+check "with more ranks than CPUs every rank is still pinned to one CPU" \
+  [ "$(grep -c 'Cpus_allowed_list:[[:space:]]*[0-9]*$' "$TMP/out")" = $((2 * ncpu + 1)) ]
+check "and they are spread over every CPU" \
+  [ "$(awk '{print $NF}' "$TMP/out" | sort -u | wc -l)" = "$ncpu" ]
 if [ "$ncpu" -ge 2 ]; then
   run --bind-to none -n 1 sh -c 'grep Cpus_allowed_list /proc/self/status'
   check "--bind-to none leaves placement to the kernel" \

@@ -42,8 +42,8 @@ static const char *usage_text =
     "\n"
     "  -n N          number of ranks (1..4096)\n"
     "  --timeout S   stop the whole job after S seconds (exit code 124)\n"
-    "  --bind-to B   core (default): when the ranks fit the CPUs parrun may use, rank i runs\n"
-    "                on the i-th of them, as mpirun does; none: let the kernel place them\n"
+    "  --bind-to B   core (default): rank i runs on the (i mod C)-th of the C CPUs parrun\n"
+    "                may use; none: let the kernel place them\n"
     "  -h, --help    show this help\n"
     "\n"
     "Each rank gets RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT,\n"
@@ -449,13 +449,14 @@ int main(int argc, char **argv) {
   int width = snprintf(NULL, 0, "%d", n - 1);
   j.t0 = par__now();
 
-  /* The CPUs we may use, in order: rank r goes on the r-th when every rank gets its own. */
+  /* The CPUs we may use, in order: rank r goes on the (r mod ncpus)-th. With more ranks than
+   * CPUs that spreads them evenly (measured: a steadier and faster 8-rank job on 2 cores
+   * than the kernel's placement, docs/parrun.md). */
   int cpus[CPU_SETSIZE], ncpus = 0;
   cpu_set_t allowed;
   if (bind && sched_getaffinity(0, sizeof allowed, &allowed) == 0)
     for (int c = 0; c < CPU_SETSIZE; c++)
       if (CPU_ISSET(c, &allowed)) cpus[ncpus++] = c;
-  if (n > ncpus) ncpus = 0;
 
   int launch_failed = 0;
   for (int r = 0; r < n; r++) {
@@ -474,7 +475,7 @@ int main(int argc, char **argv) {
       break;
     }
     pid_t pid = spawn_rank(j.pgid, path, argv + prog_index, env, devnull, r == 0 && stdin_ok, op,
-                           ep, ncpus ? cpus[r] : -1, &exec_err);
+                           ep, ncpus ? cpus[r % ncpus] : -1, &exec_err);
     close(op[1]);
     close(ep[1]);
     free_env(env, owned_from);
