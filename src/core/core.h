@@ -110,6 +110,10 @@ double par__now(void);
 void par__reduce(void *dst, const void *const *src, int nsrc, size_t count, par_dtype dt,
                  par_op op, int divisor);
 
+/* memcpy for a destination far larger than the caches (an op's large output): faster there,
+ * slower between cached buffers (reduce.c). dst and src must not overlap. */
+void par__copy_out(void *dst, const void *src, size_t n);
+
 /* Tests only: 1 forces the portable (non-SIMD) kernels, 0 restores CPU dispatch. */
 void par__reduce_force_portable(int on);
 

@@ -128,6 +128,10 @@ static void test_large(void) {
       {H_REDUCE, PAR_F64, PAR_MAX, 3 * mib / 8 + 3, n / 2, 0, H_GEN_WIDE, 0, salt++},
       {H_REDUCE, PAR_F32, PAR_PROD, 3 * mib / 4 + 1, 0, 1, H_GEN_TINY, 0, salt++},
       {H_ALLTOALL, PAR_I64, PAR_SUM, 3 * mib / 8 / (size_t)n + 1, 0, 0, H_GEN_BITS, 0, salt++},
+      /* Outputs of 4 MiB and more are written with the backend's large-output copy. */
+      {H_ALLREDUCE, PAR_F32, PAR_SUM, 5 * mib / 4 + 3, 0, 0, H_GEN_WIDE, 4, salt++},
+      {H_ALLGATHER, PAR_I32, PAR_SUM, 5 * mib / 4 / (size_t)n + 1, 0, 1, H_GEN_BITS, 0, salt++},
+      {H_BROADCAST, PAR_U8, PAR_SUM, 5 * mib + 1, 0, 1, H_GEN_BITS, 1, salt++},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) h_case_run(world, &cases[i], H_BLOCKING);
 }

@@ -685,8 +685,45 @@ static void test_kernel_conversions(void **state) {
   par__reduce_force_portable(0);
 }
 
+/* par__copy_out: every length up to a few vector blocks and some large ones, at every
+ * misalignment of source and destination, leaving the bytes around the destination alone. */
+static void check_copy_out(const char *path) {
+  enum { MAX = 4096 + 300, PAD = 64 };
+  unsigned char *src = malloc(MAX + 64), *dst = malloc(MAX + 64 + 2 * PAD);
+  assert_non_null(src);
+  assert_non_null(dst);
+  for (size_t i = 0; i < MAX + 64; i++) src[i] = (unsigned char)rnd();
+  static const size_t big[] = {1000, 4096, 4096 + 127, 4096 + 300};
+  for (size_t len = 0; len < 300 + sizeof big / sizeof big[0]; len++) {
+    size_t n = len < 300 ? len : big[len - 300];
+    for (size_t so = 0; so < 64; so += 7)
+      for (size_t doff = 0; doff < 64; doff += 5) {
+        memset(dst, 0xA5, MAX + 64 + 2 * PAD);
+        par__copy_out(dst + PAD + doff, src + so, n);
+        if (memcmp(dst + PAD + doff, src + so, n) != 0)
+          fail_msg("%s: par__copy_out of %zu bytes (src +%zu, dst +%zu) differs", path, n, so,
+                   doff);
+        for (size_t i = 0; i < MAX + 64 + 2 * PAD; i++)
+          if ((i < PAD + doff || i >= PAD + doff + n) && dst[i] != 0xA5)
+            fail_msg("%s: par__copy_out of %zu bytes wrote byte %zd outside its destination",
+                     path, n, (ptrdiff_t)i - (ptrdiff_t)(PAD + doff));
+      }
+  }
+  free(src);
+  free(dst);
+}
+
+static void test_copy_out(void **state) {
+  (void)state;
+  check_copy_out("default path");
+  par__reduce_force_portable(1);
+  check_copy_out("portable");
+  par__reduce_force_portable(0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_copy_out),
       cmocka_unit_test(test_matrix),
       cmocka_unit_test(test_matrix_portable),
       cmocka_unit_test(test_in_place),

@@ -29,6 +29,7 @@
 #define SHM_P2P_SLOTS 4u
 #define SHM_SMALL_MAX (32u << 10) /* allreduce/reduce at most this size take one round */
 #define SHM_ZC_MIN (16u << 10)    /* smaller ops copy par_alloc'ed buffers like any other */
+#define SHM_BIG_OUT (4u << 20)    /* outputs from this size are written with par__copy_out */
 #define SHM_TINY_MAX 24u          /* allreduce/reduce at most this size travel with the epoch */
 /* Single copy (cross-memory attach): the sizes for which members read (and, in broadcast,
  * write) each other's buffers directly instead of copying through the segment

@@ -37,6 +37,16 @@ static void share(size_t m, size_t es, int n, int j, size_t *lo, size_t *hi) {
   *hi = b < m ? b : m;
 }
 
+/* Copies into an op's output; outputs larger than the caches take the copy made for them. */
+static void put(int big, void *dst, const void *src, size_t n) {
+  if (big)
+    par__copy_out(dst, src, n);
+  else
+    memcpy(dst, src, n);
+}
+
+static int big_out(size_t bytes) { return bytes >= SHM_BIG_OUT; }
+
 /* PAR_CHECK: members compare what they are about to run before running it. */
 static par_status check_fingerprint(par_group *g, shm_state *st, const par__op *op,
                                     const shm_waitctx *wc) {
@@ -183,7 +193,7 @@ static par_status allreduce_zc(shm_state *st, const shm_waitctx *wc, const par__
   for (int k = 1; k < st->n; k++) {
     int j = (st->me + k) % st->n;
     share(op->count, es, st->n, j, &lo, &hi);
-    if (hi > lo) memcpy(out + lo * es, st->zdst[j] + lo * es, (hi - lo) * es);
+    if (hi > lo) put(big_out(op->count * es), out + lo * es, st->zdst[j] + lo * es, (hi - lo) * es);
   }
   return zc_finish(st, wc);
 }
@@ -344,7 +354,7 @@ static par_status reduce_rounds(shm_state *st, const shm_waitctx *wc, const par_
   const char *in = op->sendbuf;
   char *out = op->recvbuf;
   int reader = all || op->root == st->me, inplace = op->sendbuf == op->recvbuf;
-  int zc = bytes >= SHM_ZC_MIN;
+  int zc = bytes >= SHM_ZC_MIN, big = big_out(bytes);
   zc_info zi = {0, 0, 0};
   for (size_t base = 0; base < op->count; base += per) {
     size_t m = op->count - base < per ? op->count - base : per, lo, hi;
@@ -397,7 +407,7 @@ static par_status reduce_rounds(shm_state *st, const shm_waitctx *wc, const par_
         share(m, es, st->n, j, &lo, &hi);
         if (hi == lo) continue;
         PAR_FORWARD_IF_ERROR(par__shm_wait_one(st, wc, j, done));
-        memcpy(out + (base + lo) * es, shm_area(st, j, s, 1), (hi - lo) * es);
+        put(big, out + (base + lo) * es, shm_area(st, j, s, 1), (hi - lo) * es);
       }
     round_end(st);
   }
@@ -432,7 +442,7 @@ static par_status allgather(shm_state *st, const shm_waitctx *wc, const par__op 
   size_t es = par_dtype_size(op->dt), per = st->hdr->chunk / es, bytes = op->count * es;
   const char *in = op->sendbuf;
   char *out = op->recvbuf;
-  int zc = bytes >= SHM_ZC_MIN;
+  int zc = bytes >= SHM_ZC_MIN, big = big_out(bytes * (size_t)st->n);
   zc_info zi = {0, 0, 0};
   for (size_t base = 0; base < op->count; base += per) {
     size_t m = op->count - base < per ? op->count - base : per;
@@ -455,11 +465,11 @@ static par_status allgather(shm_state *st, const shm_waitctx *wc, const par__op 
       int j = (st->me + k) % st->n;
       char *dst = out + ((size_t)j * op->count + base) * es;
       if (j == st->me) {
-        if (dst != in + base * es) memcpy(dst, in + base * es, m * es);
+        if (dst != in + base * es) put(big, dst, in + base * es, m * es);
         continue;
       }
       PAR_FORWARD_IF_ERROR(par__shm_wait_one(st, wc, j, e));
-      memcpy(dst, zc && st->zsrc[j] ? st->zsrc[j] + base * es : shm_area(st, j, s, 0), m * es);
+      put(big, dst, zc && st->zsrc[j] ? st->zsrc[j] + base * es : shm_area(st, j, s, 0), m * es);
     }
     round_end(st);
     if (first && zi.nsend == st->n) break;
@@ -470,7 +480,7 @@ static par_status allgather(shm_state *st, const shm_waitctx *wc, const par__op 
 static par_status broadcast(shm_state *st, const shm_waitctx *wc, const par__op *op) {
   size_t es = par_dtype_size(op->dt), per = st->hdr->chunk / es, bytes = op->count * es;
   char *buf = op->recvbuf;
-  int root = op->root, am_root = root == st->me, root_zc = 0;
+  int root = op->root, am_root = root == st->me, root_zc = 0, big = big_out(bytes);
   for (size_t base = 0; base < op->count; base += per) {
     size_t m = op->count - base < per ? op->count - base : per;
     int s, first = base == 0;
@@ -489,9 +499,9 @@ static par_status broadcast(shm_state *st, const shm_waitctx *wc, const par__op 
         root_zc = 1;
       }
       if (root_zc)
-        memcpy(buf, st->zsrc[root], bytes); /* the whole message, straight from the root */
+        put(big, buf, st->zsrc[root], bytes); /* the whole message, straight from the root */
       else
-        memcpy(buf + base * es, shm_area(st, root, s, 0), m * es);
+        put(big, buf + base * es, shm_area(st, root, s, 0), m * es);
     }
     round_end(st);
     if (root_zc) break;
