@@ -218,13 +218,17 @@ static par_status peer_read(shm_state *st, const shm_waitctx *wc, int j, int out
   return par__shm_cma_read(st, wc, j, dst, (out ? st->adst[j] : st->asrc[j]) + off, len);
 }
 
-/* The first round: everyone publishes its buffers and learns everyone else's. */
+/* The first round: everyone publishes its buffers and learns everyone else's. A local copy
+ * that needs nobody else (len > 0) is done while the others arrive. */
 static par_status sc_publish(shm_state *st, const shm_waitctx *wc, const par__op *op,
-                             size_t sbytes, size_t rbytes, zc_info *zi) {
+                             size_t sbytes, size_t rbytes, zc_info *zi, void *dst,
+                             const void *src, size_t len) {
   int s;
   PAR_FORWARD_IF_ERROR(round_begin(st, wc, 1, &s));
   zc_publish(wc, st, op, s, sbytes, rbytes);
-  PAR_FORWARD_IF_ERROR(par__shm_wait_all(st, wc, post_next(st)));
+  uint64_t e = post_next(st);
+  if (len) memcpy(dst, src, len);
+  PAR_FORWARD_IF_ERROR(par__shm_wait_all(st, wc, e));
   par_status r = zc_resolve(wc, st, op, s, sbytes, rbytes, zi);
   round_end(st);
   return r;
@@ -240,7 +244,7 @@ static par_status sc_publish(shm_state *st, const shm_waitctx *wc, const par__op
 static par_status allreduce_sc(shm_state *st, const shm_waitctx *wc, const par__op *op) {
   size_t es = par_dtype_size(op->dt), bytes = op->count * es, lo, hi;
   zc_info zi;
-  PAR_FORWARD_IF_ERROR(sc_publish(st, wc, op, bytes, bytes, &zi));
+  PAR_FORWARD_IF_ERROR(sc_publish(st, wc, op, bytes, bytes, &zi, NULL, NULL, 0));
   if (zi.nsend == st->n && zi.nrecv == st->n) return allreduce_zc(st, wc, op);
   const char *in = op->sendbuf;
   char *out = op->recvbuf;
@@ -284,15 +288,12 @@ static par_status allgather_sc(shm_state *st, const shm_waitctx *wc, const par__
   size_t bytes = op->count * par_dtype_size(op->dt);
   const char *in = op->sendbuf;
   char *out = op->recvbuf;
+  char *mine = out + (size_t)st->me * bytes;
   zc_info zi;
-  PAR_FORWARD_IF_ERROR(sc_publish(st, wc, op, bytes, 0, &zi));
-  for (int k = 0; k < st->n; k++) {
+  PAR_FORWARD_IF_ERROR(sc_publish(st, wc, op, bytes, 0, &zi, mine, in, mine != in ? bytes : 0));
+  for (int k = 1; k < st->n; k++) {
     int j = (st->me + k) % st->n;
-    char *dst = out + (size_t)j * bytes;
-    if (j != st->me)
-      PAR_FORWARD_IF_ERROR(peer_read(st, wc, j, 0, 0, dst, bytes));
-    else if (dst != in)
-      memcpy(dst, in, bytes);
+    PAR_FORWARD_IF_ERROR(peer_read(st, wc, j, 0, 0, out + (size_t)j * bytes, bytes));
   }
   return zc_finish(st, wc);
 }
@@ -307,7 +308,7 @@ static par_status broadcast_sc(shm_state *st, const shm_waitctx *wc, const par__
   int root = op->root;
   char *buf = op->recvbuf;
   zc_info zi;
-  PAR_FORWARD_IF_ERROR(sc_publish(st, wc, op, bytes, 0, &zi));
+  PAR_FORWARD_IF_ERROR(sc_publish(st, wc, op, bytes, 0, &zi, NULL, NULL, 0));
   for (int k = 1; k < st->n; k++) {
     int j = (st->me + k) % st->n;
     if (root == st->me) {
