@@ -87,9 +87,9 @@ static void run(int mode, size_t count, int inplace) {
 
 int main(void) {
   h_init("test_zerocopy");
-  size_t counts[] = {1, 1000, 3 * 65536 + 17};
+  size_t counts[] = {1, 1000, 3 * 65536 + 17, (1u << 20) + 5}; /* the last: outputs >= 4 MiB */
   for (int mode = 0; mode < 3; mode++)
-    for (int c = 0; c < 3; c++)
+    for (size_t c = 0; c < sizeof counts / sizeof counts[0]; c++)
       for (int inplace = 0; inplace < 2; inplace++) run(mode, counts[c], inplace);
   /* The group still works with ordinary memory afterwards. */
   run(0, 5, 0);

@@ -443,7 +443,7 @@ static par_status allgather(shm_state *st, const shm_waitctx *wc, const par__op 
   size_t es = par_dtype_size(op->dt), per = st->hdr->chunk / es, bytes = op->count * es;
   const char *in = op->sendbuf;
   char *out = op->recvbuf;
-  int zc = bytes >= SHM_ZC_MIN, big = big_out(bytes * (size_t)st->n);
+  int zc = bytes >= SHM_ZC_MIN, big = big_out(bytes * (size_t)st->n), whole = 0;
   zc_info zi = {0, 0, 0};
   for (size_t base = 0; base < op->count; base += per) {
     size_t m = op->count - base < per ? op->count - base : per;
@@ -460,7 +460,11 @@ static par_status allgather(shm_state *st, const shm_waitctx *wc, const par__op 
     if (first && zc) {
       PAR_FORWARD_IF_ERROR(par__shm_wait_all(st, wc, e));
       PAR_FORWARD_IF_ERROR(zc_resolve(wc, st, op, s, bytes, 0, &zi));
-      if (zi.nsend == st->n) m = op->count - base; /* everything in this one round */
+      /* Every source in place: everything in this one round, unless the output is large:
+       * then the readers keep to the rounds, so that a block one of them brings into the
+       * cache is still there for the others. */
+      whole = zi.nsend == st->n && !big;
+      if (whole) m = op->count - base;
     }
     for (int k = 0; k < st->n; k++) {
       int j = (st->me + k) % st->n;
@@ -473,7 +477,7 @@ static par_status allgather(shm_state *st, const shm_waitctx *wc, const par__op 
       put(big, dst, zc && st->zsrc[j] ? st->zsrc[j] + base * es : shm_area(st, j, s, 0), m * es);
     }
     round_end(st);
-    if (first && zi.nsend == st->n) break;
+    if (whole) break;
   }
   return zi.nsend ? zc_finish(st, wc) : PAR_OK;
 }
@@ -482,6 +486,8 @@ static par_status broadcast(shm_state *st, const shm_waitctx *wc, const par__op 
   size_t es = par_dtype_size(op->dt), per = st->hdr->chunk / es, bytes = op->count * es;
   char *buf = op->recvbuf;
   int root = op->root, am_root = root == st->me, root_zc = 0, big = big_out(bytes);
+  /* With the root's buffer in place, small messages are copied whole; large ones in rounds,
+   * so that the readers share what one of them brings into the cache. */
   for (size_t base = 0; base < op->count; base += per) {
     size_t m = op->count - base < per ? op->count - base : per;
     int s, first = base == 0;
@@ -499,13 +505,14 @@ static par_status broadcast(shm_state *st, const shm_waitctx *wc, const par__op 
                                     st->ctrl[root].zc[s][ZC_SEND_OFF], bytes, &st->zsrc[root]));
         root_zc = 1;
       }
-      if (root_zc)
-        put(big, buf, st->zsrc[root], bytes); /* the whole message, straight from the root */
+      if (root_zc && !big)
+        memcpy(buf, st->zsrc[root], bytes);
       else
-        put(big, buf + base * es, shm_area(st, root, s, 0), m * es);
+        put(big, buf + base * es, root_zc ? st->zsrc[root] + base * es : shm_area(st, root, s, 0),
+            m * es);
     }
     round_end(st);
-    if (root_zc) break;
+    if (root_zc && !big) break;
   }
   return root_zc ? zc_finish(st, wc) : PAR_OK;
 }
