@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -58,6 +59,11 @@ static void ring_all(shm_state *st) {
     atomic_fetch_add(&st->ctrl[j].bell, 1);
     futex_wake_all(&st->ctrl[j].bell);
   }
+}
+
+void par__shm_abort(shm_state *st) {
+  atomic_store(&st->hdr->abort, 1);
+  ring_all(st);
 }
 
 /* 1 when the member's process is gone or a zombie. */
@@ -176,8 +182,7 @@ static par_status cma_move(shm_state *st, const shm_waitctx *wc, int j, char *lo
     }
     if (got < 0 && errno == EINTR) continue;
     int e = got < 0 ? errno : EFAULT;
-    atomic_store(&st->hdr->abort, 1);
-    ring_all(st);
+    par__shm_abort(st);
     par_group *g = wc->g;
     return par__error(e == ESRCH ? PAR_ERR_PEER_LOST : PAR_ERR_SYSTEM,
                       "%s on group '%s' (op #%llu): cannot %s %zu bytes %s member %d (rank %d, "
@@ -194,9 +199,73 @@ par_status par__shm_cma_read(shm_state *st, const shm_waitctx *wc, int j, void *
   return cma_move(st, wc, j, dst, addr, len, 0);
 }
 
-par_status par__shm_cma_write(shm_state *st, const shm_waitctx *wc, int j, uint64_t addr,
-                              const void *src, size_t len) {
-  return cma_move(st, wc, j, (char *)(uintptr_t)src, addr, len, 1);
+void par__shm_gate_open(shm_state *st, uint64_t seq) {
+  atomic_store(&st->ctrl[st->me].gate, seq << 2 | SHM_GATE_OPEN);
+}
+
+/* 1 when member j's process is stopped (or traced): it is not inside a system call then. */
+static int peer_stopped(shm_state *st, int j) {
+  char path[64], buf[256];
+  snprintf(path, sizeof path, "/proc/%d/stat", (int)atomic_load(&st->ctrl[j].pid));
+  FILE *f = fopen(path, "r");
+  if (!f) return 0;
+  size_t got = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[got] = '\0';
+  const char *p = strrchr(buf, ')');
+  return p && p[1] == ' ' && (p[2] == 'T' || p[2] == 't');
+}
+
+void par__shm_gate_close(shm_state *st, int writer, uint64_t seq) {
+  _Atomic uint64_t *gate = &st->ctrl[st->me].gate;
+  uint64_t open = seq << 2 | SHM_GATE_OPEN, writing = seq << 2 | SHM_GATE_WRITING;
+  uint64_t closed = seq << 2 | SHM_GATE_CLOSED;
+  for (int spins = 0;; spins++) {
+    uint64_t v = open;
+    if (atomic_compare_exchange_strong(gate, &v, closed) || v != writing) return;
+    /* A piece is being written: it takes well under a millisecond unless the writer cannot
+     * run, in which case it is not copying either. */
+    if (spins > 100 && (peer_dead(st, writer) || peer_stopped(st, writer))) {
+      v = writing;
+      if (atomic_compare_exchange_strong(gate, &v, closed)) return;
+      continue;
+    }
+    if (spins < 16) {
+      sched_yield();
+    } else {
+      struct timespec ts = {0, 200000};
+      nanosleep(&ts, NULL);
+    }
+  }
+}
+
+par_status par__shm_gate_write(shm_state *st, const shm_waitctx *wc, int j, uint64_t seq,
+                               uint64_t addr, const void *src, size_t len) {
+  _Atomic uint64_t *gate = &st->ctrl[j].gate;
+  uint64_t open = seq << 2 | SHM_GATE_OPEN, writing = seq << 2 | SHM_GATE_WRITING;
+  const char *from = src;
+  while (len > 0) {
+    size_t piece = len < SHM_GATE_PIECE ? len : SHM_GATE_PIECE;
+    uint64_t v = open;
+    par_status s = PAR_OK;
+    if (atomic_compare_exchange_strong(gate, &v, writing)) {
+      s = cma_move(st, wc, j, (char *)(uintptr_t)from, addr, piece, 1);
+      v = writing;
+      if (atomic_compare_exchange_strong(gate, &v, open)) {
+        if (s < 0) return s;
+        from += piece, addr += piece, len -= piece;
+        continue;
+      }
+    }
+    if (s < 0) return s;
+    par__shm_abort(st);
+    par_group *g = wc->g;
+    return par__error(PAR_ERR_ABORTED,
+                      "%s on group '%s' (op #%llu): member %d (rank %d) left the op before it "
+                      "was done (it failed or timed out)",
+                      wc->what, g->name, (unsigned long long)wc->seq, j, g->ranks[j]);
+  }
+  return PAR_OK;
 }
 
 /* 1 when this process can read and write member j's memory: it reads j's pid at the address
@@ -208,6 +277,14 @@ static int cma_probe(shm_state *st, int j) {
   if (process_vm_readv(want, &local, 1, &remote, 1, 0) != (ssize_t)sizeof got || got != want)
     return 0;
   return process_vm_writev(want, &local, 1, &remote, 1, 0) == (ssize_t)sizeof got;
+}
+
+/* Where Yama restricts ptrace to descendants (ptrace_scope 1), sibling ranks could not read
+ * each other: let any process of this user do so, as Open MPI does for the same purpose.
+ * Without Yama this fails harmlessly. */
+static void allow_peer_access(void) {
+  static atomic_int done;
+  if (!atomic_exchange(&done, 1)) (void)prctl(PR_SET_PTRACER, PR_SET_PTRACER_ANY, 0, 0, 0);
 }
 
 static int pred_cma(shm_state *st, const void *arg) {
@@ -392,6 +469,7 @@ static par_status shm_init(par_group *g) {
   }
   st->ctrl = (shm_ctrl *)(st->base + st->hdr->off_ctrl);
   st->ctrl[st->me].probe = (uint64_t)(uintptr_t)&st->ctrl[st->me].pid;
+  if (env->shm_cma != 0 && st->n > 1) allow_peer_access(); /* before the others probe us */
   atomic_store(&st->ctrl[st->me].pid, (int32_t)getpid());
   atomic_fetch_add(&st->hdr->attached, 1);
   ring_all(st); /* whoever waits for the last member to attach sleeps on some bell */

@@ -65,6 +65,7 @@ typedef struct shm_ctrl {
   uint64_t fp[2][3]; /* PAR_CHECK fingerprints, by round parity */
   uint64_t zc[2][7]; /* buffers of the current op, by round parity (shm_coll.c) */
   uint64_t probe;    /* address, in the member's own memory, of its pid: the single-copy probe */
+  _Atomic uint64_t gate; /* writes into this member's buffers: op seq << 2 | SHM_GATE_* */
   _Atomic uint32_t cma; /* 0 not probed yet, 1 cannot read every peer, 2 can */
   _Alignas(SHM_LINE) _Atomic uint32_t sleepers; /* written by waiters: its own line */
 } shm_ctrl;
@@ -121,15 +122,30 @@ par_status par__shm_wait(shm_state *st, const shm_waitctx *wc, shm_pred pred, co
 void par__shm_post(shm_state *st, uint64_t epoch);
 /* Rings member j's bell: wakes whoever sleeps on it. */
 void par__shm_ring(shm_state *st, int j);
+/* Aborts the group for every member (a member that fails mid-op after the others started
+ * on its buffers): their waits end with PAR_ERR_ABORTED instead of a timeout. */
+void par__shm_abort(shm_state *st);
 par_status par__shm_wait_all(shm_state *st, const shm_waitctx *wc, uint64_t epoch);
 par_status par__shm_wait_one(shm_state *st, const shm_waitctx *wc, int j, uint64_t epoch);
 /* Copies len bytes at addr in member j's memory to dst (needs st->cma: process_vm_readv). A
  * failure aborts the group, so the other members do not wait for this one. */
 par_status par__shm_cma_read(shm_state *st, const shm_waitctx *wc, int j, void *dst,
                              uint64_t addr, size_t len);
-/* Copies len bytes from src to addr in member j's memory (process_vm_writev); as above. */
-par_status par__shm_cma_write(shm_state *st, const shm_waitctx *wc, int j, uint64_t addr,
-                              const void *src, size_t len);
+/*
+ * Writing into another member's buffers (broadcast's root does, with process_vm_writev) must
+ * never land after that member returned, e.g. on a timeout. The member opens its gate for
+ * the op before it publishes its buffers and closes it before it returns, however it returns;
+ * the writer holds the gate for each piece it writes (SHM_GATE_PIECE bytes at most), and
+ * stops with an error when it finds the gate closed. Closing waits out a piece in flight
+ * (unless the writer died or is stopped, and so is not inside the copy).
+ */
+enum { SHM_GATE_OPEN = 1, SHM_GATE_WRITING = 2, SHM_GATE_CLOSED = 3 };
+#define SHM_GATE_PIECE (1u << 20)
+void par__shm_gate_open(shm_state *st, uint64_t seq);
+void par__shm_gate_close(shm_state *st, int writer, uint64_t seq);
+/* Copies len bytes from src to addr in member j's buffers through j's gate for op seq. */
+par_status par__shm_gate_write(shm_state *st, const shm_waitctx *wc, int j, uint64_t seq,
+                               uint64_t addr, const void *src, size_t len);
 
 static inline char *shm_area(shm_state *st, int r, int set, int area) {
   return st->base + st->hdr->off_data +

@@ -231,6 +231,7 @@ static par_status sc_publish(shm_state *st, const shm_waitctx *wc, const par__op
   PAR_FORWARD_IF_ERROR(par__shm_wait_all(st, wc, e));
   par_status r = zc_resolve(wc, st, op, s, sbytes, rbytes, zi);
   round_end(st);
+  if (r < 0) par__shm_abort(st); /* the others are about to use this member's buffers */
   return r;
 }
 
@@ -303,7 +304,7 @@ static par_status allgather_sc(shm_state *st, const shm_waitctx *wc, const par__
  * part but its own, and the root writes part j into member j's buffer meanwhile, so the root
  * copies as much as each reader instead of waiting (on 2 ranks each copies half).
  */
-static par_status broadcast_sc(shm_state *st, const shm_waitctx *wc, const par__op *op) {
+static par_status broadcast_parts(shm_state *st, const shm_waitctx *wc, const par__op *op) {
   size_t es = par_dtype_size(op->dt), bytes = op->count * es, lo, hi;
   int root = op->root;
   char *buf = op->recvbuf;
@@ -315,8 +316,8 @@ static par_status broadcast_sc(shm_state *st, const shm_waitctx *wc, const par__
       share(op->count, es, st->n, j, &lo, &hi);
       if (hi == lo) continue;
       /* (Even into a par_alloc'ed buffer: peers map those read-only.) */
-      PAR_FORWARD_IF_ERROR(
-          par__shm_cma_write(st, wc, j, st->asrc[j] + lo * es, buf + lo * es, (hi - lo) * es));
+      PAR_FORWARD_IF_ERROR(par__shm_gate_write(st, wc, j, op->seq, st->asrc[j] + lo * es,
+                                               buf + lo * es, (hi - lo) * es));
     } else {
       share(op->count, es, st->n, j, &lo, &hi); /* every part but mine, the root's included */
       if (hi > lo)
@@ -325,6 +326,15 @@ static par_status broadcast_sc(shm_state *st, const shm_waitctx *wc, const par__
     }
   }
   return zc_finish(st, wc);
+}
+
+/* The root writes into the others' buffers: each keeps its gate open while it is in the op. */
+static par_status broadcast_sc(shm_state *st, const shm_waitctx *wc, const par__op *op) {
+  if (op->root == st->me) return broadcast_parts(st, wc, op);
+  par__shm_gate_open(st, op->seq);
+  par_status s = broadcast_parts(st, wc, op);
+  par__shm_gate_close(st, op->root, op->seq);
+  return s;
 }
 
 /* Tiny allreduce and reduce: each contribution travels in its member's control line, beside
