@@ -66,20 +66,26 @@ void par__shm_abort(shm_state *st) {
   ring_all(st);
 }
 
-/* 1 when the member's process is gone or a zombie. */
-static int peer_dead(shm_state *st, int j) {
-  pid_t pid = atomic_load(&st->ctrl[j].pid);
-  if (pid <= 0) return 0;
-  if (kill(pid, 0) < 0 && errno == ESRCH) return 1;
+/* The state letter of member j's process in /proc (R, S, D, T, t, Z, X...), or 0. */
+static char peer_state(shm_state *st, int j) {
   char path[64], buf[256];
-  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+  snprintf(path, sizeof path, "/proc/%d/stat", (int)atomic_load(&st->ctrl[j].pid));
   FILE *f = fopen(path, "r");
   if (!f) return 0;
   size_t got = fread(buf, 1, sizeof buf - 1, f);
   fclose(f);
   buf[got] = '\0';
   const char *p = strrchr(buf, ')');
-  return p && p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X');
+  return p && p[1] == ' ' ? p[2] : 0;
+}
+
+/* 1 when the member's process is gone or a zombie. */
+static int peer_dead(shm_state *st, int j) {
+  pid_t pid = atomic_load(&st->ctrl[j].pid);
+  if (pid <= 0) return 0;
+  if (kill(pid, 0) < 0 && errno == ESRCH) return 1;
+  char c = peer_state(st, j);
+  return c == 'Z' || c == 'X';
 }
 
 par_status par__shm_wait(shm_state *st, const shm_waitctx *wc, shm_pred pred, const void *arg) {
@@ -205,15 +211,8 @@ void par__shm_gate_open(shm_state *st, uint64_t seq) {
 
 /* 1 when member j's process is stopped (or traced): it is not inside a system call then. */
 static int peer_stopped(shm_state *st, int j) {
-  char path[64], buf[256];
-  snprintf(path, sizeof path, "/proc/%d/stat", (int)atomic_load(&st->ctrl[j].pid));
-  FILE *f = fopen(path, "r");
-  if (!f) return 0;
-  size_t got = fread(buf, 1, sizeof buf - 1, f);
-  fclose(f);
-  buf[got] = '\0';
-  const char *p = strrchr(buf, ')');
-  return p && p[1] == ' ' && (p[2] == 'T' || p[2] == 't');
+  char c = peer_state(st, j);
+  return c == 'T' || c == 't';
 }
 
 void par__shm_gate_close(shm_state *st, int writer, uint64_t seq) {
