@@ -209,12 +209,6 @@ void par__shm_gate_open(shm_state *st, uint64_t seq) {
   atomic_store(&st->ctrl[st->me].gate, seq << 2 | SHM_GATE_OPEN);
 }
 
-/* 1 when member j's process is stopped (or traced): it is not inside a system call then. */
-static int peer_stopped(shm_state *st, int j) {
-  char c = peer_state(st, j);
-  return c == 'T' || c == 't';
-}
-
 void par__shm_gate_close(shm_state *st, int writer, uint64_t seq) {
   _Atomic uint64_t *gate = &st->ctrl[st->me].gate;
   uint64_t open = seq << 2 | SHM_GATE_OPEN, writing = seq << 2 | SHM_GATE_WRITING;
@@ -222,9 +216,10 @@ void par__shm_gate_close(shm_state *st, int writer, uint64_t seq) {
   for (int spins = 0;; spins++) {
     uint64_t v = open;
     if (atomic_compare_exchange_strong(gate, &v, closed) || v != writing) return;
-    /* A piece is being written: it takes well under a millisecond unless the writer cannot
-     * run, in which case it is not copying either. */
-    if (spins > 100 && (peer_dead(st, writer) || peer_stopped(st, writer))) {
+    /* A piece is being written: it takes well under a millisecond. Only the writer's death
+     * ends the wait early; a writer that merely cannot run (stopped) may still be about to
+     * start the copy it claimed the gate for. */
+    if (spins > 100 && peer_dead(st, writer)) {
       v = writing;
       if (atomic_compare_exchange_strong(gate, &v, closed)) return;
       continue;

@@ -136,8 +136,8 @@ par_status par__shm_cma_read(shm_state *st, const shm_waitctx *wc, int j, void *
  * never land after that member returned, e.g. on a timeout. The member opens its gate for
  * the op before it publishes its buffers and closes it before it returns, however it returns;
  * the writer holds the gate for each piece it writes (SHM_GATE_PIECE bytes at most), and
- * stops with an error when it finds the gate closed. Closing waits out a piece in flight
- * (unless the writer died or is stopped, and so is not inside the copy).
+ * stops with an error when it finds the gate closed. Closing waits out a piece in flight,
+ * unless the writer died (a writer stopped mid-piece holds the member until it resumes).
  */
 enum { SHM_GATE_OPEN = 1, SHM_GATE_WRITING = 2, SHM_GATE_CLOSED = 3 };
 #define SHM_GATE_PIECE (1u << 20)
