@@ -68,6 +68,7 @@ typedef struct par__env {
   size_t shm_chunk;        /* PAR_SHM_CHUNK: bytes per rank per pipeline stage */
   int spin;                /* PAR_SPIN: spin iterations before sleeping; -1 = automatic */
   int shm_cma;             /* PAR_SHM_CMA: single-copy reads of peers' memory; -1 = auto */
+  int cpus;                /* PAR_CPUS: CPUs the job may use on this host; 0 = unknown */
 } par__env;
 
 /* The environment, parsed on first use. Thread-safe. While it is being parsed, calls from the

@@ -36,6 +36,7 @@ static void env_read(void) {
   env.shm_chunk = 0; /* 0: the backend's default */
   env.spin = -1;
   env.shm_cma = -1;
+  env.cpus = 0;
 
   const char *v;
   if ((v = getenv("PAR_LOG")) && *v) {
@@ -88,13 +89,21 @@ static void env_read(void) {
     else
       warn_later("PAR_SHM_CMA", v);
   }
+  if ((v = getenv("PAR_CPUS")) && *v) {
+    char *end;
+    long c = strtol(v, &end, 10);
+    if (*end == '\0' && c >= 0 && c <= 1 << 20)
+      env.cpus = (int)c;
+    else
+      warn_later("PAR_CPUS", v);
+  }
   reading = 0;
 }
 
 int par__env_reading(void) { return reading; }
 
 const par__env *par__env_get(void) {
-  static const par__env defaults = {PAR_LOG_INFO, 300.0, PAR_BACKEND_AUTO, 0, 0, -1, -1};
+  static const par__env defaults = {PAR_LOG_INFO, 300.0, PAR_BACKEND_AUTO, 0, 0, -1, -1, 0};
   if (reading) return &defaults;
   pthread_once(&env_once, env_read);
   /* Logged after the once-block: par__log reads the level through this function. */
@@ -105,8 +114,8 @@ const par__env *par__env_get(void) {
 }
 
 int par__oversubscribed(int local_size) {
-  static long ncpu;
-  if (!ncpu) ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+  long ncpu = par__env_get()->cpus; /* from parrun: what the job may use */
+  if (ncpu <= 0) ncpu = sysconf(_SC_NPROCESSORS_ONLN);
   return ncpu > 0 && local_size > ncpu;
 }
 

@@ -31,6 +31,13 @@ run() {
   t1=$(date +%s.%N)
   SECS=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
 }
+# run_in_one_cpu ARGS...: run, with parrun itself limited to the first CPU it may use.
+run_in_one_cpu() {
+  local cpu
+  cpu=$(awk '/^Cpus_allowed_list/ {print $2}' /proc/self/status | cut -d, -f1 | cut -d- -f1)
+  timeout 60 taskset -c "$cpu" "$PARRUN" "$@" >"$TMP/out" 2>"$TMP/err" </dev/null
+  RC=$?
+}
 faster_than() { awk -v s="$SECS" -v l="$1" 'BEGIN { exit !(s < l) }'; }
 show() { echo "  --- stdout:"; sed 's/^/  /' "$TMP/out"; echo "  --- stderr:"; sed 's/^/  /' "$TMP/err"; }
 
@@ -177,6 +184,16 @@ if [ "$ncpu" -ge 2 ]; then
   check "--bind-to none leaves placement to the kernel" \
     [ "$(grep -c 'Cpus_allowed_list:[[:space:]]*[0-9]*$' "$TMP/out")" = 0 ]
 fi
+run -n 1 sh -c 'echo "cpus=$PAR_CPUS"'
+check "each rank learns how many CPUs the job may use (PAR_CPUS)" grep -q "cpus=$ncpu\$" "$TMP/out"
+# The library counts the job's CPUs, not the one CPU a pinned rank sees, nor the host's.
+if [ "$ncpu" -ge 2 ]; then
+  PAR_LOG=debug run -n 2 "$BUILD/bin/parbench" --op allreduce --min 8 --max 8 --iters 2
+  check "2 ranks on $ncpu CPUs are not oversubscribed" grep -q "world': 2 local ranks, not oversubscribed" "$TMP/err"
+fi
+PAR_LOG=debug run_in_one_cpu -n 2 "$BUILD/bin/parbench" --op allreduce --min 8 --max 8 --iters 2
+check "2 ranks limited to one CPU are oversubscribed" grep -q "world': 2 local ranks, oversubscribed" "$TMP/err"
+
 run --bind-to sideways -n 1 true
 check "a bad --bind-to is refused with exit 2" [ "$RC" = 2 ]
 

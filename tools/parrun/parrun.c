@@ -47,9 +47,9 @@ static const char *usage_text =
     "  -h, --help    show this help\n"
     "\n"
     "Each rank gets RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT,\n"
-    "PAR_STORE_ADDR, PAR_TOKEN and PAR_JOB_ID. Output lines are prefixed with \"[rank] \".\n"
-    "When a rank fails, the others are stopped and parrun exits with that rank's code\n"
-    "(128+signal for a signal). See docs/parrun.md.\n";
+    "PAR_STORE_ADDR, PAR_TOKEN, PAR_JOB_ID and PAR_CPUS. Output lines are prefixed with\n"
+    "\"[rank] \". When a rank fails, the others are stopped and parrun exits with that\n"
+    "rank's code (128+signal for a signal). See docs/parrun.md.\n";
 
 typedef struct rank_proc {
   pid_t pid;
@@ -139,14 +139,14 @@ static char *resolve_program(const char *prog, int *err) {
 
 static const char *const job_vars[] = {
     "RANK",        "WORLD_SIZE",     "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
-    "MASTER_PORT", "PAR_STORE_ADDR", "PAR_TOKEN",  "PAR_JOB_ID"};
+    "MASTER_PORT", "PAR_STORE_ADDR", "PAR_TOKEN",  "PAR_JOB_ID", "PAR_CPUS"};
 #define NJOB_VARS (sizeof job_vars / sizeof job_vars[0])
 
 /* Builds one rank's environment: parrun's own, minus any stale job variables, plus this
  * job's. Built before fork for the same reason as resolve_program. The strings from
  * env[*owned_from] on are ours to free (free_env); the rest belong to environ. */
 static char **build_env(int rank, int n, int port, const char *token, const char *job_id,
-                        size_t *owned_from) {
+                        int cpus, size_t *owned_from) {
   size_t count = 0;
   while (environ[count]) count++;
   char **env = calloc(count + NJOB_VARS + 1, sizeof *env);
@@ -171,6 +171,7 @@ static char **build_env(int rank, int n, int port, const char *token, const char
   snprintf(vals[6], sizeof vals[6], "PAR_STORE_ADDR=127.0.0.1:%d", port);
   snprintf(vals[7], sizeof vals[7], "PAR_TOKEN=%s", token);
   snprintf(vals[8], sizeof vals[8], "PAR_JOB_ID=%s", job_id);
+  snprintf(vals[9], sizeof vals[9], "PAR_CPUS=%d", cpus);
   for (size_t j = 0; j < NJOB_VARS; j++) {
     env[k] = strdup(vals[j]);
     if (!env[k]) {
@@ -451,18 +452,22 @@ int main(int argc, char **argv) {
 
   /* The CPUs we may use, in order: rank r goes on the (r mod ncpus)-th. With more ranks than
    * CPUs that spreads them evenly (measured: a steadier and faster 8-rank job on 2 cores
-   * than the kernel's placement, docs/parrun.md). */
+   * than the kernel's placement, docs/parrun.md). Their number also goes to the ranks
+   * (PAR_CPUS): a pinned rank sees one CPU, and a container's host may have many more than
+   * the job may use, yet the library must know whether the ranks outnumber the cores. */
   int cpus[CPU_SETSIZE], ncpus = 0;
   cpu_set_t allowed;
-  if (bind && sched_getaffinity(0, sizeof allowed, &allowed) == 0)
+  if (sched_getaffinity(0, sizeof allowed, &allowed) == 0)
     for (int c = 0; c < CPU_SETSIZE; c++)
       if (CPU_ISSET(c, &allowed)) cpus[ncpus++] = c;
+  int job_cpus = ncpus;
+  if (!bind) ncpus = 0;
 
   int launch_failed = 0;
   for (int r = 0; r < n; r++) {
     int op[2] = {-1, -1}, ep[2] = {-1, -1};
     size_t owned_from = 0;
-    char **env = build_env(r, n, port, token, job_id, &owned_from);
+    char **env = build_env(r, n, port, token, job_id, job_cpus, &owned_from);
     if (!env || pipe2(op, O_CLOEXEC) != 0 || pipe2(ep, O_CLOEXEC) != 0) {
       fprintf(stderr, "parrun: cannot prepare rank %d: %s\n", r, strerror(errno));
       for (int k = 0; k < 2; k++) {

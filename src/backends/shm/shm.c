@@ -437,6 +437,9 @@ static par_status shm_init(par_group *g) {
   int oversubscribed = par__oversubscribed(g->world->local_size);
   st->spin = env->spin >= 0 ? env->spin : oversubscribed ? 0 : 20000;
   st->yields = oversubscribed ? 16 : 0;
+  PAR__LOG_DEBUG("shm: group '%s': %d local ranks, %s", g->name, g->world->local_size,
+                 oversubscribed ? "oversubscribed: waiters yield and sleep"
+                                : "not oversubscribed: waiters spin first");
   snprintf(st->name, sizeof st->name, "/par-%s-%s", g->world->job_id, g->uid);
   if (st->n == 1) st->unlinked = 1;
 
