@@ -190,6 +190,16 @@ def launch(progs, impl, n, bargs, timeout):
     return rows
 
 
+def launch_or_note(progs, impl, n, bargs, timeout, failures):
+    """launch(), but a failed run is logged and noted in failures, and gives None."""
+    try:
+        return launch(progs, impl, n, bargs, timeout)
+    except RunFailed as e:
+        failures.append(str(e))
+        log("compare: " + str(e))
+        return None
+
+
 def sweep_size(row, n):
     """The sweep size a row was asked for (allgather reports count*n*4, which can be less)."""
     return row["count"] * 4 * (n if row["op"] == "allgather" else 1)
@@ -238,12 +248,10 @@ def compare(args, progs, result):
             took = []
             for impl in order:
                 t0 = time.time()
-                try:
-                    rows = launch(progs, impl, n, bench_args(ops, size, size, 4, iters, 1, False),
-                                  args.timeout)
-                except RunFailed as e:
-                    failures.append(str(e))
-                    log("compare: " + str(e))
+                rows = launch_or_note(progs, impl, n,
+                                      bench_args(ops, size, size, 4, iters, 1, False),
+                                      args.timeout, failures)
+                if rows is None:
                     continue
                 for r in rows:
                     samples.setdefault((impl, n, r["op"], size), {})[rep] = r["time_us"]
@@ -257,12 +265,9 @@ def compare(args, progs, result):
     checked = {impl: 0 for impl in impls}
     for n, size, ops, _ in cfgs:
         for impl in impls:
-            try:
-                rows = launch(progs, impl, n, bench_args(ops, size, size, 4, 1, 0, True),
-                              args.timeout)
-            except RunFailed as e:
-                failures.append(str(e))
-                log("compare: " + str(e))
+            rows = launch_or_note(progs, impl, n, bench_args(ops, size, size, 4, 1, 0, True),
+                                  args.timeout, failures)
+            if rows is None:
                 continue
             for r in rows:
                 if r.get("wrong") is None:

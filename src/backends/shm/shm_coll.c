@@ -311,19 +311,16 @@ static par_status broadcast_parts(shm_state *st, const shm_waitctx *wc, const pa
   zc_info zi;
   PAR_FORWARD_IF_ERROR(sc_publish(st, wc, op, bytes, 0, &zi, NULL, NULL, 0));
   for (int k = 1; k < st->n; k++) {
+    /* The root writes part j into member j; the others read from the root every part but
+     * their own, the root's included. */
     int j = (st->me + k) % st->n;
-    if (root == st->me) {
-      share(op->count, es, st->n, j, &lo, &hi);
-      if (hi == lo) continue;
-      /* (Even into a par_alloc'ed buffer: peers map those read-only.) */
+    share(op->count, es, st->n, j, &lo, &hi);
+    if (hi == lo) continue;
+    if (root == st->me) /* (even into a par_alloc'ed buffer: peers map those read-only) */
       PAR_FORWARD_IF_ERROR(par__shm_gate_write(st, wc, j, op->seq, st->asrc[j] + lo * es,
                                                buf + lo * es, (hi - lo) * es));
-    } else {
-      share(op->count, es, st->n, j, &lo, &hi); /* every part but mine, the root's included */
-      if (hi > lo)
-        PAR_FORWARD_IF_ERROR(
-            peer_read(st, wc, root, 0, lo * es, buf + lo * es, (hi - lo) * es));
-    }
+    else
+      PAR_FORWARD_IF_ERROR(peer_read(st, wc, root, 0, lo * es, buf + lo * es, (hi - lo) * es));
   }
   return zc_finish(st, wc);
 }
