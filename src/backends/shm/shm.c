@@ -88,6 +88,22 @@ static int peer_dead(shm_state *st, int j) {
   return c == 'Z' || c == 'X';
 }
 
+/*
+ * The member to blame when a wait for member `who` runs out. In a collective, a member that
+ * waits has posted everything up to the wait, so the member that has not arrived is the one
+ * furthest behind: the lowest epoch (`who` among equals). Waiting for a root that itself
+ * waits for a stopped member thus names the stopped member, not the root.
+ */
+static int laggard(shm_state *st, const shm_waitctx *wc, int who) {
+  if (wc->own_bell) return who; /* send/recv and group creation: the peer is the one */
+  uint64_t low = atomic_load(&st->ctrl[who].epoch);
+  for (int j = 0; j < st->n; j++) {
+    uint64_t e = atomic_load(&st->ctrl[j].epoch);
+    if (e < low) low = e, who = j;
+  }
+  return who;
+}
+
 par_status par__shm_wait(shm_state *st, const shm_waitctx *wc, shm_pred pred, const void *arg) {
   int who = pred(st, arg);
   if (who < 0) return PAR_OK;
@@ -126,19 +142,22 @@ par_status par__shm_wait(shm_state *st, const shm_waitctx *wc, shm_pred pred, co
     atomic_store(&st->sleeping_on, -1);
     atomic_fetch_sub(&c->sleepers, 1);
     if (who < 0) return PAR_OK;
-    if (now >= wc->deadline)
+    if (now >= wc->deadline) {
+      int b = laggard(st, wc, who);
       return par__error(PAR_ERR_TIMEOUT,
                         "%s on group '%s' (op #%llu) timed out after %.3g s waiting for member "
-                        "%d (rank %d)",
-                        wc->what, g->name, (unsigned long long)wc->seq, now - start, who,
-                        g->ranks[who]);
+                        "%d (rank %d%s)",
+                        wc->what, g->name, (unsigned long long)wc->seq, now - start, b,
+                        g->ranks[b], peer_state(st, b) == 'T' ? ", whose process is stopped" : "");
+    }
     if (now >= next_check) {
       next_check = now + 0.5;
-      if (peer_dead(st, who))
+      int b = laggard(st, wc, who);
+      if (peer_dead(st, b) || (b != who && peer_dead(st, (b = who))))
         return par__error(PAR_ERR_PEER_LOST,
                           "%s on group '%s' (op #%llu): member %d (rank %d, pid %d) died",
-                          wc->what, g->name, (unsigned long long)wc->seq, who, g->ranks[who],
-                          (int)atomic_load(&st->ctrl[who].pid));
+                          wc->what, g->name, (unsigned long long)wc->seq, b, g->ranks[b],
+                          (int)atomic_load(&st->ctrl[b].pid));
     }
   }
 }
@@ -435,6 +454,7 @@ static par_status shm_init(par_group *g) {
   }
   const par__env *env = par__env_get();
   int oversubscribed = par__oversubscribed(g->world->local_size);
+  st->check = env->check;
   st->spin = env->spin >= 0 ? env->spin : oversubscribed ? 0 : 20000;
   st->yields = oversubscribed ? 16 : 0;
   PAR__LOG_DEBUG("shm: group '%s': %d local ranks, %s", g->name, g->world->local_size,
