@@ -24,7 +24,8 @@
  * every CHECKPOINT steps rank 0 broadcasts whether to stop, with its step number, which every
  * rank compares with its own. At the end each rank prints what it ran and rank 0 the totals
  * (ops, rank-ops = ops times the ranks that took part, bytes checked, wrong, errors).
- * PAR_SOAK_TRACE=1 prints every op a rank takes part in before it is issued.
+ * PAR_SOAK_TRACE=1 prints every op a rank takes part in before it is issued; PAR_SOAK_ZC=0
+ * uses malloc'ed buffers only (the stream is otherwise the same), to tell zero-copy bugs apart.
  *
  * PAR_TEST_RANKS: 2 3 5
  */
@@ -170,6 +171,7 @@ static void sb_free(sbuf *b) {
 static long long my_ops, my_bytes, my_wrong, my_errors;
 static long long total_ops, total_rank_ops; /* the whole job's, computed from the stream */
 static int trace;
+static int use_zc = 1; /* PAR_SOAK_ZC=0: malloc only (to tell a zero-copy bug from others) */
 
 /* One wrong result: the context says seed, step, op and group. Printed in full for the first
  * few, counted always. Returns 1 so callers can count an op once. */
@@ -306,6 +308,7 @@ static void draw_op(sop *o, int64_t step, int opi, int in_batch) {
     o->gen = H_GEN_BITS;
   }
   o->zc_mode = (int)below(3);
+  if (!use_zc) o->zc_mode = 0;
   o->mode = in_batch ? (amode)(1 + below(2)) : chance(15) ? (amode)(1 + below(2)) : A_BLOCKING;
   if (in_batch && chance(30)) o->due = step + 1 + below(3);
   o->salt = (uint32_t)mix(seed ^ mix((uint64_t)step * 64 + (uint64_t)opi));
@@ -668,6 +671,7 @@ int main(void) {
   h_init("test_soak");
   par_group *world = par_world_group(h_world);
   trace = env_double("PAR_SOAK_TRACE", 0) != 0;
+  use_zc = env_double("PAR_SOAK_ZC", 1) != 0;
   if (!getenv("PAR_TIMEOUT")) op_timeout = env_double("PAR_SOAK_TIMEOUT", 60.0);
   CHECK(world, par_group_set_timeout(world, op_timeout));
   double seconds = env_double("PAR_SOAK_SECONDS", 15.0);
