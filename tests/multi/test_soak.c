@@ -102,7 +102,7 @@ static void make_groups(void) {
       perm[i] = perm[j];
       perm[j] = t;
     }
-    s->n = k == 1 ? h_size : 1 + (int)below((unsigned)h_size);
+    s->n = k == 1 ? h_size : chance(20) ? 1 : 2 + (int)below((unsigned)h_size - 1);
     int len = snprintf(s->name, sizeof s->name, "soak%d[", k);
     s->idx = -1;
     for (int i = 0; i < s->n; i++) {
@@ -320,6 +320,23 @@ static void draw_op(sop *o, int64_t step, int opi, int in_batch) {
     for (int i = 0; i < MAX_MSG; i++) o->mcount[i] = i == 0 ? o->count : draw_count(K_P2P, o->dt, n);
     if (o->dst == o->src && o->mode == A_BLOCKING) o->mode = A_WAIT; /* a blocking self-send cannot complete */
   }
+}
+
+/* What the stream covered (the whole job's): ops per kind, size class, async, buffers. */
+static long long n_kind[K_COUNT], n_zero, n_one, n_large, n_async, n_later, n_zc, n_mixed, n_sub;
+
+static void tally(const sop *o) {
+  size_t bytes = o->count * par_dtype_size(o->dt);
+  if (o->kind == H_ALLGATHER || o->kind == H_REDUCE_SCATTER || o->kind == H_ALLTOALL) bytes *= (size_t)groups[o->gi].n;
+  n_kind[o->kind]++;
+  n_zero += o->kind != K_BARRIER && o->count == 0;
+  n_one += o->kind != K_BARRIER && o->count == 1;
+  n_large += o->kind != K_BARRIER && bytes >= (1u << 20);
+  n_async += o->mode != A_BLOCKING;
+  n_later += o->due > o->step;
+  n_zc += o->zc_mode == 1;
+  n_mixed += o->zc_mode == 2;
+  n_sub += o->gi != 0;
 }
 
 static const char *mode_name(amode m) { return m == A_BLOCKING ? "blocking" : m == A_WAIT ? "async+wait" : "async+test"; }
@@ -690,7 +707,7 @@ int main(void) {
   seed = (uint64_t)sv;
   rng = mix(seed);
   if (h_rank == 0)
-    printf("test_soak: seed %" PRIu64 " (PAR_SOAK_SEED=%" PRIu64 " replays it), %d ranks, %.0f s%s\n", seed, seed,
+    printf("test_soak: seed %" PRIu64 " (PAR_SOAK_SEED=%" PRIu64 " replays it), %d ranks, up to %.0f s%s\n", seed, seed,
            h_size, seconds, max_rank_ops ? " or the rank-ops limit" : "");
 
   make_groups();
@@ -702,13 +719,14 @@ int main(void) {
   for (int stop = 0; !stop; step++) {
     /* Draw the whole step first: every rank draws the same numbers, member or not. */
     sop *ops[MAX_BATCH];
-    int nops = chance(20) ? 2 + (int)below(MAX_BATCH - 1) : 1;
+    int nops = chance(12) ? 2 + (int)below(MAX_BATCH - 1) : 1;
     for (int i = 0; i < nops; i++) {
       ops[i] = malloc(sizeof(sop));
       if (!ops[i]) h_fail(__FILE__, __LINE__, "out of memory");
       draw_op(ops[i], step, i, nops > 1);
       total_ops++;
       total_rank_ops += participants(ops[i]);
+      tally(ops[i]);
     }
     for (int i = 0; i < nops; i++) {
       sop *o = ops[i];
@@ -749,6 +767,12 @@ int main(void) {
     printf("test_soak: seed %" PRIu64 ", %d ranks, %.1f s: %lld ops, %" PRId64 " rank-ops (%.0f/s), %" PRId64
            " bytes checked, %" PRId64 " wrong, %" PRId64 " errors, 0 hangs\n",
            seed, h_size, elapsed, total_ops, sum[0], (double)sum[0] / elapsed, sum[1], sum[2], sum[3]);
+  if (h_rank == 0) {
+    printf("test_soak: kinds:");
+    for (int k = 0; k < K_COUNT; k++) printf(" %s %lld", kind_name(k), n_kind[k]);
+    printf("; count 0: %lld, 1: %lld, >= 1 MiB: %lld; async %lld (waited steps later %lld); par_alloc %lld, "
+           "mixed %lld; on subgroups %lld\n", n_zero, n_one, n_large, n_async, n_later, n_zc, n_mixed, n_sub);
+  }
   /* Every rank ran its share of the stream: the ranks' ops add up to the stream's rank-ops. */
   EXPECT_TRUE(sum[0] == total_rank_ops, "the ranks ran %" PRId64 " rank-ops together, the stream has %lld", sum[0],
               total_rank_ops);
