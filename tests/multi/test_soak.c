@@ -20,10 +20,11 @@
  * status fails the rank at once; a hang fails through the groups' timeout (PAR_SOAK_TIMEOUT,
  * default 60 s).
  *
- * Bounded by PAR_SOAK_SECONDS (default 15) and PAR_SOAK_OPS (rank-ops, default unlimited):
- * every CHECKPOINT steps rank 0 broadcasts whether to stop, with its step number, which every
- * rank compares with its own. At the end each rank prints what it ran and rank 0 the totals
- * (ops, rank-ops = ops times the ranks that took part, bytes checked, wrong, errors).
+ * Bounded by PAR_SOAK_SECONDS (default 15; 0: no limit) and PAR_SOAK_OPS (rank-ops; default
+ * none), whichever comes first: every CHECKPOINT steps rank 0 broadcasts whether to stop, with
+ * its step number, which every rank compares with its own. At the end each rank prints what it
+ * ran and rank 0 the totals (ops, rank-ops = ops times the ranks that took part, bytes checked,
+ * wrong, errors) and what the stream covered.
  * PAR_SOAK_TRACE=1 prints every op a rank takes part in before it is issued; PAR_SOAK_ZC=0
  * uses malloc'ed buffers only (the stream is otherwise the same), to tell zero-copy bugs apart.
  *
@@ -69,11 +70,12 @@ static unsigned local_choice(int64_t step, int opi, unsigned what, unsigned n) {
 /* ---------------------------------------------------------------------------------------- */
 
 #define MAX_GROUPS 5
+#define MAX_RANKS 64
 
 typedef struct sgroup {
   par_group *g; /* NULL on non-members */
   int n;
-  int ranks[64];
+  int ranks[MAX_RANKS];
   int idx;      /* this rank's index, -1 when not a member */
   char name[64];
 } sgroup;
@@ -83,7 +85,7 @@ static int ngroups;
 static double op_timeout = 60.0;
 
 /* Group 0 is the world group; group 1 the whole world in a random order; the others random
- * subsets of random size (1..n) in random order. The lists come from the shared stream, so
+ * subsets (of 2..n members, one time in five of 1) in random order. The lists come from the shared stream, so
  * every rank knows every group; members create theirs in list order, which every rank shares. */
 static void make_groups(void) {
   sgroup *w = &groups[0];
@@ -95,7 +97,7 @@ static void make_groups(void) {
   ngroups = MAX_GROUPS;
   for (int k = 1; k < ngroups; k++) {
     sgroup *s = &groups[k];
-    int perm[64];
+    int perm[MAX_RANKS];
     for (int i = 0; i < h_size; i++) perm[i] = i;
     for (int i = h_size - 1; i > 0; i--) {
       int j = (int)below((unsigned)i + 1), t = perm[i];
@@ -687,6 +689,7 @@ static double env_double(const char *name, double def) {
 int main(void) {
   h_init("test_soak");
   par_group *world = par_world_group(h_world);
+  EXPECT_TRUE(h_size <= MAX_RANKS, "at most %d ranks, got %d", MAX_RANKS, h_size);
   trace = env_double("PAR_SOAK_TRACE", 0) != 0;
   use_zc = env_double("PAR_SOAK_ZC", 1) != 0;
   if (!getenv("PAR_TIMEOUT")) op_timeout = env_double("PAR_SOAK_TIMEOUT", 60.0);
