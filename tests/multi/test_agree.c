@@ -13,10 +13,20 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "harness.h"
 
 static par_group *world;
+
+/* Whether PAR_CHECK asks for op numbers to be compared too (docs/env.md's values). */
+static int check_on(void) {
+  const char *v = getenv("PAR_CHECK");
+  const char *yes[] = {"1", "true", "yes", "on"};
+  for (int i = 0; v && i < 4; i++)
+    if (!strcasecmp(v, yes[i])) return 1;
+  return 0;
+}
 
 /* One side of a disagreement: what a member calls. */
 typedef struct call {
@@ -71,6 +81,9 @@ static void disagree(const char *what, call base, call odd, const char *base_wor
   const char *msg = par_group_last_error(world);
   EXPECT_STATUS(PAR_ERR_MISMATCH, s);
   EXPECT_MSG(msg, "disagree", base_word, odd_word);
+  EXPECT_TRUE((strstr(msg, " as op #") != NULL) == check_on(),
+              "op numbers are compared exactly when PAR_CHECK is true (PAR_CHECK=%s): %s",
+              getenv("PAR_CHECK") ? getenv("PAR_CHECK") : "(unset)", msg);
   h_check_guards(send, __FILE__, __LINE__, "sendbuf");
   h_check_guards(recv, __FILE__, __LINE__, "recvbuf");
   if (c->coll != H_ALLREDUCE && c->coll != H_REDUCE)
