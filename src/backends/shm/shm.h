@@ -25,6 +25,7 @@
 #define SHM_VERSION 4
 #define SHM_LINE 128 /* two cache lines: adjacent-line prefetch must not couple flags */
 #define SHM_DEFAULT_CHUNK (256u << 10)
+#define SHM_MAX_CHUNK (64u << 20) /* PAR_SHM_CHUNK's maximum */
 #define SHM_P2P_CHUNK (32u << 10)
 #define SHM_P2P_SLOTS 4u
 #define SHM_SMALL_MAX (32u << 10) /* allreduce/reduce at most this size take one round */
@@ -168,6 +169,14 @@ static inline shm_slot *shm_slot_of(shm_state *st, shm_chan *ch, uint64_t i) {
   size_t per = sizeof(shm_slot) + st->hdr->p2p_chunk;
   return (shm_slot *)((char *)ch + sizeof(shm_chan) + (size_t)(i % st->hdr->p2p_slots) * per);
 }
+
+/* The header of a segment for n members with rounds of `chunk` bytes per member (the creator
+ * writes it; par__shm_header_check recomputes it). */
+void par__shm_layout(shm_header *h, int n, size_t chunk);
+/* Checks a segment's header as a member that attaches reads it (another process wrote it):
+ * this version, n members, and a layout that follows from n and the chunk and fills exactly
+ * the `mapped` bytes. PAR_ERR_PROTOCOL with a detail otherwise. */
+par_status par__shm_header_check(const shm_header *h, size_t mapped, int n);
 
 /* Collectives (shm_coll.c) and point-to-point (shm_p2p.c). */
 par_status par__shm_collective(par_group *g, shm_state *st, const par__op *op);

@@ -245,16 +245,15 @@ static par_status peer_read(shm_state *st, const shm_waitctx *wc, int j, int out
 }
 
 /* The first round: everyone publishes its buffers and learns everyone else's. A local copy
- * that needs nobody else (len > 0) is done while the others arrive. */
+ * that needs nobody else (len > 0) is done once the members agree. */
 static par_status sc_publish(shm_state *st, const shm_waitctx *wc, const par__op *op,
                              size_t sbytes, size_t rbytes, zc_info *zi, void *dst,
                              const void *src, size_t len) {
   int s;
   PAR_FORWARD_IF_ERROR(first_round(st, wc, op, &s));
   zc_publish(wc, st, op, s, sbytes, rbytes);
-  uint64_t e = post_next(st);
-  if (len) memcpy(dst, src, len); /* the caller's own block of its own output */
-  PAR_FORWARD_IF_ERROR(first_wait(st, wc, s, e));
+  PAR_FORWARD_IF_ERROR(first_wait(st, wc, s, post_next(st)));
+  if (len) memcpy(dst, src, len); /* only once the members agree: the output is theirs */
   par_status r = zc_resolve(wc, st, op, s, sbytes, rbytes, zi);
   round_end(st);
   if (r < 0) par__shm_abort(st); /* the others are about to use this member's buffers */
