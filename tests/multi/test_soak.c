@@ -709,15 +709,18 @@ int main(void) {
   CHECK(world, par_broadcast(world, &sv, 1, PAR_I64, 0));
   seed = (uint64_t)sv;
   rng = mix(seed);
-  if (h_rank == 0)
-    printf("test_soak: seed %" PRIu64 " (PAR_SOAK_SEED=%" PRIu64 " replays it), %d ranks, up to %.0f s%s\n", seed, seed,
-           h_size, seconds, max_rank_ops ? " or the rank-ops limit" : "");
+  if (h_rank == 0) {
+    printf("test_soak: seed %" PRIu64 " (PAR_SOAK_SEED=%" PRIu64 " replays it), %d ranks, until", seed, seed, h_size);
+    if (seconds > 0) printf(" %.0f s%s", seconds, max_rank_ops > 0 ? " or" : "");
+    if (max_rank_ops > 0) printf(" %lld rank-ops", max_rank_ops);
+    printf("%s\n", seconds > 0 || max_rank_ops > 0 ? "" : " stopped (no limit)");
+  }
 
   make_groups();
   if (h_rank == 0)
     for (int k = 1; k < ngroups; k++) printf("test_soak: group %s\n", groups[k].name);
 
-  double t0 = h_now();
+  double t0 = h_now(), t_progress = t0;
   int64_t step = 0;
   for (int stop = 0; !stop; step++) {
     /* Draw the whole step first: every rank draws the same numbers, member or not. */
@@ -750,8 +753,15 @@ int main(void) {
 
     if (step % CHECKPOINT == CHECKPOINT - 1) {
       int64_t word[2] = {0, step};
-      if (h_rank == 0)
-        word[0] = (seconds > 0 && h_now() - t0 >= seconds) || (max_rank_ops > 0 && total_rank_ops >= max_rank_ops);
+      double now = h_now();
+      if (h_rank == 0) {
+        word[0] = (seconds > 0 && now - t0 >= seconds) || (max_rank_ops > 0 && total_rank_ops >= max_rank_ops);
+        if (now - t_progress >= 60) { /* long runs say how far they are */
+          t_progress = now;
+          printf("test_soak: %.0f s: %" PRId64 " steps, %lld ops, %lld rank-ops\n", now - t0, step + 1, total_ops,
+                 total_rank_ops);
+        }
+      }
       h_context("seed %" PRIu64 " step %" PRId64 ": checkpoint broadcast on the world", seed, step);
       CHECK(world, par_broadcast(world, word, 2, PAR_I64, 0));
       EXPECT_TRUE(word[1] == step, "rank 0 is at step %" PRId64 " at the checkpoint, I am at %" PRId64, word[1], step);
