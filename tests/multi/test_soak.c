@@ -130,18 +130,69 @@ static void make_groups(void) {
 
 typedef struct sbuf {
   unsigned char *raw, *data;
-  size_t bytes;
+  size_t bytes, cap;
   int zc; /* from par_alloc */
 } sbuf;
+
+/*
+ * par_alloc'ed blocks are mostly reused, as a program would: a freed block goes back to a pool
+ * (by size class, powers of two) and the next op that fits takes it, so a peer that still read
+ * it after the op had completed here would see the next op's data. One block in POOL_CHURN is
+ * really freed (par_free), so a peer that still needed it would fail to map it or read freed
+ * memory. (Peers keep mappings of freed blocks until the world ends, so churn costs memory.)
+ */
+#define POOL_CLASSES 16 /* 4 KiB .. 128 MiB */
+#define POOL_DEPTH 4
+#define POOL_CHURN 16
+
+static void *pool[POOL_CLASSES][POOL_DEPTH];
+static int npool[POOL_CLASSES];
+static uint64_t pool_draws;
+
+static int size_class(size_t total) {
+  int c = 0;
+  while (c < POOL_CLASSES - 1 && ((size_t)4096 << c) < total) c++;
+  return c;
+}
+
+static void *zc_get(size_t total, size_t *cap) {
+  int c = size_class(total);
+  *cap = (size_t)4096 << c;
+  if (*cap < total) *cap = total; /* beyond the largest class: not pooled */
+  if (*cap == (size_t)4096 << c && npool[c] > 0) return pool[c][--npool[c]];
+  void *raw = NULL;
+  par_status s = par_alloc(h_world, *cap, &raw);
+  if (s != PAR_OK) h_fail_call(__FILE__, __LINE__, "par_alloc", s, NULL, NULL);
+  return raw;
+}
+
+static void zc_put(void *raw, size_t cap) {
+  int c = size_class(cap);
+  int churn = mix(seed ^ ((uint64_t)(unsigned)h_rank << 48) ^ pool_draws++) % POOL_CHURN == 0;
+  if (churn || cap != (size_t)4096 << c || npool[c] == POOL_DEPTH) {
+    par_status s = par_free(h_world, raw);
+    if (s != PAR_OK) h_fail_call(__FILE__, __LINE__, "par_free", s, NULL, NULL);
+    return;
+  }
+  pool[c][npool[c]++] = raw;
+}
+
+static void pool_drain(void) {
+  for (int c = 0; c < POOL_CLASSES; c++)
+    while (npool[c] > 0) {
+      par_status s = par_free(h_world, pool[c][--npool[c]]);
+      if (s != PAR_OK) h_fail_call(__FILE__, __LINE__, "par_free", s, NULL, NULL);
+    }
+}
 
 static unsigned char guard_byte(size_t i) { return (unsigned char)(0xA7 + i * 13); }
 
 static void sb_alloc(sbuf *b, int zc, size_t bytes, size_t misalign) {
   size_t total = (2 * GUARD + misalign + bytes + 63) & ~(size_t)63;
   void *raw = NULL;
+  b->cap = total;
   if (zc) {
-    par_status s = par_alloc(h_world, total, &raw);
-    if (s != PAR_OK) h_fail_call(__FILE__, __LINE__, "par_alloc", s, NULL, NULL);
+    raw = zc_get(total, &b->cap);
   } else {
     raw = aligned_alloc(64, total);
     if (!raw) h_fail(__FILE__, __LINE__, "out of memory allocating %zu bytes", total);
@@ -158,8 +209,7 @@ static void sb_alloc(sbuf *b, int zc, size_t bytes, size_t misalign) {
 static void sb_free(sbuf *b) {
   if (!b->raw) return;
   if (b->zc) {
-    par_status s = par_free(h_world, b->raw);
-    if (s != PAR_OK) h_fail_call(__FILE__, __LINE__, "par_free", s, NULL, NULL);
+    zc_put(b->raw, b->cap);
   } else {
     free(b->raw);
   }
@@ -791,6 +841,7 @@ int main(void) {
               total_rank_ops);
   EXPECT_TRUE(sum[2] == 0, "no wrong result on any rank (seed %" PRIu64 "), got %" PRId64 " (this rank: %lld)", seed,
               sum[2], my_wrong);
+  pool_drain();
   for (int k = 1; k < ngroups; k++) par_group_destroy(groups[k].g);
   return h_finish();
 }
