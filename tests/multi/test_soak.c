@@ -26,7 +26,8 @@
  * ran and rank 0 the totals (ops, rank-ops = ops times the ranks that took part, bytes checked,
  * wrong, errors) and what the stream covered.
  * PAR_SOAK_TRACE=1 prints every op a rank takes part in before it is issued; PAR_SOAK_ZC=0
- * uses malloc'ed buffers only (the stream is otherwise the same), to tell zero-copy bugs apart.
+ * uses malloc'ed buffers only (the stream is otherwise the same), to tell zero-copy bugs apart;
+ * PAR_SOAK_CHURN sets how often a par_alloc'ed block is freed rather than reused (below).
  *
  * PAR_TEST_RANKS: 2 3 5
  */
@@ -137,13 +138,14 @@ typedef struct sbuf {
 /*
  * par_alloc'ed blocks are mostly reused, as a program would: a freed block goes back to a pool
  * (by size class, powers of two) and the next op that fits takes it, so a peer that still read
- * it after the op had completed here would see the next op's data. One block in POOL_CHURN is
- * really freed (par_free), so a peer that still needed it would fail to map it or read freed
- * memory. (Peers keep mappings of freed blocks until the world ends, so churn costs memory.)
+ * it after the op had completed here would see the next op's data. One block in `churn`
+ * (PAR_SOAK_CHURN, default 2) is really freed (par_free), so a peer that still needed it would
+ * fail to map it or read freed memory. Peers keep their mappings of freed blocks until the
+ * world ends, so long runs use a higher PAR_SOAK_CHURN to bound the memory held.
  */
 #define POOL_CLASSES 16 /* 4 KiB .. 128 MiB */
 #define POOL_DEPTH 4
-#define POOL_CHURN 16
+static unsigned churn = 2;
 
 static void *pool[POOL_CLASSES][POOL_DEPTH];
 static int npool[POOL_CLASSES];
@@ -168,8 +170,8 @@ static void *zc_get(size_t total, size_t *cap) {
 
 static void zc_put(void *raw, size_t cap) {
   int c = size_class(cap);
-  int churn = mix(seed ^ ((uint64_t)(unsigned)h_rank << 48) ^ pool_draws++) % POOL_CHURN == 0;
-  if (churn || cap != (size_t)4096 << c || npool[c] == POOL_DEPTH) {
+  int really = mix(seed ^ ((uint64_t)(unsigned)h_rank << 48) ^ pool_draws++) % churn == 0;
+  if (really || cap != (size_t)4096 << c || npool[c] == POOL_DEPTH) {
     par_status s = par_free(h_world, raw);
     if (s != PAR_OK) h_fail_call(__FILE__, __LINE__, "par_free", s, NULL, NULL);
     return;
@@ -742,6 +744,8 @@ int main(void) {
   EXPECT_TRUE(h_size <= MAX_RANKS, "at most %d ranks, got %d", MAX_RANKS, h_size);
   trace = env_double("PAR_SOAK_TRACE", 0) != 0;
   use_zc = env_double("PAR_SOAK_ZC", 1) != 0;
+  churn = (unsigned)env_double("PAR_SOAK_CHURN", 2);
+  if (churn < 1) churn = 1;
   if (!getenv("PAR_TIMEOUT")) op_timeout = env_double("PAR_SOAK_TIMEOUT", 60.0);
   CHECK(world, par_group_set_timeout(world, op_timeout));
   double seconds = env_double("PAR_SOAK_SECONDS", 15.0);
