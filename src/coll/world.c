@@ -5,6 +5,7 @@
  * A runtime that started the process (MPI under mpirun or srun; see par__runtime) replaces
  * who-am-I and the store's rendezvous when this build has one.
  */
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,8 +13,10 @@
 
 #include "coll/group.h"
 
+/* Sized so that "host/boot" always fits host_id: Linux host names have at most HOST_NAME_MAX
+ * bytes, and a boot id is 36. */
 static void read_host_id(char *out, size_t len) {
-  char host[128] = "localhost", boot[64] = "";
+  char host[HOST_NAME_MAX + 1] = "localhost", boot[64] = "";
   gethostname(host, sizeof host - 1);
   FILE *f = fopen("/proc/sys/kernel/random/boot_id", "r");
   if (f) {
