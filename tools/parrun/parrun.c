@@ -45,6 +45,7 @@ static const char *usage_text =
     "  --bind-to B   core (default): rank i runs on the (i mod C)-th of the C CPUs parrun\n"
     "                may use; none: let the kernel place them\n"
     "  -h, --help    show this help\n"
+    "  --version     print parrun's version and exit\n"
     "\n"
     "Each rank gets RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT,\n"
     "PAR_STORE_ADDR, PAR_TOKEN, PAR_JOB_ID and PAR_CPUS. Output lines are prefixed with\n"
@@ -334,6 +335,10 @@ static int parse_args(int argc, char **argv, int *n, double *timeout, int *bind,
     const char *a = argv[i], *val = NULL;
     if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
       fputs(usage_text, stdout);
+      exit(0);
+    }
+    if (!strcmp(a, "--version")) {
+      printf("parrun (par) %s\n", par_version_string());
       exit(0);
     }
     if (!strcmp(a, "--")) {
