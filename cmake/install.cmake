@@ -35,17 +35,11 @@ install(FILES ${CMAKE_BINARY_DIR}/parConfig.cmake ${CMAKE_BINARY_DIR}/parConfigV
 
 # --- par.pc ----------------------------------------------------------------------------------
 # Relocatable: the prefix is computed from where pkg-config finds the file (${pcfiledir}),
-# so `cmake --install build --prefix P`, a package, or a tree copied elsewhere all point at
-# themselves. Shared users get -lpar only (libpar.so records its own dependencies); static
-# users (pkg-config --static) also get the private ones, by pkg-config module where one
-# exists and never as an absolute path to a library file.
-if(IS_ABSOLUTE "${CMAKE_INSTALL_LIBDIR}" OR IS_ABSOLUTE "${CMAKE_INSTALL_INCLUDEDIR}")
-  set(PAR_PC_PREFIX "${CMAKE_INSTALL_PREFIX}")
-else()
-  file(RELATIVE_PATH rel "/p/${CMAKE_INSTALL_LIBDIR}/pkgconfig" "/p")
-  string(REGEX REPLACE "/$" "" rel "${rel}")
-  set(PAR_PC_PREFIX "\${pcfiledir}/${rel}")
-endif()
+# so `cmake --install build --prefix P` or a tree copied elsewhere point at themselves; an
+# install into /usr (the Debian packages) says /usr, which pkg-config then leaves out of
+# --cflags and --libs as a system directory. Shared users get -lpar only (libpar.so records
+# its own dependencies); static users (pkg-config --static) also get the private ones, by
+# pkg-config module where one exists and never as an absolute path to a library file.
 set(PAR_PC_REQUIRES_PRIVATE "libcrypto")
 set(PAR_PC_LIBS_PRIVATE "-pthread -lm -lrt")
 set(PAR_PC_CFLAGS "")
@@ -66,6 +60,22 @@ if(PAR_WITH_MPI)
     endforeach()
   endif()
 endif()
+if(IS_ABSOLUTE "${CMAKE_INSTALL_LIBDIR}" OR IS_ABSOLUTE "${CMAKE_INSTALL_INCLUDEDIR}")
+  set(PAR_PC_PREFIX "${CMAKE_INSTALL_PREFIX}") # absolute dirs: nothing to relocate
+else()
+  file(RELATIVE_PATH rel "/p/${CMAKE_INSTALL_LIBDIR}/pkgconfig" "/p")
+  string(REGEX REPLACE "/$" "" rel "${rel}")
+  set(PAR_PC_PREFIX "\${pcfiledir}/${rel}")
+endif()
 configure_file(${CMAKE_SOURCE_DIR}/cmake/par.pc.in ${CMAKE_BINARY_DIR}/par.pc @ONLY)
-install(FILES ${CMAKE_BINARY_DIR}/par.pc DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig
-        COMPONENT dev)
+set(PAR_PC_PREFIX /usr)
+configure_file(${CMAKE_SOURCE_DIR}/cmake/par.pc.in ${CMAKE_BINARY_DIR}/pc-usr/par.pc @ONLY)
+# Which of the two is chosen when installing, when the prefix is known (--prefix, or /usr
+# under cpack).
+install(CODE "
+  set(par_pc \"${CMAKE_BINARY_DIR}/par.pc\")
+  if(CMAKE_INSTALL_PREFIX STREQUAL \"/usr\")
+    set(par_pc \"${CMAKE_BINARY_DIR}/pc-usr/par.pc\")
+  endif()
+  file(INSTALL DESTINATION \"\${CMAKE_INSTALL_PREFIX}/${CMAKE_INSTALL_LIBDIR}/pkgconfig\"
+       TYPE FILE FILES \"\${par_pc}\")" COMPONENT dev)
