@@ -216,8 +216,7 @@ par_status par_free(par_world *world, void *ptr);
 typedef enum par_backend {
   PAR_BACKEND_AUTO = 0, /* shm when all members share this host */
   PAR_BACKEND_SHM = 1,
-  PAR_BACKEND_TCP = 2,
-  PAR_BACKEND_MPI = 3,
+  PAR_BACKEND_MPI = 2, /* groups that span hosts need a world started by MPI (docs/mpi.md) */
   PAR_BACKEND_COUNT
 } par_backend;
 

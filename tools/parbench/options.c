@@ -288,7 +288,7 @@ int bench_parse_args(int argc, char **argv, bench_opts *o) {
     case OPT_ZERO_COPY: o->zero_copy = 1; break;
     case OPT_BACKEND:
       if (parse_list(optarg, add_backend, o) != 0)
-        return bad("--backend", optarg, "a comma list of auto, shm, tcp, mpi");
+        return bad("--backend", optarg, "a comma list of auto, shm, mpi");
       break;
     case 'h': bench_usage(stdout); return 1;
     case OPT_VERSION: printf("parbench (par) %s\n", par_version_string()); return 1;
