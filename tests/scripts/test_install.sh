@@ -18,7 +18,7 @@ fail() {
 }
 command -v pkg-config >/dev/null || { echo "FAIL: pkg-config is not installed" >&2; exit 1; }
 # A sanitizer build's libpar needs its programs built with the same sanitizers.
-SAN=$(sed -n 's/^PAR_SANITIZE:[A-Z]*=//p' "$B/CMakeCache.txt")
+SAN=$(sed -n 's/^PAR_SANITIZE:[A-Z]*=\([a-z].*\)/\1/p' "$B/CMakeCache.txt") # not OFF or empty
 CC=$(sed -n 's/^CMAKE_C_COMPILER:[A-Z]*=//p' "$B/CMakeCache.txt")
 CFLAGS=(${SAN:+-fsanitize=$SAN})
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0}

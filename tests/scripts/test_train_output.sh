@@ -118,7 +118,7 @@ fi
 # Under mpirun itself (each rank on a pseudo-terminal of Open MPI's), with mpirun's output in
 # a file. Needs an MPI build without sanitizers (Open MPI is not instrumented).
 if command -v mpirun >/dev/null && grep -q '^PAR_WITH_MPI:BOOL=ON' "$B/CMakeCache.txt" &&
-  ! grep -q '^PAR_SANITIZE:[A-Z]*=.\+' "$B/CMakeCache.txt"; then
+  ! grep -q '^PAR_SANITIZE:[A-Z]*=[a-z]' "$B/CMakeCache.txt"; then
   OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
     on_pty ctty "$TMP/mpirun.tty" sh -c "mpirun --oversubscribe -n 2 '$TRAIN' ${RUN[*]} >'$TMP/mpirun.out' 2>&1"
   if grep -q '^final loss' "$TMP/mpirun.out"; then
