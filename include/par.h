@@ -41,8 +41,7 @@ extern "C" {
 #define PAR_VERSION_MINOR 1
 #define PAR_VERSION_PATCH 0
 /* The header's version as one comparable number: major * 10000 + minor * 100 + patch. */
-#define PAR_VERSION_NUMBER                                                                     \
-  (PAR_VERSION_MAJOR * 10000 + PAR_VERSION_MINOR * 100 + PAR_VERSION_PATCH)
+#define PAR_VERSION_NUMBER (PAR_VERSION_MAJOR * 10000 + PAR_VERSION_MINOR * 100 + PAR_VERSION_PATCH)
 
 /* The version of the library the program runs with, as PAR_VERSION_NUMBER computes it (0.1.0
  * is 100). It differs from PAR_VERSION_NUMBER when the program was compiled against another

@@ -35,8 +35,8 @@ int report_plot_check(const char *path, char *msg, size_t len) {
   const char *dot = strrchr(path, '.'), *slash = strrchr(path, '/');
   const char *ext = dot && (!slash || dot > slash) ? dot + 1 : "";
   if (strcmp(ext, "svg") != 0) {
-    snprintf(msg, len, "--plot %s: train writes SVG only, so the name must end in .svg%s%s%s",
-             path, *ext ? " (for ." : "", ext, *ext ? ", convert the SVG, e.g. with rsvg-convert)" : "");
+    snprintf(msg, len, "--plot %s: train writes SVG only, so the name must end in .svg%s%s%s", path,
+             *ext ? " (for ." : "", ext, *ext ? ", convert the SVG, e.g. with rsvg-convert)" : "");
     return -1;
   }
   char dir[4096];

@@ -112,10 +112,10 @@ static float parse_float(const char *opt, const char *v) {
 
 /* The options that take a value. */
 static const char *const value_options[] = {
-    "--mp",       "--pp",     "--micro-batches", "--schedule", "--steps",       "--batch",
-    "--width",    "--hidden", "--blocks",        "--classes",  "--optim",       "--lr",
-    "--momentum", "--seed",   "--log-every",     "--plot",     "--die-at-step", "--die-rank",
-    "--progress"};
+    "--mp",    "--pp",          "--micro-batches", "--schedule", "--steps",
+    "--batch", "--width",       "--hidden",        "--blocks",   "--classes",
+    "--optim", "--lr",          "--momentum",      "--seed",     "--log-every",
+    "--plot",  "--die-at-step", "--die-rank",      "--progress"};
 
 static int takes_value(const char *name) {
   for (size_t i = 0; i < sizeof value_options / sizeof *value_options; i++)

@@ -75,10 +75,10 @@ typedef struct train_config {
   uint64_t seed;
   int log_every;
   const char *plot_path; /* NULL: no plot; else ends in .svg (checked by report_plot_check) */
-  progress_kind progress; /* --progress */
   int json;              /* one JSON line per logged step on stdout */
   int die_at_step;       /* testing aid: rank die_rank kills itself at this step (0: never) */
   int die_rank;
+  progress_kind progress; /* --progress: how the progress lines are shown */
 } train_config;
 
 /* ---------------------------------------------------------------------------------------- */

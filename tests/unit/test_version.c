@@ -23,8 +23,7 @@ static void test_number(void **state) {
 static void test_string(void **state) {
   (void)state;
   char want[32];
-  snprintf(want, sizeof want, "%d.%d.%d", PAR_VERSION_MAJOR, PAR_VERSION_MINOR,
-           PAR_VERSION_PATCH);
+  snprintf(want, sizeof want, "%d.%d.%d", PAR_VERSION_MAJOR, PAR_VERSION_MINOR, PAR_VERSION_PATCH);
   assert_string_equal(par_version_string(), want);
   assert_string_equal(par_version_string(), PAR_TEST_PROJECT_VERSION);
   /* Static storage: the same pointer every time. */
