@@ -15,11 +15,13 @@
 #  - Left out of a command (at its `&&`), and reported: installing packages (apt-get, sudo),
 #    and configuring, building and testing the build under test itself (`cmake -S . -B build`,
 #    `cmake --build build`, `ctest --test-dir build`), which is what made and runs this suite.
-#  - A command whose comment says "(slow)" is started and must not fail within 3 s (it is then
-#    stopped; one that finishes must exit 0): that catches a wrong option or a missing program
-#    without a minutes-long run.
+#  - A command whose comment, or the comment line just above it, says "(slow)" is started and
+#    must not fail within 3 s (it is then stopped; one that finishes must exit 0): that catches
+#    a wrong option or a missing program without a minutes-long run.
 #  - Skipped, and reported: commands that need a cluster (--hostfile, srun); mpirun commands
-#    unless mpirun is installed and the build has the mpi backend (mpirun's root and oversubscription permissions are given through the environment); and
+#    unless mpirun is installed and the build has the mpi backend (mpirun's root and
+#    oversubscription permissions are given through the environment); commands that use the
+#    Python package (build/python) when the build has none (PAR_PYTHON off); and
 #    docs/PERFORMANCE.md's reproduction commands (bench/compare.py and what it builds under
 #    build/bench*: minutes long, and they write into build/). In a sanitizer build the whole
 #    test is skipped: the documented runs would take minutes there.
@@ -59,6 +61,7 @@ python3 - "$TMP" "$MPI" README.md docs/*.md <<'PY'
 import os, re, subprocess, sys, time
 
 tmp, mpi, files = sys.argv[1], sys.argv[2] == "1", sys.argv[3:]
+python_built = os.path.isdir(os.path.join(tmp, "work", "build", "python", "par"))
 work, home = os.path.join(tmp, "work"), os.path.join(tmp, "home")
 bindir = os.path.join(work, "build", "bin")
 env = dict(os.environ, HOME=home, PATH=bindir + os.pathsep + os.environ["PATH"],
@@ -73,6 +76,8 @@ DROP = [(re.compile(r"^(sudo\s+)?apt-get\b|^sudo\b"), "installs packages"),
 SKIP = [(re.compile(r"--hostfile|^srun\b"), "needs a cluster"),
         (re.compile(r"bench/compare\.py|bench/plot\.py|build/bench"),
          "PERFORMANCE.md's reproduction: minutes long, writes into build/")]
+if not python_built:
+    SKIP.append((re.compile(r"build/python"), "the build has no Python package (PAR_PYTHON off)"))
 if not mpi:
     SKIP.append((re.compile(r"^mpirun\b"), "no mpirun, or no mpi backend"))
 
@@ -95,7 +100,7 @@ def blocks(path):
         i += 1
         yield kind, start + 1, body
 
-def shell_command(line, where):
+def shell_command(line, where, slow_above=False):
     """The line with dropped parts left out, or None when nothing is left or it is skipped."""
     code = line.split(" #")[0].strip() if not line.lstrip().startswith("#") else ""
     if not code:
@@ -114,7 +119,7 @@ def shell_command(line, where):
     if not kept:
         return None
     cmd = " && ".join(kept)
-    if "(slow)" in line:
+    if "(slow)" in line or slow_above:
         return ("rc=0; timeout -k 3 3 bash -c %s || rc=$?; [ $rc = 0 ] || [ $rc = 124 ] || "
                 "{ echo \"exit code $rc: %s\" >&2; exit 1; }") % (sh_quote(cmd), cmd.replace('"', "'"))
     return cmd
@@ -150,7 +155,7 @@ for path in files:
                     continue
                 joined.append(pending + line)
                 pending = ""
-            heredoc = None
+            heredoc, slow_above = None, False
             for line in joined:
                 if heredoc:  # a here-document's lines are data, not commands
                     script.append(line)
@@ -159,7 +164,11 @@ for path in files:
                     continue
                 m = re.search(r"<<-?\s*'?(\w+)'?", line)
                 heredoc = m.group(1) if m else None
-                cmd = shell_command(line, where)
+                if line.lstrip().startswith("#"):  # a comment line may mark the next command
+                    slow_above = "(slow)" in line
+                    continue
+                cmd = shell_command(line, where, slow_above)
+                slow_above = False
                 if cmd is not None:
                     script.append(cmd)
             if len(script) > 1 and any(l.strip() and not l.lstrip().startswith("#")
