@@ -365,3 +365,48 @@ void par__store_server_stop(par__store_server *srv) {
   close(srv->wake[1]);
   free(srv);
 }
+
+/* ---------------------------------------------------------------------------------------- */
+/* Who may reach a tokenless store                                                          */
+/* ---------------------------------------------------------------------------------------- */
+
+/* 1 when every address bind_host resolves to is a loopback one (127/8, ::1, or ::ffff:127/8):
+ * only processes on this host can reach the store then. */
+static int loopback_only(const char *bind_host) {
+  if (!bind_host || !*bind_host) return 0; /* the wildcard: every interface */
+  struct addrinfo hints = {0}, *res = NULL;
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  if (getaddrinfo(bind_host, NULL, &hints, &res) != 0) return 0;
+  int only = res != NULL;
+  for (struct addrinfo *a = res; a; a = a->ai_next) {
+    if (a->ai_family == AF_INET) {
+      uint32_t ip = ntohl(((const struct sockaddr_in *)a->ai_addr)->sin_addr.s_addr);
+      only &= (ip >> 24) == 127;
+    } else if (a->ai_family == AF_INET6) {
+      const struct in6_addr *ip = &((const struct sockaddr_in6 *)a->ai_addr)->sin6_addr;
+      only &= IN6_IS_ADDR_LOOPBACK(ip) || (IN6_IS_ADDR_V4MAPPED(ip) && ip->s6_addr[12] == 127);
+    } else {
+      only = 0;
+    }
+  }
+  freeaddrinfo(res);
+  return only;
+}
+
+par_status par__store_check_exposure(const char *bind_host, int port, const char *token,
+                                     int allow_no_token) {
+  if ((token && *token) || loopback_only(bind_host)) return PAR_OK;
+  const char *h = bind_host && *bind_host ? bind_host : "*";
+  PAR_RETURN_ERROR_IF(!allow_no_token, PAR_ERR_BOOTSTRAP,
+                      "store: refusing to listen on %s:%d without a job token: any host that "
+                      "can reach that address could join this job. Set PAR_TOKEN to one secret "
+                      "on every rank, or use MASTER_ADDR=127.0.0.1 for a job on one host, or "
+                      "set PAR_ALLOW_NO_TOKEN=1 to run unprotected anyway",
+                      h, port);
+  PAR__LOG_WARN("store: listening on %s:%d without a job token (PAR_ALLOW_NO_TOKEN=1): any "
+                "host that can reach that address can join this job",
+                h, port);
+  return PAR_OK;
+}
