@@ -141,8 +141,8 @@ check "no internal key name is the reason" lacks "$TMP/out" "par/host"
 check "after one PAR_TIMEOUT, not three (took $took s)" lt "$took" 6
 
 echo "# under ulimit -v: the job starts, or the failure says why (never a bare timeout)"
-if grep -qa __asan_init "$PARRUN"; then
-  echo "skip - AddressSanitizer reserves more address space than any ulimit -v here allows"
+if grep -qaE "__asan_init|__tsan_init" "$PARRUN"; then
+  echo "skip - a sanitizer reserves more address space than any ulimit -v here allows"
 else
   bad=0
   for kb in 14000 16000 18000 20000 22000 24000 28000 32000 40000; do
