@@ -197,7 +197,9 @@ static par_status refused(int fd, const char *addr, double deadline) {
   uint32_t len;
   int rc = read_response(fd, deadline, &status, &msg, &len);
   par_status st = par__error(PAR_ERR_BOOTSTRAP, "store %s refused the connection: %s", addr,
-                             rc ? resp_why(rc) : len ? (const char *)msg : "no reason given");
+                             rc    ? resp_why(rc)
+                             : len ? (const char *)msg
+                                   : "no reason given");
   free(msg);
   return st;
 }

@@ -335,8 +335,9 @@ static void check_auth(par__store_engine *e, par__store_conn *c, double now) {
   if (!e->token[0] && !e->warned_tokenless) {
     /* Anyone who can reach the port can do what this client did: say so, once. */
     e->warned_tokenless = 1;
-    PAR__LOG_WARN("store: admitted a client without a job token (PAR_TOKEN is unset): any "
-                  "process that can reach the store can join this job");
+    PAR__LOG_WARN(
+        "store: admitted a client without a job token (PAR_TOKEN is unset): any "
+        "process that can reach the store can join this job");
   }
   c->state = PAR__CONN_READY;
   reply(c, PAR__STORE_OK, NULL, 0);

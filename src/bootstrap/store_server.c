@@ -119,8 +119,8 @@ static void refuse(int fd, const char *why) {
   h[0] = PAR__STORE_ERROR;
   par__put_u32(h + 4, (uint32_t)len);
   memcpy(h + PAR__STORE_RESP_HDR, why, len);
-  ssize_t n = send(fd, buf, (size_t)(h + PAR__STORE_RESP_HDR + len - buf),
-                   MSG_NOSIGNAL | MSG_DONTWAIT);
+  ssize_t n =
+      send(fd, buf, (size_t)(h + PAR__STORE_RESP_HDR + len - buf), MSG_NOSIGNAL | MSG_DONTWAIT);
   (void)n;
   close(fd);
 }
@@ -133,8 +133,9 @@ static int refuse_with_reserve(par__store_server *srv) {
   srv->reserve_fd = -1;
   int fd = accept4(srv->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
   if (fd >= 0)
-    refuse(fd, "store: the server is out of file descriptors (ulimit -n) and cannot take "
-               "another connection");
+    refuse(fd,
+           "store: the server is out of file descriptors (ulimit -n) and cannot take "
+           "another connection");
   srv->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
   return fd >= 0 ? 0 : -1;
 }
@@ -310,8 +311,9 @@ par_status par__store_server_start(const char *bind_host, int port, const char *
    * short of memory fails here with a reason rather than refusing every client later. */
   uint8_t probe[PAR__STORE_MAC_LEN];
   if (RAND_bytes(probe, PAR__STORE_NONCE_LEN) != 1 || par__store_mac(token, probe, probe) != 0) {
-    st = par__error(PAR_ERR_SYSTEM, "store: OpenSSL cannot draw random bytes or compute "
-                                    "HMAC-SHA256 (out of memory?)");
+    st = par__error(PAR_ERR_SYSTEM,
+                    "store: OpenSSL cannot draw random bytes or compute "
+                    "HMAC-SHA256 (out of memory?)");
     goto fail_free;
   }
   srv->cap_pfds = 64;
@@ -405,8 +407,9 @@ par_status par__store_check_exposure(const char *bind_host, int port, const char
                       "on every rank, or use MASTER_ADDR=127.0.0.1 for a job on one host, or "
                       "set PAR_ALLOW_NO_TOKEN=1 to run unprotected anyway",
                       h, port);
-  PAR__LOG_WARN("store: listening on %s:%d without a job token (PAR_ALLOW_NO_TOKEN=1): any "
-                "host that can reach that address can join this job",
-                h, port);
+  PAR__LOG_WARN(
+      "store: listening on %s:%d without a job token (PAR_ALLOW_NO_TOKEN=1): any "
+      "host that can reach that address can join this job",
+      h, port);
   return PAR_OK;
 }

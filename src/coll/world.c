@@ -71,20 +71,20 @@ static par_status publish_job_id(par_world *w) {
 static par_status read_job_id(par_world *w) {
   char buf[sizeof w->job_id + 1];
   size_t len = 0;
-  PAR_FORWARD_IF_ERROR(
-      par__store_get(w->store, "par/job_id", buf, sizeof buf, &len, w->timeout_s));
+  PAR_FORWARD_IF_ERROR(par__store_get(w->store, "par/job_id", buf, sizeof buf, &len, w->timeout_s));
   return par__record_job_id("store key 'par/job_id'", buf, len, w->job_id, sizeof w->job_id);
 }
 
 /* The join timed out: names the ranks that never registered (their par/host key is missing),
- * the first few of them, and how many did join. */
-static par_status name_missing(par_world *w) {
+ * the first few of them, and how many did join (joins before this world's generation, worlds
+ * created earlier on the same store, do not count). */
+static par_status name_missing(par_world *w, int64_t generation) {
   char buf[32], list[160] = "";
   size_t len = 0, off = 0;
   int64_t joined = -1;
   if (par__store_get(w->store, "par/joined", buf, sizeof buf - 1, &len, 1e-3) == PAR_OK) {
     buf[len < sizeof buf ? len : sizeof buf - 1] = '\0';
-    joined = strtoll(buf, NULL, 10);
+    joined = strtoll(buf, NULL, 10) - generation * w->size;
   }
   int named = 0, first = -1;
   for (int r = 0; r < w->size && named < 6; r++) {
@@ -100,11 +100,12 @@ static par_status name_missing(par_world *w) {
   }
   int missing = joined >= 0 ? w->size - (int)joined : named;
   if (named == 0)
-    return par__error(PAR_ERR_TIMEOUT, "the world's %d ranks did not all join within %g s",
-                      w->size, w->timeout_s);
+    return par__error(PAR_ERR_TIMEOUT, "the world's %d ranks did not all join within %g s", w->size,
+                      w->timeout_s);
   if (missing == 1 && named == 1)
-    return par__error(PAR_ERR_TIMEOUT, "rank %d never joined the world within %g s (%d of %d "
-                      "ranks did)", first, w->timeout_s, w->size - 1, w->size);
+    return par__error(PAR_ERR_TIMEOUT,
+                      "rank %d never joined the world within %g s (%d of %d ranks did)", first,
+                      w->timeout_s, w->size - 1, w->size);
   return par__error(PAR_ERR_TIMEOUT, "%d ranks never joined the world within %g s: ranks %s%s",
                     missing > named ? missing : named, w->timeout_s, list,
                     missing > named ? ", ..." : "");
@@ -112,19 +113,24 @@ static par_status name_missing(par_world *w) {
 
 /* Every rank registers its host and counts itself in; all wait until the count is full, so
  * a rank that never starts is named after one timeout, here, rather than as a store key
- * that did not appear somewhere later. */
+ * that did not appear somewhere later. A process may create a world again on the same store
+ * (parrun's outlives each world): the count keeps growing, and each full `size` of it is one
+ * generation with a key of its own. No rank can count itself into the next generation before
+ * this one is full, since it would first have to finish this join. */
 static par_status join_world(par_world *w) {
-  char key[32];
+  char key[48];
   snprintf(key, sizeof key, "par/host/%d", w->rank);
   PAR_FORWARD_IF_ERROR(par__store_set(w->store, key, w->host_id, strlen(w->host_id)));
   if (w->rank == 0) PAR_FORWARD_IF_ERROR(publish_job_id(w));
   int64_t v = 0;
   PAR_FORWARD_IF_ERROR(par__store_add(w->store, "par/joined", 1, &v));
-  if (v == w->size) PAR_FORWARD_IF_ERROR(par__store_set(w->store, "par/joined/all", "1", 1));
+  int64_t generation = (v - 1) / w->size;
+  snprintf(key, sizeof key, "par/joined/all/%lld", (long long)generation);
+  if (v == (generation + 1) * w->size) PAR_FORWARD_IF_ERROR(par__store_set(w->store, key, "1", 1));
   char buf[4];
   size_t len;
-  par_status s = par__store_get(w->store, "par/joined/all", buf, sizeof buf, &len, w->timeout_s);
-  if (s == PAR_ERR_TIMEOUT) return name_missing(w);
+  par_status s = par__store_get(w->store, key, buf, sizeof buf, &len, w->timeout_s);
+  if (s == PAR_ERR_TIMEOUT) return name_missing(w, generation);
   PAR_FORWARD_IF_ERROR(s);
   return read_job_id(w);
 }

@@ -44,8 +44,7 @@ static void drain(par__store_conn *c, sink *k) {
   par__store_conn_sent(c, c->out_len - c->out_off);
 }
 
-static void feed(par__store_engine *e, par__store_conn *c, const uint8_t *p, size_t n,
-                 double now) {
+static void feed(par__store_engine *e, par__store_conn *c, const uint8_t *p, size_t n, double now) {
   while (n) {
     size_t room;
     uint8_t *dst = par__store_conn_input_space(c, &room);

@@ -13,11 +13,26 @@
 #include "core/core.h"
 
 static const char *const names[] = {
-    "RANK",          "WORLD_SIZE",         "LOCAL_RANK",           "LOCAL_WORLD_SIZE",
-    "MASTER_ADDR",   "MASTER_PORT",        "PAR_STORE_ADDR",       "PAR_TOKEN",
-    "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "PMI_RANK",    "PMI_SIZE",
-    "SLURM_PROCID",  "SLURM_NTASKS",       "SLURM_LOCALID",        "SLURM_TASKS_PER_NODE",
-    "SLURM_NODEID",  "PAR_ALLOW_NO_TOKEN", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALNRANKS",
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "PAR_STORE_ADDR",
+    "PAR_TOKEN",
+    "OMPI_COMM_WORLD_RANK",
+    "OMPI_COMM_WORLD_SIZE",
+    "PMI_RANK",
+    "PMI_SIZE",
+    "SLURM_PROCID",
+    "SLURM_NTASKS",
+    "SLURM_LOCALID",
+    "SLURM_TASKS_PER_NODE",
+    "SLURM_NODEID",
+    "PAR_ALLOW_NO_TOKEN",
+    "OMPI_COMM_WORLD_LOCAL_RANK",
+    "MPI_LOCALNRANKS",
 };
 #define NVARS (sizeof names / sizeof names[0])
 

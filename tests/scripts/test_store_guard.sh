@@ -4,8 +4,9 @@
 # a job starts while 1,200 idle strangers hold connections (and under ulimit -n 64 with 100);
 # a tokenless store on 0.0.0.0 refuses to start unless PAR_ALLOW_NO_TOKEN=1, then warns; two
 # jobs given the same PAR_JOB_ID get different job ids and both run; parrun cleans up only
-# its own job's segments; a rank that never starts is named after one PAR_TIMEOUT; under
-# ulimit -v the job either starts or says why, never a misleading timeout.
+# its own job's segments; worlds created one after another on parrun's store each join; a
+# rank that never starts is named after one PAR_TIMEOUT; under ulimit -v the job either
+# starts or says why, never a misleading timeout.
 set -u
 
 BUILD=${1:?usage: test_store_guard.sh BUILD_DIR}
@@ -127,6 +128,13 @@ check "its own group segment is removed" [ ! -e "/dev/shm/par-$job-0123456789abc
 check "its own buffer segment is removed" [ ! -e "/dev/shm/par-$job-m0.1" ]
 check "another job's (PAR_JOB_ID=$job) is kept" [ -e "/dev/shm/par-$job-0badc0de-0123456789abcdef.0" ]
 rm -f "/dev/shm/par-$job-"*
+
+echo "# worlds created one after another on parrun's store"
+PAR_TIMEOUT=20 timeout 60 "$PARRUN" -n 3 "$JOIN" --worlds 3 --iters 5 >"$TMP/out" 2>&1
+rc=$?
+show
+check "three worlds in a row join (exit $rc)" [ $rc -eq 0 ]
+check "every rank joined each of them" [ "$(count "$TMP/out" "joined in")" -eq 9 ]
 
 echo "# a rank that never starts"
 t0=$(now)

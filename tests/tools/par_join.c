@@ -2,8 +2,9 @@
  * par_join.c -- a small job for tests/scripts/test_store_guard.sh: every rank may first open
  * idle TCP connections to the job's rendezvous store (as a stranger on the host could) and
  * keep them open, then joins the world, checks a few all-reduces and prints its job id.
- * Usage: par_join [--flood N] [--iters K]. Exit 0 when the rank joined and every result was
- * right; 1 with the library's message when joining failed; 2 on a wrong result.
+ * Usage: par_join [--flood N] [--iters K] [--worlds W] (W worlds one after the other, on the
+ * same store). Exit 0 when the rank joined and every result was right; 1 with the library's
+ * message when joining failed; 2 on a wrong result.
  */
 #include <netdb.h>
 #include <par.h>
@@ -37,25 +38,8 @@ static int flood(const char *host, const char *port, int n) {
   return opened;
 }
 
-int main(int argc, char **argv) {
-  int nflood = 0, iters = 20;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    if (!strcmp(argv[i], "--flood")) nflood = atoi(argv[i + 1]);
-    else if (!strcmp(argv[i], "--iters")) iters = atoi(argv[i + 1]);
-  }
-  if (nflood > 0) {
-    char host[256] = "127.0.0.1", port[16] = "";
-    const char *addr = getenv("PAR_STORE_ADDR");
-    if (addr && strrchr(addr, ':')) {
-      snprintf(host, sizeof host, "%.*s", (int)(strrchr(addr, ':') - addr), addr);
-      snprintf(port, sizeof port, "%s", strrchr(addr, ':') + 1);
-    } else if (getenv("MASTER_ADDR") && getenv("MASTER_PORT")) {
-      snprintf(host, sizeof host, "%s", getenv("MASTER_ADDR"));
-      snprintf(port, sizeof port, "%s", getenv("MASTER_PORT"));
-    }
-    int got = flood(host, port, nflood);
-    fprintf(stderr, "flooded the store with %d idle connections\n", got);
-  }
+/* Joins a world, checks `iters` all-reduces, prints the job id, leaves. */
+static int one_world(int iters) {
   par_world *w;
   double t0 = par__now();
   if (par_world_create(NULL, &w) != PAR_OK) {
@@ -81,5 +65,35 @@ int main(int argc, char **argv) {
   printf("rank %d of %d joined in %.2f s, job %s\n", rank, size, par__now() - t0, w->job_id);
   fflush(stdout);
   par_world_destroy(w);
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  int nflood = 0, iters = 20, worlds = 1;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (!strcmp(argv[i], "--flood"))
+      nflood = atoi(argv[i + 1]);
+    else if (!strcmp(argv[i], "--iters"))
+      iters = atoi(argv[i + 1]);
+    else if (!strcmp(argv[i], "--worlds"))
+      worlds = atoi(argv[i + 1]);
+  }
+  if (nflood > 0) {
+    char host[256] = "127.0.0.1", port[16] = "";
+    const char *addr = getenv("PAR_STORE_ADDR");
+    if (addr && strrchr(addr, ':')) {
+      snprintf(host, sizeof host, "%.*s", (int)(strrchr(addr, ':') - addr), addr);
+      snprintf(port, sizeof port, "%s", strrchr(addr, ':') + 1);
+    } else if (getenv("MASTER_ADDR") && getenv("MASTER_PORT")) {
+      snprintf(host, sizeof host, "%s", getenv("MASTER_ADDR"));
+      snprintf(port, sizeof port, "%s", getenv("MASTER_PORT"));
+    }
+    int got = flood(host, port, nflood);
+    fprintf(stderr, "flooded the store with %d idle connections\n", got);
+  }
+  for (int k = 0; k < worlds; k++) {
+    int rc = one_world(iters);
+    if (rc) return rc;
+  }
   return 0;
 }

@@ -332,9 +332,10 @@ static void test_reserved_header_bytes_named(void **state) {
   uint8_t h[PAR__STORE_REQ_HDR] = {PAR__STORE_GET, 1, 0, 0};
   assert_int_equal(send(fd, h, sizeof h, 0), (ssize_t)sizeof h);
   assert_int_equal(raw_response(fd, msg, sizeof msg), PAR__STORE_ERROR);
-  assert_string_equal(msg, "store: request header (op 2) has non-zero reserved bytes 01 00 00: "
-                           "the client speaks another store protocol, or its stream is out of "
-                           "step");
+  assert_string_equal(msg,
+                      "store: request header (op 2) has non-zero reserved bytes 01 00 00: "
+                      "the client speaks another store protocol, or its stream is out of "
+                      "step");
   char c;
   assert_int_equal(recv(fd, &c, 1, 0), 0);
   close(fd);
