@@ -144,7 +144,8 @@ rc=$?
 took=$(since "$t0")
 show
 check "the job fails (exit $rc)" [ $rc -ne 0 ]
-check "rank 0 names rank 1 as never joined" has "$TMP/out" "[0] world: rank 1 never joined the world within 3 s"
+# Whichever of ranks 0 and 2 times out first says so; parrun then stops the other.
+check "a rank names rank 1 as never joined" grep -qE '^\[[02]\] world: rank 1 never joined the world within 3 s' "$TMP/out"
 check "no internal key name is the reason" lacks "$TMP/out" "par/host"
 check "after one PAR_TIMEOUT, not three (took $took s)" lt "$took" 6
 
@@ -154,12 +155,12 @@ if grep -qaE "__asan_init|__tsan_init" "$PARRUN"; then
 else
   bad=0
   for kb in 14000 16000 18000 20000 22000 24000 28000 32000 40000; do
-    (ulimit -v $kb && PAR_TIMEOUT=5 timeout 30 "$PARRUN" -n 2 "$JOIN" --iters 2 >"$TMP/out" 2>&1)
+    (ulimit -v $kb && PAR_TIMEOUT=20 timeout 60 "$PARRUN" -n 2 "$JOIN" --iters 2 >"$TMP/out" 2>&1)
     rc=$?
     what=started
     [ $rc -eq 0 ] || what="failed: $(grep -v '^parrun: rank' "$TMP/out" | head -n 1)"
     echo "    ulimit -v $kb: $what"
-    if [ $rc -ne 0 ] && grep -qiE 'timed out|within 5 s|no greeting' "$TMP/out"; then bad=1; fi
+    if [ $rc -ne 0 ] && grep -qiE 'timed out|within 20 s|no greeting' "$TMP/out"; then bad=1; fi
   done
   check "no run failed with a timeout" [ $bad -eq 0 ]
 fi
