@@ -267,6 +267,11 @@ par_status par__whoami_resolve(const par_world_options *opts,
     snprintf(who->token, sizeof who->token, "%s", token);
   }
 
+  int allow = -1;
+  PAR_FORWARD_IF_ERROR(env_int(get, "PAR_ALLOW_NO_TOKEN", 0, &allow));
+  PAR_RETURN_ERROR_IF(allow > 1, PAR_ERR_BOOTSTRAP, "PAR_ALLOW_NO_TOKEN=%d is not 0 or 1", allow);
+  who->allow_no_token = allow == 1;
+
   if (who->size == 1) {
     /* A world of one needs no rendezvous; an address given anyway was still checked above. */
     who->store_host[0] = '\0';
