@@ -11,6 +11,7 @@
  * temporary only for strided arrays.
  */
 #include <string.h>
+#include <time.h>
 
 #include "pypar.h"
 
@@ -408,6 +409,30 @@ static PyObject *tensor_gather(PyObject *m, PyObject *args, PyObject *kw) {
   return run(&c, async_op, out);
 }
 
+/* _c_allreduce_loop(tensor, iters, group=None) -> seconds: `iters` in-place par_allreduce
+ * calls on the tensor's memory in one C loop, the GIL released: the C cost of the op, against
+ * which bench/py_allreduce.py measures what the Python call adds. */
+static PyObject *c_allreduce_loop(PyObject *m, PyObject *args, PyObject *kw) {
+  (void)m;
+  static char *kwlist[] = {"tensor", "iters", "group", NULL};
+  PyObject *t, *group = Py_None;
+  long iters;
+  PARSE("Ol|O", &t, &iters, &group);
+  call c = {.kind = K_ALLREDUCE, .name = "all_reduce", .op = PAR_SUM};
+  if (get_group(&c, group) < 0 || add(&c, t, PYARR_WRITE, "tensor") < 0) FAIL();
+  par_status s = PAR_OK;
+  struct timespec t0, t1;
+  Py_BEGIN_ALLOW_THREADS clock_gettime(CLOCK_MONOTONIC, &t0);
+  for (long i = 0; i < iters && s == PAR_OK; i++) s = issue(&c, NULL);
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  Py_END_ALLOW_THREADS if (s != PAR_OK) {
+    pypar_raise(s, par_group_last_error(c.g));
+    FAIL();
+  }
+  release(&c);
+  return PyFloat_FromDouble((double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec));
+}
+
 #define KW(f) (PyCFunction)(void (*)(void))(f), METH_VARARGS | METH_KEYWORDS
 
 PyMethodDef pypar_op_methods[] = {
@@ -433,6 +458,8 @@ PyMethodDef pypar_op_methods[] = {
     {"recv", KW(recv), "recv(tensor, src, group=None, tag=0): returns src"},
     {"isend", KW(isend), "isend(tensor, dst, group=None, tag=0) -> Work"},
     {"irecv", KW(irecv), "irecv(tensor, src, group=None, tag=0) -> Work"},
+    {"_c_allreduce_loop", KW(c_allreduce_loop),
+     "_c_allreduce_loop(tensor, iters, group=None) -> seconds of iters C calls (benchmarks)"},
     {"_reduce_into", KW(reduce_into), "_reduce_into(tensor, op, group, async_op=False)"},
     {"_tensor_gather", KW(tensor_gather),
      "_tensor_gather(group, input, dim, output, async_op=False): par_tensor_gather"},

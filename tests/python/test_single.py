@@ -166,6 +166,13 @@ def test_bad_inputs():
     if torch is not None:
         with pytest.raises(par.DtypeError, match="complex"):
             par.all_reduce(torch.zeros(2, dtype=torch.complex64))
+        with pytest.raises(par.DtypeError, match="bool"):
+            par.all_reduce(torch.zeros(2, dtype=torch.bool))
+        with pytest.raises(par.DtypeError, match="int16"):
+            par.all_reduce(torch.zeros(2, dtype=torch.int16))
+        sub = torch.arange(10.0)[3:7]  # a view at a storage offset
+        par.broadcast(sub, 0)
+        assert sub.tolist() == [3.0, 4.0, 5.0, 6.0]
         with pytest.raises(par.InvalidArgumentError, match="requires grad"):
             par.all_reduce(torch.zeros(2, requires_grad=True))
         with pytest.raises(par.InvalidArgumentError, match="overlapping"):
