@@ -346,3 +346,33 @@ def test_timeout_error_carries_detail():
         assert isinstance(e.value, par.Error) and isinstance(e.value, TimeoutError)
     g.destroy()
     par.barrier()
+
+
+def test_the_gil_is_released_while_an_op_waits():
+    if N() < 2:
+        pytest.skip("needs a peer that arrives late")
+    import threading
+    import time
+    ticks = []
+    stop = threading.Event()
+
+    def tick():
+        while not stop.is_set():
+            ticks.append(1)
+            time.sleep(0.001)
+
+    if R() == 0:
+        th = threading.Thread(target=tick)
+        th.start()
+        time.sleep(0.02)
+        before = len(ticks)
+        t = np.ones(4)
+        par.all_reduce(t)  # blocks until the last rank arrives, 0.3 s later
+        during = len(ticks) - before
+        stop.set()
+        th.join()
+        assert during > 20, f"the other thread ran only {during} times during the op"
+        assert (t == N()).all()
+    else:
+        time.sleep(0.3 if R() == N() - 1 else 0)
+        par.all_reduce(np.ones(4))
