@@ -3,14 +3,18 @@ job, and what the Python call adds to par's C call:
 
     build/bin/parrun -n 8 env PYTHONPATH=build/python python3 bench/py_allreduce.py
 
-Sizes 8 B, 1 MiB and 64 MiB of float32 (--sizes to change). Each size is timed for both
-libraries in turn on the same tensor, after a warm-up; the time per op is the slowest rank's
-mean over the iterations. Rank 0 prints one line per size with the ratio par / gloo, and the
-8-byte op's Python overhead: par.all_reduce minus _c_allreduce_loop (the same C call in a C
-loop, no Python in between). docs/PERFORMANCE.md has the targets and recorded figures.
+Sizes 8 B, 1 MiB and 64 MiB of float32, in place (--sizes to change). For each size the two
+libraries are timed in turn on the same tensor after a warm-up, --reps times, alternating which
+goes first so that a change in the machine's load hits both; a timing is `iters` ops back to
+back after a barrier, and its time per op is the slowest rank's mean. Each side's figure is the
+median over the repetitions, and the ratio is par's median over gloo's. For 8 B the script also
+times _c_allreduce_loop, the same par_allreduce call in a C loop with no Python in between,
+alternating with the Python loop: the difference of the medians is what the Python call adds.
+Rank 0 prints the table; docs/PERFORMANCE.md has the targets and recorded figures.
 """
 import argparse
 import os
+import statistics
 import time
 
 import torch
@@ -20,7 +24,7 @@ import par
 
 
 def parse_size(s):
-    units = {"B": 1, "K": 1 << 10, "KiB": 1 << 10, "M": 1 << 20, "MiB": 1 << 20}
+    units = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "K": 1 << 10, "M": 1 << 20}
     for u in sorted(units, key=len, reverse=True):
         if s.endswith(u):
             return int(s[: -len(u)]) * units[u]
@@ -28,8 +32,8 @@ def parse_size(s):
 
 
 def iters_for(nbytes, budget_s):
-    # enough ops to fill the budget at a guessed ~1 GB/s, at least 3
-    return max(3, min(20000, int(budget_s / (5e-6 + nbytes / 1e9))))
+    # enough ops to fill the budget at a guessed ~0.5 GB/s, at least 3
+    return max(3, min(5000, int(budget_s / (20e-6 + nbytes / 5e8))))
 
 
 def slowest(seconds):
@@ -38,7 +42,7 @@ def slowest(seconds):
     return t.item()
 
 
-def time_loop(fn, iters):
+def timed(fn, iters):
     par.barrier()
     t0 = time.perf_counter()
     for _ in range(iters):
@@ -49,35 +53,43 @@ def time_loop(fn, iters):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="8B,1MiB,64MiB")
-    ap.add_argument("--budget", type=float, default=1.0, help="seconds per size and library")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--budget", type=float, default=0.3,
+                    help="seconds per timing (sets iters for each size)")
     args = ap.parse_args()
 
     dist.init_process_group("gloo", init_method="env://")
     par.init()
     rank, n = par.get_rank(), par.get_world_size()
-    if rank == 0:
-        print(f"# {n} ranks, torch {torch.__version__}, gloo vs par "
-              f"(PAR_BACKEND={os.environ.get('PAR_BACKEND', 'auto')})")
-        print(f"# {'size':>8} {'iters':>6} {'gloo us':>10} {'par us':>10} {'par/gloo':>9}")
+    say = print if rank == 0 else (lambda *a, **k: None)
+    say(f"# {n} ranks, torch {torch.__version__} gloo vs par "
+        f"(PAR_BACKEND={os.environ.get('PAR_BACKEND', 'auto')}), f32 sum in place, "
+        f"medians of {args.reps} alternating timings, load {os.getloadavg()[0]:.1f}")
+    say(f"# {'size':>8} {'iters':>6} {'gloo us':>10} {'par us':>10} {'par/gloo':>9}")
     for s in args.sizes.split(","):
         nbytes = parse_size(s)
         t = torch.ones(max(1, nbytes // 4), dtype=torch.float32)
         iters = iters_for(nbytes, args.budget)
-        for _ in range(min(iters, 20)):  # warm-up: connections, segments, caches
+        for _ in range(min(iters, 10)):  # warm-up: connections, segments, first touch
             dist.all_reduce(t)
             par.all_reduce(t)
-        g = time_loop(lambda: dist.all_reduce(t), iters)
-        p = time_loop(lambda: par.all_reduce(t), iters)
-        if rank == 0:
-            print(f"  {s:>8} {iters:>6} {g * 1e6:>10.1f} {p * 1e6:>10.1f} {p / g:>9.3f}",
-                  flush=True)
+        g, p = [], []
+        for r in range(args.reps):
+            sides = [(g, lambda: dist.all_reduce(t)), (p, lambda: par.all_reduce(t))]
+            for out, fn in (sides if r % 2 == 0 else sides[::-1]):
+                out.append(timed(fn, iters))
+        gm, pm = statistics.median(g), statistics.median(p)
+        say(f"  {s:>8} {iters:>6} {gm * 1e6:>10.1f} {pm * 1e6:>10.1f} {pm / gm:>9.3f}",
+            flush=True)
         if nbytes <= 64:
-            par.barrier()
-            c = slowest(par._par._c_allreduce_loop(t, iters)) / iters
-            py = time_loop(lambda: par.all_reduce(t), iters)
-            if rank == 0:
-                print(f"# {s}: C call {c * 1e6:.2f} us, Python call {py * 1e6:.2f} us: "
-                      f"the Python call adds {(py - c) * 1e6:.2f} us", flush=True)
+            c, py = [], []
+            for r in range(args.reps):
+                par.barrier()
+                c.append(slowest(par._par._c_allreduce_loop(t, iters)) / iters)
+                py.append(timed(lambda: par.all_reduce(t), iters))
+            cm, pym = statistics.median(c), statistics.median(py)
+            say(f"# {s}: C call {cm * 1e6:.2f} us, Python call {pym * 1e6:.2f} us: the Python "
+                f"call adds {(pym - cm) * 1e6:.2f} us", flush=True)
     par.destroy()
     dist.destroy_process_group()
 
