@@ -243,8 +243,8 @@ par_status par_group_set_timeout(par_group *group, double timeout_s);
 /*
  * Aborts the group: every pending and later op on it, on every member, fails with
  * PAR_ERR_ABORTED. Callable from any thread, including while another thread is blocked in an
- * op of the group. After an error other than a bad argument, a group is broken and must be
- * destroyed (as in NCCL).
+ * op of the group. After an error other than a bad argument or a mismatch, a group is broken
+ * and must be destroyed (as in NCCL).
  */
 void par_group_abort(par_group *group);
 
@@ -269,11 +269,15 @@ void par_work_free(par_work *work);
 /* Collectives                                                                                */
 /*                                                                                            */
 /* Every member of the group must issue the same collectives in the same order with matching  */
-/* dtype, count, op and root. Ops on a group complete in issue order. Results are bitwise     */
+/* dtype, count, op and root: members check this before any byte moves, and a difference is  */
+/* PAR_ERR_MISMATCH on every member, naming both calls (the group stays usable; with         */
+/* PAR_CHECK=1 they compare op numbers too). Send/recv are numbered per peer and never shift  */
+/* what collectives compare. Ops on a group complete in issue order. Results are bitwise     */
 /* identical on every rank and from run to run: reductions combine contributions in index    */
 /* order 0, 1, ..., n-1. Each blocking call has an _async form that returns a par_work in     */
 /* *work (NULL work pointer is an error); the blocking form is the async form plus wait.      */
-/* `count` is a number of elements; a count of 0 is valid and moves nothing.                  */
+/* `count` is a number of elements; a count of 0 is valid, moves nothing, and still checks    */
+/* that the members agree.                                                                    */
 /* ------------------------------------------------------------------------------------------ */
 
 /* Reduces `count` elements from every member and leaves the result in every member's recvbuf.

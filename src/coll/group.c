@@ -144,9 +144,11 @@ par_status par__group_create(par_world *w, const int *ranks, int n,
 
   par_group *g = calloc(1, sizeof *g);
   int *copy = malloc(sizeof(int) * (size_t)n);
-  if (!g || !copy) {
+  uint64_t *p2p_seq = calloc(2 * (size_t)n, sizeof *p2p_seq);
+  if (!g || !copy || !p2p_seq) {
     free(g);
     free(copy);
+    free(p2p_seq);
     return par__error(PAR_ERR_NOMEM, "par_group_create: out of memory");
   }
   memcpy(copy, ranks, sizeof(int) * (size_t)n);
@@ -154,6 +156,7 @@ par_status par__group_create(par_world *w, const int *ranks, int n,
   g->n = n;
   g->index = index;
   g->ranks = copy;
+  g->p2p_seq = p2p_seq;
   g->is_world = is_world;
   g->timeout_s = opts->timeout_s > 0 ? opts->timeout_s : w->timeout_s;
   snprintf(g->name, sizeof g->name, "%s", opts->name ? opts->name : "group");
@@ -196,6 +199,7 @@ void par__group_free(par_group *g) {
   pthread_cond_destroy(&g->cv);
   pthread_mutex_destroy(&g->mu);
   free(g->ranks);
+  free(g->p2p_seq);
   free(g);
 }
 

@@ -43,10 +43,72 @@ typedef struct par__op {
   par_dtype dt;
   par_op op;
   int root;
-  uint64_t seq;    /* issue number on the group, from 1 */
+  uint64_t seq;    /* collectives: issue number on the group, from 1, the same on every member;
+                     send/recv: issue number on the pair (this direction), from 1 */
   double deadline; /* absolute par__now() time; set when the op starts running */
   double timeout_s;
 } par__op;
+
+/* ---------------------------------------------------------------------------------------- */
+/* Member agreement (agree.c)                                                               */
+/* ---------------------------------------------------------------------------------------- */
+
+/* What the members of a group compare before a collective moves any byte: exact, with the
+ * fields an op does not use normalised away. `seq` is compared only under PAR_CHECK=1. */
+typedef struct par__desc {
+  uint64_t call; /* kind | dtype << 8 | reduction << 16 | (root + 1) << 32 */
+  uint64_t count;
+  uint64_t seq;
+} par__desc;
+
+void par__desc_of(const par__op *op, par__desc *d);
+/* One word that is equal for two descriptions exactly when they are, unless it is not exact
+ * (par__desc_word_exact is 0: counts >= 2^31 or roots >= 2^20): then equal words need a
+ * compare of the full descriptions. */
+uint64_t par__desc_word(const par__desc *d);
+int par__desc_word_exact(uint64_t w);
+/* The description an exact word packs (seq 0); 0 when the word is not exact. */
+int par__desc_unword(uint64_t w, par__desc *d);
+int par__desc_equal(const par__desc *a, const par__desc *b, int with_seq);
+/* PAR_ERR_MISMATCH naming this member's call and member j's. */
+par_status par__desc_mismatch(par_group *g, const par__desc *mine, int j,
+                              const par__desc *theirs, int with_seq);
+/* Compares this member's description with every member's (all[g->n]). */
+par_status par__desc_check(par_group *g, const par__desc *mine, const par__desc *all,
+                           int with_seq);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Flight recorder (recorder.c)                                                             */
+/* ---------------------------------------------------------------------------------------- */
+
+/* The last PAR__FLIGHT_LEN ops a group started, written by the thread that runs them (one
+ * at a time per group), read when an op fails. */
+#define PAR__FLIGHT_LEN 32
+
+typedef struct par__flight_entry {
+  uint64_t seq;
+  double start; /* par__now() when it started */
+  size_t count;
+  uint8_t kind, dt, red;
+  int8_t state; /* PAR__FLIGHT_* */
+  int root;     /* root or peer index */
+  par_status status;
+} par__flight_entry;
+
+enum { PAR__FLIGHT_RUNNING = 1, PAR__FLIGHT_DONE = 2, PAR__FLIGHT_FAILED = 3 };
+
+typedef struct par__flight {
+  par__flight_entry ring[PAR__FLIGHT_LEN];
+  uint64_t next;     /* entries recorded so far */
+  _Atomic int shown; /* the record was written to the log once */
+} par__flight;
+
+/* Records that an op starts; returns its position for par__flight_end. */
+uint64_t par__flight_start(par__flight *f, const par__op *op);
+void par__flight_end(par__flight *f, uint64_t pos, par_status st);
+/* Writes the group's record to the log at error level, once per group, when st is a
+ * timeout, a lost peer or an abort, with the failure's detail and the ops still queued. */
+void par__flight_report(par_group *g, par_status st, const char *detail);
 
 /* ---------------------------------------------------------------------------------------- */
 /* Backends                                                                                 */
@@ -194,7 +256,9 @@ struct par_group {
   int p2p_active; /* the worker is progressing a batch of send/recv ops */
   _Atomic int poke; /* set when send/recv ops were queued behind an active batch */
   pthread_t worker;
-  uint64_t seq;
+  uint64_t seq;      /* collectives issued */
+  uint64_t *p2p_seq; /* send/recv issued, per peer and direction: [2 * peer + (recv)] */
+  par__flight flight;
 };
 
 /* Internal group creation used for the world group too. */
@@ -223,6 +287,7 @@ struct par_work {
   par__then_fn then;
   void *then_ctx;
   void (*then_free)(void *ctx); /* frees then_ctx when the work is freed */
+  uint64_t flight_pos;          /* its place in the flight recorder + 1; 0: not started */
 };
 
 /* Issues a validated op: blocking (runs it, inline when the queue is idle) or async (queues it

@@ -29,9 +29,12 @@ static par_status refuse(par_group *g, const par__op *op) {
   return PAR_OK;
 }
 
-/* A failed transfer leaves the members out of step: the group cannot be trusted after it. */
+/* A failed transfer leaves the members out of step: the group cannot be trusted after it.
+ * A mismatch does not: every member found it in the same round, before any data moved. The
+ * flight recorder goes to the log when the failure is one a user must trace across ranks. */
 static void note_failure(par_group *g, par_status st) {
-  if (st < 0 && !atomic_load(&g->broken)) {
+  if (st < 0) par__flight_report(g, st, par__error_detail());
+  if (st < 0 && st != PAR_ERR_MISMATCH && !atomic_load(&g->broken)) {
     par__error_copy(g->broken_detail);
     atomic_store(&g->broken, (int)st);
   }
@@ -39,6 +42,7 @@ static void note_failure(par_group *g, par_status st) {
 
 /* Records an op's outcome (after its continuation, if any). */
 static void settle(par_work *w, par_status st) {
+  if (w->flight_pos) par__flight_end(&w->g->flight, w->flight_pos - 1, st);
   if (st >= 0 && w->then) st = w->then(w->then_ctx);
   w->status = st;
   if (st < 0)
@@ -47,7 +51,20 @@ static void settle(par_work *w, par_status st) {
     w->error[0] = '\0';
 }
 
-static void start_op(par_work *w) { w->op.deadline = par__now() + w->op.timeout_s; }
+static void start_op(par_work *w) {
+  w->op.deadline = par__now() + w->op.timeout_s;
+  w->flight_pos = par__flight_start(&w->g->flight, &w->op) + 1;
+}
+
+/* Numbers an op, under the queue's lock, in issue order: collectives on the group, which
+ * every member issues alike, send/recv on their pair and direction, which only the two ends
+ * issue -- so point-to-point traffic never shifts what collectives compare or wait on. */
+static void number(par_group *g, par__op *op) {
+  if (par__op_is_p2p(op->kind))
+    op->seq = ++g->p2p_seq[2 * op->root + (op->kind == PAR__RECV)];
+  else
+    op->seq = ++g->seq;
+}
 
 /* Runs a collective in the calling thread. Called with g->busy held. */
 static void execute(par_group *g, par_work *w) {
@@ -56,6 +73,7 @@ static void execute(par_group *g, par_work *w) {
   if (st == PAR_OK) {
     start_op(w);
     st = g->be->run(g, &w->op);
+    par__flight_end(&g->flight, w->flight_pos - 1, st);
     note_failure(g, st);
   }
   settle(w, st);
@@ -172,7 +190,7 @@ static par_status ensure_worker(par_group *g) {
 
 /* Called with g->mu held; returns 1 when the caller must poke the backend after unlocking. */
 static int enqueue(par_group *g, par_work *w) {
-  w->op.seq = ++g->seq; /* numbered in queue order, under the queue's lock */
+  number(g, &w->op);
   w->next = NULL;
   if (g->tail)
     g->tail->next = w;
@@ -198,6 +216,7 @@ static void work_init(par_work *w, par_group *g, const par__op *op) {
   w->then = NULL;
   w->then_ctx = NULL;
   w->then_free = NULL;
+  w->flight_pos = 0;
   if (w->op.timeout_s <= 0) w->op.timeout_s = g->timeout_s;
 }
 
@@ -238,7 +257,7 @@ par_status par__submit(par_group *g, const par__op *op, par_work **out) {
   work_init(&w, g, op);
   if (!g->busy && !g->head) {
     g->busy = 1;
-    w.op.seq = ++g->seq;
+    number(g, &w.op);
     par_work *one = &w;
     if (par__op_is_p2p(w.op.kind)) {
       execute_p2p(g, &one, 1, 0);

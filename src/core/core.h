@@ -64,7 +64,7 @@ typedef struct par__env {
   par_log_level log_level; /* PAR_LOG */
   double timeout_s;        /* PAR_TIMEOUT, default 300 */
   par_backend backend;     /* PAR_BACKEND, default auto */
-  int check;               /* PAR_CHECK=1: fingerprint every collective */
+  int check;               /* PAR_CHECK=1: members compare op numbers too */
   size_t shm_chunk;        /* PAR_SHM_CHUNK: bytes per rank per pipeline stage */
   int spin;                /* PAR_SPIN: spin iterations before sleeping; -1 = automatic */
   int shm_cma;             /* PAR_SHM_CMA: single-copy reads of peers' memory; -1 = auto */

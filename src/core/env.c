@@ -62,7 +62,15 @@ static void env_read(void) {
     else
       warn_later("PAR_BACKEND", v);
   }
-  if ((v = getenv("PAR_CHECK")) && *v) env.check = strcmp(v, "0") != 0;
+  if ((v = getenv("PAR_CHECK")) && *v) {
+    static const char *yes[] = {"1", "true", "yes", "on"}, *no[] = {"0", "false", "no", "off"};
+    int found = 0;
+    for (int i = 0; i < 4; i++) {
+      if (!strcasecmp(v, yes[i])) env.check = 1, found = 1;
+      if (!strcasecmp(v, no[i])) env.check = 0, found = 1;
+    }
+    if (!found) warn_later("PAR_CHECK", v);
+  }
   if ((v = getenv("PAR_SHM_CHUNK")) && *v) {
     char *end;
     unsigned long long c = strtoull(v, &end, 10);

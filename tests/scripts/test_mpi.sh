@@ -117,7 +117,7 @@ h=$((OMPI_COMM_WORLD_RANK * 2 / OMPI_COMM_WORLD_SIZE))
 hostname "fakehost$h" && exec "$@"
 EOF
   chmod +x "$TMP/fakehost.sh"
-  for t in test_coll test_groups test_p2p test_mesh; do
+  for t in test_coll test_groups test_p2p test_mesh test_agree; do
     n=4
     [ $t = test_mesh ] && n=8
     if run_ok "hosts-$t" env PAR_BACKEND=auto PAR_LOG=debug "${MPIRUN[@]}" -n $n \

@@ -3,7 +3,8 @@
 # reference; each parallel layout (mp, pp, dp) = (2,2,2) (2,1,1) (1,2,1) (1,1,2) (1,2,2)
 # (2,2,1) under parrun must log the same steps with every loss within the tolerance that
 # docs/train.md states (relative 1e-4). Also: the GPipe schedule gives bit-identical losses to
-# 1F1B, pure pipeline parallelism is bit-identical to one process (same micro-batches), Adam
+# 1F1B, pure pipeline parallelism is bit-identical to one process (same micro-batches, also at
+# 3 and 4 stages under PAR_CHECK=1 with single copy forced on), Adam
 # and 4 stages match too, 1F1B does not deadlock on messages larger than the shared-memory
 # channels, the loss goes down, the start-up lines show the configuration and the 8-rank groups, --plot
 # writes an SVG of the curve, bad layouts are refused with a message, a rank killed during
@@ -111,6 +112,20 @@ if msg=$(compare "$TMP/ref.out" "$TMP/run_1_2_1.out" exact 2>&1); then
 else
   fail "pp=2 vs one process: $msg"
 fi
+
+# Pipelines of 2, 3 and 4 stages, with members comparing op numbers (PAR_CHECK=1) and single
+# copy forced on: the stages' send/recv must not shift the collectives that every rank joins.
+for pp in 2 3 4; do
+  out="$TMP/pp${pp}_check.out"
+  if ! PAR_CHECK=1 PAR_SHM_CMA=1 "$PARRUN" "${PARRUN_OPTS[@]}" -n "$pp" "$TRAIN" --pp "$pp" \
+      "${SHORT[@]}" >"$out" 2>&1; then
+    fail "pp=$pp with PAR_CHECK=1 PAR_SHM_CMA=1 failed: $(tail -5 "$out")"
+  elif msg=$(compare "$TMP/ref.out" "$out" exact 2>&1); then
+    echo "ok: pp=$pp with PAR_CHECK=1 PAR_SHM_CMA=1 is bit-identical to one process"
+  else
+    fail "pp=$pp with PAR_CHECK=1 PAR_SHM_CMA=1: $msg"
+  fi
+done
 
 # The 8-rank start-up lines: the configuration and every group of the layout.
 out="$TMP/run_2_2_2.out"

@@ -91,35 +91,23 @@ static char *stage_with_counts(coll *c, size_t data, int **counts) {
 }
 
 /* ---------------------------------------------------------------------------------------- */
-/* PAR_CHECK                                                                                */
+/* Member agreement: before any data moves, members exchange their ops' descriptions (op   */
+/* numbers too under PAR_CHECK=1) and compare them (coll/agree.c). Every member receives   */
+/* all of them, so every member reports a disagreement, and all are still in step after it. */
 /* ---------------------------------------------------------------------------------------- */
 
-static par_status check_fingerprint(coll *c) {
-  const par__op *op = c->op;
-  uint64_t *fp = (uint64_t *)(void *)par__mpi_stage(c->st, 24 * ((size_t)c->n + 1));
-  if (!fp) return PAR_ERR_NOMEM;
-  uint64_t *all = fp + 3;
-  fp[0] = (uint64_t)op->kind | (uint64_t)op->dt << 8 | (uint64_t)op->op << 16 |
-          (uint64_t)(uint32_t)(op->root + 1) << 32;
-  fp[1] = op->count;
-  fp[2] = op->seq;
+static par_status agree(coll *c) {
+  int with_seq = par__env_get()->check;
+  size_t n = (size_t)c->n;
+  par__desc *all = (par__desc *)(void *)par__mpi_stage(c->st, sizeof(par__desc) * (n + 1));
+  if (!all) return PAR_ERR_NOMEM;
+  par__desc *mine = all + n;
+  par__desc_of(c->op, mine);
   MPI_Request req;
-  POST(c, MPI_Iallgather(fp, 24, MPI_BYTE, all, 24, MPI_BYTE, c->st->comm, &req));
+  POST(c, MPI_Iallgather(mine, (int)sizeof *mine, MPI_BYTE, all, (int)sizeof *mine, MPI_BYTE,
+                         c->st->comm, &req));
   PAR_FORWARD_IF_ERROR(par__mpi_wait(&c->wc, &req, MPI_STATUS_IGNORE));
-  for (int j = 0; j < c->n; j++) {
-    const uint64_t *o = all + 3 * j;
-    if (o[0] == fp[0] && o[1] == fp[1] && o[2] == fp[2]) continue;
-    return par__error(
-        PAR_ERR_MISMATCH,
-        "group '%s': rank %d issued %s(count=%llu, %s, %s, root/peer %d) as op "
-        "#%llu but rank %d issued %s(count=%llu, %s, %s, root/peer %d) as op #%llu",
-        c->g->name, c->g->ranks[c->me], par__op_kind_name(op->kind), (unsigned long long)op->count,
-        par_dtype_name(op->dt), par_op_name(op->op), op->root, (unsigned long long)op->seq,
-        c->g->ranks[j], par__op_kind_name((par__op_kind)(o[0] & 0xff)), (unsigned long long)o[1],
-        par_dtype_name((par_dtype)((o[0] >> 8) & 0xff)), par_op_name((par_op)((o[0] >> 16) & 0xff)),
-        (int)(o[0] >> 32) - 1, (unsigned long long)o[2]);
-  }
-  return PAR_OK;
+  return par__desc_check(c->g, mine, all, with_seq);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -322,12 +310,6 @@ static par_status alltoall(coll *c) {
   return PAR_OK;
 }
 
-static par_status barrier(coll *c) {
-  MPI_Request req;
-  POST(c, MPI_Ibarrier(c->st->comm, &req));
-  return par__mpi_wait(&c->wc, &req, MPI_STATUS_IGNORE);
-}
-
 par_status par__mpi_collective(par_group *g, mpi_state *st, const par__op *op) {
   coll c = {g,
             st,
@@ -336,8 +318,8 @@ par_status par__mpi_collective(par_group *g, mpi_state *st, const par__op *op) {
             par_dtype_size(op->dt),
             st->n,
             st->me};
-  if (par__env_get()->check) PAR_FORWARD_IF_ERROR(check_fingerprint(&c));
-  if (op->kind == PAR__BARRIER) return barrier(&c);
+  PAR_FORWARD_IF_ERROR(agree(&c));
+  if (op->kind == PAR__BARRIER) return PAR_OK; /* the exchange waited for every member */
   if (op->count == 0) return PAR_OK;
   switch (op->kind) {
     case PAR__ALLREDUCE:

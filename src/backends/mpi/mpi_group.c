@@ -439,8 +439,10 @@ static par_status precheck(par_group *g, const par__op *op) {
   return par__mpi_interrupted(&wc, 1);
 }
 
-/* After a failure other than an abort (peers know of those), the peers are told. */
+/* After a failure other than an abort (peers know of those), the peers are told. A mismatch
+ * is no failure of the group: every member found it in the same exchange, still in step. */
 static par_status failed(par_group *g, par_status s) {
+  if (s == PAR_ERR_MISMATCH) return s;
   if (s < 0) atomic_store(&((mpi_state *)g->be_state)->tainted, 1);
   if (s < 0 && s != PAR_ERR_ABORTED) {
     char detail[PAR__ERRLEN];

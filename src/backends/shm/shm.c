@@ -88,6 +88,22 @@ static int peer_dead(shm_state *st, int j) {
   return c == 'Z' || c == 'X';
 }
 
+/*
+ * The member to blame when a wait for member `who` runs out. In a collective, a member that
+ * waits has posted everything up to the wait, so the member that has not arrived is the one
+ * furthest behind: the lowest epoch (`who` among equals). Waiting for a root that itself
+ * waits for a stopped member thus names the stopped member, not the root.
+ */
+static int laggard(shm_state *st, const shm_waitctx *wc, int who) {
+  if (wc->own_bell) return who; /* send/recv and group creation: the peer is the one */
+  uint64_t low = atomic_load(&st->ctrl[who].epoch);
+  for (int j = 0; j < st->n; j++) {
+    uint64_t e = atomic_load(&st->ctrl[j].epoch);
+    if (e < low) low = e, who = j;
+  }
+  return who;
+}
+
 par_status par__shm_wait(shm_state *st, const shm_waitctx *wc, shm_pred pred, const void *arg) {
   int who = pred(st, arg);
   if (who < 0) return PAR_OK;
@@ -126,19 +142,22 @@ par_status par__shm_wait(shm_state *st, const shm_waitctx *wc, shm_pred pred, co
     atomic_store(&st->sleeping_on, -1);
     atomic_fetch_sub(&c->sleepers, 1);
     if (who < 0) return PAR_OK;
-    if (now >= wc->deadline)
+    if (now >= wc->deadline) {
+      int b = laggard(st, wc, who);
       return par__error(PAR_ERR_TIMEOUT,
                         "%s on group '%s' (op #%llu) timed out after %.3g s waiting for member "
-                        "%d (rank %d)",
-                        wc->what, g->name, (unsigned long long)wc->seq, now - start, who,
-                        g->ranks[who]);
+                        "%d (rank %d%s)",
+                        wc->what, g->name, (unsigned long long)wc->seq, now - start, b,
+                        g->ranks[b], peer_state(st, b) == 'T' ? ", whose process is stopped" : "");
+    }
     if (now >= next_check) {
       next_check = now + 0.5;
-      if (peer_dead(st, who))
+      int b = laggard(st, wc, who);
+      if (peer_dead(st, b) || (b != who && peer_dead(st, (b = who))))
         return par__error(PAR_ERR_PEER_LOST,
                           "%s on group '%s' (op #%llu): member %d (rank %d, pid %d) died",
-                          wc->what, g->name, (unsigned long long)wc->seq, who, g->ranks[who],
-                          (int)atomic_load(&st->ctrl[who].pid));
+                          wc->what, g->name, (unsigned long long)wc->seq, b, g->ranks[b],
+                          (int)atomic_load(&st->ctrl[b].pid));
     }
   }
 }
@@ -313,7 +332,7 @@ static par_status cma_agree(par_group *g, shm_state *st) {
 
 static size_t align_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
 
-static void layout(shm_header *h, int n, size_t chunk) {
+void par__shm_layout(shm_header *h, int n, size_t chunk) {
   memset(h, 0, sizeof *h);
   h->version = SHM_VERSION;
   h->n = (uint32_t)n;
@@ -350,7 +369,7 @@ static par_status map_segment(shm_state *st, int fd, size_t size) {
 
 static par_status create_segment(par_group *g, shm_state *st, size_t chunk) {
   shm_header h;
-  layout(&h, st->n, chunk);
+  par__shm_layout(&h, st->n, chunk);
   int fd = -1;
   if (st->n > 1) {
     fd = shm_open(st->name, O_CREAT | O_EXCL | O_RDWR, 0600);
@@ -379,6 +398,36 @@ static par_status create_segment(par_group *g, shm_state *st, size_t chunk) {
   return PAR_OK;
 }
 
+par_status par__shm_header_check(const shm_header *h, size_t mapped, int n) {
+  uint64_t chunk = h->chunk;
+  PAR_RETURN_ERROR_IF(h->magic != SHM_MAGIC || h->version != SHM_VERSION, PAR_ERR_PROTOCOL,
+                      "shm: not a par segment of this version (magic %#llx, version %u; want "
+                      "%#llx, %u)",
+                      (unsigned long long)h->magic, h->version,
+                      (unsigned long long)SHM_MAGIC, SHM_VERSION);
+  PAR_RETURN_ERROR_IF(h->n != (uint32_t)n, PAR_ERR_PROTOCOL,
+                      "shm: the segment has %u members, the group %d", h->n, n);
+  PAR_RETURN_ERROR_IF(chunk < 4096 || chunk > SHM_MAX_CHUNK || chunk % 4096, PAR_ERR_PROTOCOL,
+                      "shm: the segment's chunk size %llu is not a multiple of 4096 in [4096, "
+                      "%u]",
+                      (unsigned long long)chunk, SHM_MAX_CHUNK);
+  /* Every offset follows from n and the chunk: recompute the layout and compare it whole, so
+   * that nothing read from the header can point outside the mapping. */
+  shm_header want;
+  par__shm_layout(&want, n, (size_t)chunk);
+  PAR_RETURN_ERROR_IF(h->p2p_chunk != want.p2p_chunk || h->p2p_slots != want.p2p_slots ||
+                          h->off_ctrl != want.off_ctrl || h->off_data != want.off_data ||
+                          h->off_p2p != want.off_p2p || h->p2p_stride != want.p2p_stride ||
+                          h->size != want.size,
+                      PAR_ERR_PROTOCOL, "shm: the segment's layout does not follow from its "
+                                        "%u members and chunk %llu",
+                      h->n, (unsigned long long)chunk);
+  PAR_RETURN_ERROR_IF(h->size != mapped, PAR_ERR_PROTOCOL,
+                      "shm: the segment is %zu bytes, its header says %llu", mapped,
+                      (unsigned long long)h->size);
+  return PAR_OK;
+}
+
 static par_status open_segment(par_group *g, shm_state *st) {
   int fd = shm_open(st->name, O_RDWR, 0600);
   PAR_RETURN_ERROR_IF(fd < 0, PAR_ERR_SYSTEM, "shm: cannot open segment %s of group '%s': %s",
@@ -392,12 +441,13 @@ static par_status open_segment(par_group *g, shm_state *st) {
   close(fd);
   PAR_FORWARD_IF_ERROR(s);
   shm_header *h = st->hdr;
-  PAR_RETURN_ERROR_IF(__atomic_load_n(&h->magic, __ATOMIC_ACQUIRE) != SHM_MAGIC ||
-                          h->version != SHM_VERSION || h->n != (uint32_t)st->n ||
-                          h->size != (uint64_t)sb.st_size,
-                      PAR_ERR_PROTOCOL,
-                      "shm: segment %s does not match group '%s' (%u members, want %d)",
-                      st->name, g->name, h->n, st->n);
+  (void)__atomic_load_n(&h->magic, __ATOMIC_ACQUIRE); /* the creator published it last */
+  s = par__shm_header_check(h, (size_t)sb.st_size, st->n);
+  if (s < 0) {
+    char detail[PAR__ERRLEN];
+    par__error_copy(detail);
+    return par__error(s, "%s (segment %s of group '%s')", detail, st->name, g->name);
+  }
   return PAR_OK;
 }
 
@@ -435,6 +485,7 @@ static par_status shm_init(par_group *g) {
   }
   const par__env *env = par__env_get();
   int oversubscribed = par__oversubscribed(g->world->local_size);
+  st->check = env->check;
   st->spin = env->spin >= 0 ? env->spin : oversubscribed ? 0 : 20000;
   st->yields = oversubscribed ? 16 : 0;
   PAR__LOG_DEBUG("shm: group '%s': %d local ranks, %s", g->name, g->world->local_size,

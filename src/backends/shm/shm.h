@@ -22,15 +22,16 @@
 #include "coll/group.h"
 
 #define SHM_MAGIC 0x7061722d73686d31ull /* "par-shm1" */
-#define SHM_VERSION 3
+#define SHM_VERSION 4
 #define SHM_LINE 128 /* two cache lines: adjacent-line prefetch must not couple flags */
 #define SHM_DEFAULT_CHUNK (256u << 10)
+#define SHM_MAX_CHUNK (64u << 20) /* PAR_SHM_CHUNK's maximum */
 #define SHM_P2P_CHUNK (32u << 10)
 #define SHM_P2P_SLOTS 4u
 #define SHM_SMALL_MAX (32u << 10) /* allreduce/reduce at most this size take one round */
 #define SHM_ZC_MIN (16u << 10)    /* smaller ops copy par_alloc'ed buffers like any other */
 #define SHM_BIG_OUT (4u << 20)    /* outputs from this size are written with par__copy_out */
-#define SHM_TINY_MAX 24u          /* allreduce/reduce at most this size travel with the epoch */
+#define SHM_TINY_MAX 16u          /* allreduce/reduce at most this size travel with the epoch */
 /* Single copy (cross-memory attach): the sizes for which members read (and, in broadcast,
  * write) each other's buffers directly instead of copying through the segment
  * (docs/PERFORMANCE.md has the measurements). Below them a system call per peer costs more
@@ -59,10 +60,15 @@ typedef struct shm_ctrl {
   _Alignas(SHM_LINE) _Atomic uint64_t epoch;
   _Atomic uint32_t bell; /* futex word */
   _Atomic int32_t pid; /* set before the member counts itself attached */
-  /* Tiny reductions' contributions, by round parity: on the epoch's 64-byte line, so that a
-   * reader fetches one line per member (shm_coll.c). */
+  /* Written in an op's first round, by round parity, and read by every member after it
+   * waited for that round: the op's description (par__desc_word), which all compare before
+   * any byte moves, and a tiny reduction's contribution. On the epoch's 64-byte line, so that
+   * the members' agreement costs no line the op would not fetch anyway. */
+  uint64_t desc[2];
   _Alignas(16) unsigned char tiny[2][SHM_TINY_MAX];
-  uint64_t fp[2][3]; /* PAR_CHECK fingerprints, by round parity */
+  /* The full description (call, count, seq), by round parity: written only when the word is
+   * not exact or under PAR_CHECK=1 (which compares seq too). */
+  uint64_t fp[2][3];
   uint64_t zc[2][7]; /* buffers of the current op, by round parity (shm_coll.c) */
   uint64_t probe;    /* address, in the member's own memory, of its pid: the single-copy probe */
   _Atomic uint64_t gate; /* writes into this member's buffers: op seq << 2 | SHM_GATE_* */
@@ -70,8 +76,9 @@ typedef struct shm_ctrl {
   _Alignas(SHM_LINE) _Atomic uint32_t sleepers; /* written by waiters: its own line */
 } shm_ctrl;
 
-_Static_assert(offsetof(shm_ctrl, tiny) + sizeof(((shm_ctrl *)0)->tiny) <= 64,
-               "tiny contributions share the epoch's cache line");
+_Static_assert(offsetof(shm_ctrl, tiny) + sizeof(((shm_ctrl *)0)->tiny) <= 64 &&
+                   offsetof(shm_ctrl, desc) + sizeof(((shm_ctrl *)0)->desc) <= 64,
+               "descriptions and tiny contributions share the epoch's cache line");
 
 typedef struct shm_slot {
   uint64_t total; /* bytes of the whole message */
@@ -104,6 +111,7 @@ typedef struct shm_state {
   unsigned char *zinplace; /* per member: its op is in place */
   uint64_t *asrc, *adst;   /* per member: its input and output addresses, in its own memory */
   int cma;                 /* every member can read every other's memory (process_vm_readv) */
+  int check;               /* PAR_CHECK=1: members compare op numbers too */
 } shm_state;
 
 /* What a wait is for, to name it in a timeout message. */
@@ -161,6 +169,14 @@ static inline shm_slot *shm_slot_of(shm_state *st, shm_chan *ch, uint64_t i) {
   size_t per = sizeof(shm_slot) + st->hdr->p2p_chunk;
   return (shm_slot *)((char *)ch + sizeof(shm_chan) + (size_t)(i % st->hdr->p2p_slots) * per);
 }
+
+/* The header of a segment for n members with rounds of `chunk` bytes per member (the creator
+ * writes it; par__shm_header_check recomputes it). */
+void par__shm_layout(shm_header *h, int n, size_t chunk);
+/* Checks a segment's header as a member that attaches reads it (another process wrote it):
+ * this version, n members, and a layout that follows from n and the chunk and fills exactly
+ * the `mapped` bytes. PAR_ERR_PROTOCOL with a detail otherwise. */
+par_status par__shm_header_check(const shm_header *h, size_t mapped, int n);
 
 /* Collectives (shm_coll.c) and point-to-point (shm_p2p.c). */
 par_status par__shm_collective(par_group *g, shm_state *st, const par__op *op);

@@ -47,33 +47,59 @@ static void put(int big, void *dst, const void *src, size_t n) {
 
 static int big_out(size_t bytes) { return bytes >= SHM_BIG_OUT; }
 
-/* PAR_CHECK: members compare what they are about to run before running it. */
-static par_status check_fingerprint(par_group *g, shm_state *st, const par__op *op,
-                                    const shm_waitctx *wc) {
-  int s;
-  PAR_FORWARD_IF_ERROR(round_begin(st, wc, 1, &s));
-  uint64_t *fp = st->ctrl[st->me].fp[s];
-  fp[0] = (uint64_t)op->kind | (uint64_t)op->dt << 8 | (uint64_t)op->op << 16 |
-          (uint64_t)(uint32_t)(op->root + 1) << 32;
-  fp[1] = op->count;
-  fp[2] = op->seq;
-  PAR_FORWARD_IF_ERROR(par__shm_wait_all(st, wc, post_next(st)));
-  round_end(st);
-  for (int j = 0; j < st->n; j++) {
-    const uint64_t *o = st->ctrl[j].fp[s];
-    if (o[0] == fp[0] && o[1] == fp[1] && o[2] == fp[2]) continue;
-    return par__error(PAR_ERR_MISMATCH,
-                      "group '%s': rank %d issued %s(count=%llu, %s, %s, root/peer %d) as op "
-                      "#%llu but rank %d issued %s(count=%llu, %s, %s, root/peer %d) as op #%llu",
-                      g->name, g->ranks[st->me], par__op_kind_name(op->kind),
-                      (unsigned long long)op->count, par_dtype_name(op->dt),
-                      par_op_name(op->op), op->root, (unsigned long long)op->seq, g->ranks[j],
-                      par__op_kind_name((par__op_kind)(o[0] & 0xff)),
-                      (unsigned long long)o[1], par_dtype_name((par_dtype)((o[0] >> 8) & 0xff)),
-                      par_op_name((par_op)((o[0] >> 16) & 0xff)), (int)(o[0] >> 32) - 1,
-                      (unsigned long long)o[2]);
+/* ---------------------------------------------------------------------------------------- */
+/* Member agreement: every op's first round is the same on every path -- begin the round     */
+/* (waiting until everyone posted the previous one), publish the op's description beside the */
+/* epoch, write the round's data, post, wait for everyone, compare -- so that members that   */
+/* issued different ops all stop at the same point, in step, before any of them has read     */
+/* another's data or touched another's buffer. The group stays usable after a mismatch.      */
+/* ---------------------------------------------------------------------------------------- */
+
+/* Begins the op's first round and publishes this member's description in it. */
+static par_status first_round(shm_state *st, const shm_waitctx *wc, const par__op *op, int *s) {
+  PAR_FORWARD_IF_ERROR(round_begin(st, wc, 1, s));
+  par__desc d;
+  par__desc_of(op, &d);
+  shm_ctrl *c = &st->ctrl[st->me];
+  c->desc[*s] = par__desc_word(&d);
+  if (st->check || !par__desc_word_exact(c->desc[*s])) {
+    c->fp[*s][0] = d.call;
+    c->fp[*s][1] = d.count;
+    c->fp[*s][2] = d.seq;
   }
   return PAR_OK;
+}
+
+/* Member j's full description of the op in round parity s. */
+static void desc_of_member(shm_state *st, int j, int s, par__desc *d) {
+  uint64_t w = st->ctrl[j].desc[s];
+  if (!st->check && par__desc_unword(w, d)) return;
+  d->call = st->ctrl[j].fp[s][0];
+  d->count = st->ctrl[j].fp[s][1];
+  d->seq = st->ctrl[j].fp[s][2];
+}
+
+/* Compares every member's description with this one's, after waiting for the first round's
+ * post of all. A mismatch ends the first round here, as every member does. */
+static par_status agree(shm_state *st, int s, par_group *g) {
+  uint64_t mine = st->ctrl[st->me].desc[s];
+  int quick = !st->check && par__desc_word_exact(mine);
+  for (int j = 0; j < st->n; j++) {
+    if (quick && st->ctrl[j].desc[s] == mine) continue;
+    par__desc a, b;
+    desc_of_member(st, st->me, s, &a);
+    desc_of_member(st, j, s, &b);
+    if (par__desc_equal(&a, &b, st->check)) continue;
+    round_end(st);
+    return par__desc_mismatch(g, &a, j, &b, st->check);
+  }
+  return PAR_OK;
+}
+
+/* Waits for everyone's first post (epoch e) and compares the descriptions. */
+static par_status first_wait(shm_state *st, const shm_waitctx *wc, int s, uint64_t e) {
+  PAR_FORWARD_IF_ERROR(par__shm_wait_all(st, wc, e));
+  return agree(st, s, wc->g);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -219,16 +245,15 @@ static par_status peer_read(shm_state *st, const shm_waitctx *wc, int j, int out
 }
 
 /* The first round: everyone publishes its buffers and learns everyone else's. A local copy
- * that needs nobody else (len > 0) is done while the others arrive. */
+ * that needs nobody else (len > 0) is done once the members agree. */
 static par_status sc_publish(shm_state *st, const shm_waitctx *wc, const par__op *op,
                              size_t sbytes, size_t rbytes, zc_info *zi, void *dst,
                              const void *src, size_t len) {
   int s;
-  PAR_FORWARD_IF_ERROR(round_begin(st, wc, 1, &s));
+  PAR_FORWARD_IF_ERROR(first_round(st, wc, op, &s));
   zc_publish(wc, st, op, s, sbytes, rbytes);
-  uint64_t e = post_next(st);
-  if (len) memcpy(dst, src, len);
-  PAR_FORWARD_IF_ERROR(par__shm_wait_all(st, wc, e));
+  PAR_FORWARD_IF_ERROR(first_wait(st, wc, s, post_next(st)));
+  if (len) memcpy(dst, src, len); /* only once the members agree: the output is theirs */
   par_status r = zc_resolve(wc, st, op, s, sbytes, rbytes, zi);
   round_end(st);
   if (r < 0) par__shm_abort(st); /* the others are about to use this member's buffers */
@@ -338,9 +363,9 @@ static par_status broadcast_sc(shm_state *st, const shm_waitctx *wc, const par__
  * the epoch that publishes it, so a reader fetches one cache line per member. */
 static par_status reduce_tiny(shm_state *st, const shm_waitctx *wc, const par__op *op, int all) {
   int s;
-  PAR_FORWARD_IF_ERROR(round_begin(st, wc, 1, &s));
+  PAR_FORWARD_IF_ERROR(first_round(st, wc, op, &s));
   memcpy(st->ctrl[st->me].tiny[s], op->sendbuf, op->count * par_dtype_size(op->dt));
-  PAR_FORWARD_IF_ERROR(par__shm_wait_all(st, wc, post_next(st)));
+  PAR_FORWARD_IF_ERROR(first_wait(st, wc, s, post_next(st)));
   if (all || op->root == st->me) {
     for (int j = 0; j < st->n; j++) st->srcs[j] = st->ctrl[j].tiny[s];
     par__reduce(op->recvbuf, st->srcs, st->n, op->count, op->dt, op->op, st->n);
@@ -367,7 +392,7 @@ static par_status reduce_rounds(shm_state *st, const shm_waitctx *wc, const par_
   for (size_t base = 0; base < op->count; base += per) {
     size_t m = op->count - base < per ? op->count - base : per, lo, hi;
     int s, first = base == 0;
-    PAR_FORWARD_IF_ERROR(round_begin(st, wc, 1, &s));
+    PAR_FORWARD_IF_ERROR(first ? first_round(st, wc, op, &s) : round_begin(st, wc, 1, &s));
     if (first && zc) zc_publish(wc, st, op, s, bytes, all ? bytes : 0);
     int in_place_read = !zc              ? 0
                         : first ? st->ctrl[st->me].zc[s][ZC_SEND_ID] && !inplace
@@ -383,7 +408,8 @@ static par_status reduce_rounds(shm_state *st, const shm_waitctx *wc, const par_
         memcpy(area + hi * es, in + (base + hi) * es, (m - hi) * es);
       }
     }
-    PAR_FORWARD_IF_ERROR(par__shm_wait_all(st, wc, post_next(st)));
+    uint64_t e = post_next(st);
+    PAR_FORWARD_IF_ERROR(first ? first_wait(st, wc, s, e) : par__shm_wait_all(st, wc, e));
     if (first && zc) {
       PAR_FORWARD_IF_ERROR(zc_resolve(wc, st, op, s, bytes, all ? bytes : 0, &zi));
       if (all && zi.nsend == st->n && zi.nrecv == st->n) {
@@ -428,12 +454,13 @@ static par_status reduce_scatter(shm_state *st, const shm_waitctx *wc, const par
   char *out = op->recvbuf;
   for (size_t base = 0; base < op->count; base += per) {
     size_t m = op->count - base < per ? op->count - base : per;
-    int s;
-    PAR_FORWARD_IF_ERROR(round_begin(st, wc, 1, &s));
+    int s, first = base == 0;
+    PAR_FORWARD_IF_ERROR(first ? first_round(st, wc, op, &s) : round_begin(st, wc, 1, &s));
     char *mine = shm_area(st, st->me, s, 0);
     for (int j = 0; j < st->n; j++)
       memcpy(mine + (size_t)j * m * es, in + ((size_t)j * op->count + base) * es, m * es);
-    PAR_FORWARD_IF_ERROR(par__shm_wait_all(st, wc, post_next(st)));
+    uint64_t e = post_next(st);
+    PAR_FORWARD_IF_ERROR(first ? first_wait(st, wc, s, e) : par__shm_wait_all(st, wc, e));
     for (int j = 0; j < st->n; j++)
       st->srcs[j] = shm_area(st, j, s, 0) + (size_t)st->me * m * es;
     par__reduce(out + base * es, st->srcs, st->n, m, op->dt, op->op, st->n);
@@ -455,7 +482,7 @@ static par_status allgather(shm_state *st, const shm_waitctx *wc, const par__op 
   for (size_t base = 0; base < op->count; base += per) {
     size_t m = op->count - base < per ? op->count - base : per;
     int s, first = base == 0;
-    PAR_FORWARD_IF_ERROR(round_begin(st, wc, 1, &s));
+    PAR_FORWARD_IF_ERROR(first ? first_round(st, wc, op, &s) : round_begin(st, wc, 1, &s));
     if (first && zc) zc_publish(wc, st, op, s, bytes, 0);
     /* In place, the input is the member's own block of the output, which nobody else writes:
      * it can always be read in place. */
@@ -464,8 +491,8 @@ static par_status allgather(shm_state *st, const shm_waitctx *wc, const par__op 
                           : st->zsrc[st->me] != NULL;
     if (!mine_zc) memcpy(shm_area(st, st->me, s, 0), in + base * es, m * es);
     uint64_t e = post_next(st);
+    if (first) PAR_FORWARD_IF_ERROR(first_wait(st, wc, s, e));
     if (first && zc) {
-      PAR_FORWARD_IF_ERROR(par__shm_wait_all(st, wc, e));
       PAR_FORWARD_IF_ERROR(zc_resolve(wc, st, op, s, bytes, 0, &zi));
       /* Every source in place: everything in this one round, unless the output is large:
        * then the readers keep to the rounds, so that a block one of them brings into the
@@ -498,13 +525,14 @@ static par_status broadcast(shm_state *st, const shm_waitctx *wc, const par__op 
   for (size_t base = 0; base < op->count; base += per) {
     size_t m = op->count - base < per ? op->count - base : per;
     int s, first = base == 0;
-    PAR_FORWARD_IF_ERROR(round_begin(st, wc, am_root, &s));
+    PAR_FORWARD_IF_ERROR(first ? first_round(st, wc, op, &s) : round_begin(st, wc, am_root, &s));
     if (first && am_root && bytes >= SHM_ZC_MIN) {
       zc_publish(wc, st, op, s, bytes, 0);
       root_zc = st->ctrl[root].zc[s][ZC_SEND_ID] != 0;
     }
     if (am_root && !root_zc) memcpy(shm_area(st, root, s, 0), buf + base * es, m * es);
     uint64_t e = post_next(st);
+    if (first) PAR_FORWARD_IF_ERROR(first_wait(st, wc, s, e));
     if (!am_root) {
       PAR_FORWARD_IF_ERROR(par__shm_wait_one(st, wc, root, e));
       if (first && bytes >= SHM_ZC_MIN && st->ctrl[root].zc[s][ZC_SEND_ID]) {
@@ -530,12 +558,13 @@ static par_status alltoall(shm_state *st, const shm_waitctx *wc, const par__op *
   char *out = op->recvbuf;
   for (size_t base = 0; base < op->count; base += per) {
     size_t m = op->count - base < per ? op->count - base : per;
-    int s;
-    PAR_FORWARD_IF_ERROR(round_begin(st, wc, 1, &s));
+    int s, first = base == 0;
+    PAR_FORWARD_IF_ERROR(first ? first_round(st, wc, op, &s) : round_begin(st, wc, 1, &s));
     char *mine = shm_area(st, st->me, s, 0);
     for (int j = 0; j < st->n; j++)
       memcpy(mine + (size_t)j * m * es, in + ((size_t)j * op->count + base) * es, m * es);
     uint64_t e = post_next(st);
+    if (first) PAR_FORWARD_IF_ERROR(first_wait(st, wc, s, e));
     for (int k = 0; k < st->n; k++) {
       int j = (st->me + k) % st->n;
       PAR_FORWARD_IF_ERROR(par__shm_wait_one(st, wc, j, e));
@@ -547,19 +576,18 @@ static par_status alltoall(shm_state *st, const shm_waitctx *wc, const par__op *
   return PAR_OK;
 }
 
-static par_status barrier(shm_state *st, const shm_waitctx *wc) {
+/* Barrier, and any op of count 0: the first round alone, so members still agree. */
+static par_status barrier(shm_state *st, const shm_waitctx *wc, const par__op *op) {
   int s;
-  PAR_FORWARD_IF_ERROR(round_begin(st, wc, 0, &s));
-  PAR_FORWARD_IF_ERROR(par__shm_wait_all(st, wc, post_next(st)));
+  PAR_FORWARD_IF_ERROR(first_round(st, wc, op, &s));
+  PAR_FORWARD_IF_ERROR(first_wait(st, wc, s, post_next(st)));
   round_end(st);
   return PAR_OK;
 }
 
 par_status par__shm_collective(par_group *g, shm_state *st, const par__op *op) {
   shm_waitctx wc = {g, par__op_kind_name(op->kind), op->seq, op->deadline, 0};
-  if (par__env_get()->check) PAR_FORWARD_IF_ERROR(check_fingerprint(g, st, op, &wc));
-  if (op->kind == PAR__BARRIER) return barrier(st, &wc);
-  if (op->count == 0) return PAR_OK;
+  if (op->kind == PAR__BARRIER || op->count == 0) return barrier(st, &wc, op);
   size_t bytes = op->count * par_dtype_size(op->dt);
   switch (op->kind) {
     case PAR__ALLREDUCE:

@@ -50,15 +50,17 @@ static int step_recv(shm_state *st, par_group *g, const par__op *op, par__p2p_st
     uint64_t acked = atomic_load_explicit(&ch->acked, memory_order_relaxed);
     if (atomic_load_explicit(&ch->sent, memory_order_acquire) == acked) break;
     shm_slot *slot = shm_slot_of(st, ch, acked);
-    if (slot->total != total || slot->dt != (uint32_t)op->dt || slot->len > total - p->off)
+    uint32_t len = slot->len; /* read once: the sender owns the slot's bytes */
+    if (slot->total != total || slot->dt != (uint32_t)op->dt || len > total - p->off ||
+        len > st->hdr->p2p_chunk)
       return par__error(PAR_ERR_COUNT,
                         "recv on group '%s' (op #%llu): expected %zu bytes of %s from member %d "
                         "(rank %d), but it sent %llu bytes of %s",
                         g->name, (unsigned long long)op->seq, total, par_dtype_name(op->dt),
                         op->root, g->ranks[op->root], (unsigned long long)slot->total,
                         par_dtype_name((par_dtype)slot->dt));
-    if (slot->len) memcpy((char *)op->recvbuf + p->off, slot + 1, slot->len);
-    p->off += slot->len;
+    if (len) memcpy((char *)op->recvbuf + p->off, slot + 1, len);
+    p->off += len;
     atomic_store(&ch->acked, acked + 1);
     par__shm_ring(st, op->root);
     p->done = p->off == total;
