@@ -104,6 +104,12 @@ static PyObject *destroy(PyObject *m, PyObject *unused) {
   (void)m;
   (void)unused;
   if (!pypar_world) Py_RETURN_NONE;
+  long live = pyalloc_live();
+  if (live > 0)
+    return pypar_raisef(PAR_ERR_STATE,
+                        "par.destroy: %ld tensor(s) from par.empty() are still alive, and the "
+                        "world's end would unmap their memory; delete them first",
+                        live);
   pywork_finish_all();
   pymesh_destroy_all();
   if (par_parallelism_is_initialized()) {
@@ -235,7 +241,8 @@ PyMODINIT_FUNC PyInit__par(void) {
   if (PyModule_AddFunctions(m, world_methods) < 0 ||
       PyModule_AddFunctions(m, pypar_op_methods) < 0 ||
       PyModule_AddFunctions(m, pypar_group_methods) < 0 ||
-      PyModule_AddFunctions(m, pypar_mesh_methods) < 0 || pypar_errors_init(m) < 0 ||
+      PyModule_AddFunctions(m, pypar_mesh_methods) < 0 ||
+      PyModule_AddFunctions(m, pypar_alloc_methods) < 0 || pypar_errors_init(m) < 0 ||
       pypar_group_init(m) < 0 || pypar_work_init(m) < 0 || pypar_mesh_init(m) < 0)
     goto fail;
   static const char *ops[] = {"SUM", "PROD", "MIN", "MAX", "AVG"};

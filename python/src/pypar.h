@@ -156,6 +156,12 @@ void pymesh_destroy_all(void);
 extern PyMethodDef pypar_mesh_methods[];
 int pypar_mesh_init(PyObject *module);
 
+/* ---- par.empty ---------------------------------------------------------------------------- */
+
+extern PyMethodDef pypar_alloc_methods[];
+/* How many regions of par.empty() are alive (their tensors not yet freed). */
+long pyalloc_live(void);
+
 /* ---- Ops --------------------------------------------------------------------------------- */
 
 extern PyMethodDef pypar_op_methods[];

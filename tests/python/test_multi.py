@@ -375,3 +375,28 @@ def test_the_gil_is_released_while_an_op_waits():
     else:
         time.sleep(1.0 if R() == N() - 1 else 0)
         par.all_reduce(np.ones(4))
+
+
+@pytest.mark.parametrize("lib", LIBS)
+def test_par_empty_zero_copy(lib):
+    """Tensors from par.empty live in memory the peers read directly (par_alloc): the shm
+    backend's zero-copy paths, for ops of 16 KiB and more, must give the same results."""
+    n = 1 << 15  # 128 KiB of f32
+    v = lambda r: (np.arange(n) % 7 + r + 1)  # noqa: E731
+    t = par.empty(n, "float32", like=lib)
+    t[:] = make(lib, "f32", v(R()))
+    out = par.empty((N(), n), "float32", like=lib)
+    par.all_reduce(t)
+    check(t, sum(v(r) for r in range(N())), "f32")
+    src = par.empty(n, "float32", like=lib)
+    src[:] = make(lib, "f32", v(R()))
+    par.all_gather_into_tensor(out, src)
+    check(out, np.concatenate([v(r) for r in range(N())]), "f32")
+    par.broadcast(src, N() - 1)
+    check(src, v(N() - 1), "f32")
+    w = par.all_reduce(src, op="max", async_op=True)
+    w.wait()
+    check(src, v(N() - 1), "f32")
+    del t, out, src, w
+    gc.collect()
+    assert par._par._alloc_live() == 0

@@ -280,3 +280,27 @@ def test_configuration_line_is_coloured_on_rank_zero():
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                        timeout=120)
     assert "model parallel" not in r.stderr
+
+
+def test_par_empty_and_destroy():
+    par.init()
+    t = par.empty((2, 3), "bf16")
+    assert t.dtype == torch.bfloat16 and tuple(t.shape) == (2, 3) if torch else True
+    a = par.empty(4, np.int64, like="numpy")
+    assert a.flags.writeable and a.dtype == np.int64
+    a[:] = 5
+    par.all_reduce(a, op="max")
+    assert (a == 5).all()
+    with pytest.raises(par.DtypeError):
+        par.empty(2, "bf16", like="numpy")
+    with pytest.raises(par.InvalidArgumentError):
+        par.empty(2, like="jax")
+    view = a[1:]
+    del a
+    with pytest.raises(par.StateError, match="still alive"):
+        par.destroy()  # the world's end would unmap the memory under t and view
+    del t, view
+    gc.collect()
+    assert par._par._alloc_live() == 0
+    par.destroy()
+    assert not par.is_initialized()
