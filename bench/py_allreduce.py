@@ -3,8 +3,9 @@ job, and what the Python call adds to par's C call:
 
     build/bin/parrun -n 8 env PYTHONPATH=build/python python3 bench/py_allreduce.py
 
-Sizes 8 B, 1 MiB and 64 MiB of float32, in place (--sizes to change). For each size the two
-libraries are timed in turn on the same tensor after a warm-up, --reps times, alternating which
+Sizes 8 B, 1 MiB and 64 MiB of float32, in place (--sizes to change). par runs twice: on the
+same torch tensor as gloo, and on a tensor from par.empty (par_alloc memory, which the shm
+backend reads in place). For each size the libraries are timed in turn on the same tensor after a warm-up, --reps times, alternating which
 goes first so that a change in the machine's load hits both; a timing is `iters` ops back to
 back after a barrier, and its time per op is the slowest rank's mean. Each side's figure is the
 median over the repetitions, and the ratio is par's median over gloo's. For 8 B the script also
@@ -65,22 +66,28 @@ def main():
     say(f"# {n} ranks, torch {torch.__version__} gloo vs par "
         f"(PAR_BACKEND={os.environ.get('PAR_BACKEND', 'auto')}), f32 sum in place, "
         f"medians of {args.reps} alternating timings, load {os.getloadavg()[0]:.1f}")
-    say(f"# {'size':>8} {'iters':>6} {'gloo us':>10} {'par us':>10} {'par/gloo':>9}")
+    say(f"# {'size':>8} {'iters':>6} {'gloo us':>10} {'par us':>10} {'par/gloo':>9} "
+        f"{'par.empty us':>13} {'ratio':>7}")
     for s in args.sizes.split(","):
         nbytes = parse_size(s)
         t = torch.ones(max(1, nbytes // 4), dtype=torch.float32)
+        z = par.empty(t.shape, torch.float32)  # par_alloc memory: the zero-copy paths
+        z.fill_(1)
         iters = iters_for(nbytes, args.budget)
         for _ in range(min(iters, 10)):  # warm-up: connections, segments, first touch
             dist.all_reduce(t)
             par.all_reduce(t)
-        g, p = [], []
+            par.all_reduce(z)
+        g, p, pz = [], [], []
         for r in range(args.reps):
-            sides = [(g, lambda: dist.all_reduce(t)), (p, lambda: par.all_reduce(t))]
+            sides = [(g, lambda: dist.all_reduce(t)), (p, lambda: par.all_reduce(t)),
+                     (pz, lambda: par.all_reduce(z))]
             for out, fn in (sides if r % 2 == 0 else sides[::-1]):
                 out.append(timed(fn, iters))
-        gm, pm = statistics.median(g), statistics.median(p)
-        say(f"  {s:>8} {iters:>6} {gm * 1e6:>10.1f} {pm * 1e6:>10.1f} {pm / gm:>9.3f}",
-            flush=True)
+        gm, pm, zm = statistics.median(g), statistics.median(p), statistics.median(pz)
+        say(f"  {s:>8} {iters:>6} {gm * 1e6:>10.1f} {pm * 1e6:>10.1f} {pm / gm:>9.3f} "
+            f"{zm * 1e6:>13.1f} {zm / gm:>7.3f}", flush=True)
+        del z
         if nbytes <= 64:
             c, py = [], []
             for r in range(args.reps):
