@@ -209,6 +209,8 @@ static PyObject *group_abort(PyObject *self, PyObject *unused) {
   Py_RETURN_NONE;
 }
 
+static int is_group(pygroup *g, void *ctx) { return g == ctx; }
+
 static PyObject *group_destroy(PyObject *self, PyObject *unused) {
   (void)unused;
   pygroup *pg = (pygroup *)self;
@@ -216,6 +218,7 @@ static PyObject *group_destroy(PyObject *self, PyObject *unused) {
     return pypar_raisef(PAR_ERR_STATE, "only groups made by par.new_group can be destroyed; "
                                        "this one belongs to the world or a mesh");
   if (pg->g) {
+    pywork_finish_if(is_group, pg); /* a pending work must not outlive its group */
     unlink_owned(pg);
     par_group_destroy(pg->g);
     pg->g = NULL;

@@ -153,10 +153,20 @@ static PyObject *mesh_group(PyObject *self, PyObject *args) {
   return r;
 }
 
+static int in_mesh(pygroup *g, void *mesh) {
+  return g && g->source == PYGROUP_MESH && g->mesh == mesh;
+}
+
+static int in_default_mesh(pygroup *g, void *ctx) {
+  (void)ctx;
+  return g && g->source == PYGROUP_DEFAULT;
+}
+
 static PyObject *mesh_destroy(PyObject *self, PyObject *unused) {
   (void)unused;
   pymesh *pm = (pymesh *)self;
   if (pm->m) {
+    pywork_finish_if(in_mesh, self); /* a pending work must not outlive its group */
     unlink_mesh(pm);
     par_mesh_destroy(pm->m);
     pm->m = NULL;
@@ -306,6 +316,7 @@ static PyObject *default_groups(PyObject *m, PyObject *unused) {
 static PyObject *reset_parallelism(PyObject *m, PyObject *unused) {
   (void)m;
   (void)unused;
+  pywork_finish_if(in_default_mesh, NULL); /* a pending work must not outlive its group */
   par_reset_parallelism();
   pypar_default_epoch++;
   Py_RETURN_NONE;

@@ -141,6 +141,8 @@ extern PyTypeObject *pypar_work_type;
 PyObject *pywork_new(par_work *w, pyarr *arrs, int narr, PyObject *group, PyObject *result);
 /* Waits for every pending work (par.destroy). */
 void pywork_finish_all(void);
+/* Waits for the pending works whose group satisfies pred (before that group is destroyed). */
+void pywork_finish_if(int (*pred)(pygroup *g, void *ctx), void *ctx);
 int pypar_work_init(PyObject *module);
 
 /* ---- Mesh -------------------------------------------------------------------------------- */

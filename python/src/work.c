@@ -75,9 +75,13 @@ PyObject *pywork_new(par_work *w, pyarr *arrs, int narr, PyObject *group, PyObje
   return (PyObject *)pw;
 }
 
-void pywork_finish_all(void) {
-  while (pending) {
+void pywork_finish_all(void) { pywork_finish_if(NULL, NULL); }
+
+void pywork_finish_if(int (*pred)(pygroup *g, void *ctx), void *ctx) {
+  for (;;) {
     pywork *pw = pending;
+    while (pw && pred && !pred((pygroup *)pw->group, ctx)) pw = pw->next;
+    if (!pw) return;
     par_status s;
     Py_BEGIN_ALLOW_THREADS s = par_work_wait(pw->w, -1);
     settle_nogil(pw, s);

@@ -304,3 +304,18 @@ def test_par_empty_and_destroy():
     assert par._par._alloc_live() == 0
     par.destroy()
     assert not par.is_initialized()
+
+
+def test_destroying_a_group_finishes_its_pending_work():
+    par.init()
+    g = par.new_group([0])
+    buf = np.zeros(3)
+    sw = par.isend(np.full(3, 4.0), 0, group=g)
+    rw = par.irecv(buf, 0, group=g)
+    g.destroy()  # waits for both before the group goes
+    assert sw.is_completed() and rw.is_completed()
+    np.testing.assert_array_equal(buf, 4)
+    mesh = par.Mesh(["x"], [1])
+    w = par.all_reduce(np.ones(4), group=mesh["x"], async_op=True)
+    mesh.destroy()
+    assert w.is_completed() and w.wait() is True
