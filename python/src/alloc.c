@@ -7,10 +7,11 @@
  * The memory goes out as a DLPack capsule, whose deleter calls par_free when the last tensor on
  * it goes: torch.utils.dlpack.from_dlpack consumes it; for numpy (whose from_dlpack makes
  * read-only arrays) par/__init__.py wraps the address in an __array_interface__ whose owner
- * keeps the unconsumed capsule, which then frees the region itself. par_world_destroy frees every such region, so par.destroy()
- * refuses to run while any is alive rather than leave tensors pointing at unmapped memory. The
- * deleter may run in any thread (torch frees storage wherever the last reference dies), so the
- * count of live regions is atomic and the deleter touches no Python object.
+ * keeps the unconsumed capsule, which then frees the region itself. par_world_destroy frees every
+ * such region, so par.destroy() refuses to run while any is alive rather than leave tensors
+ * pointing at unmapped memory. The deleter may run in any thread (torch frees storage wherever the
+ * last reference dies), so the count of live regions is atomic and the deleter touches no Python
+ * object.
  */
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -76,8 +77,10 @@ static PyObject *alloc(PyObject *m, PyObject *args) {
   }
   size_t bytes = count * par_dtype_size(dt);
   par_status s;
-  Py_BEGIN_ALLOW_THREADS s = par_alloc(pypar_world, bytes ? bytes : 1, &r->ptr);
-  Py_END_ALLOW_THREADS if (s != PAR_OK) {
+  Py_BEGIN_ALLOW_THREADS
+  s = par_alloc(pypar_world, bytes ? bytes : 1, &r->ptr);
+  Py_END_ALLOW_THREADS
+  if (s != PAR_OK) {
     free(r);
     return pypar_raise(s, par_world_last_error(pypar_world));
   }
@@ -109,6 +112,7 @@ static PyObject *alloc_live(PyObject *m, PyObject *unused) {
 }
 
 PyMethodDef pypar_alloc_methods[] = {
-    {"_alloc", alloc, METH_VARARGS, "_alloc(shape, dtype) -> (DLPack capsule of par_alloc memory, address)"},
+    {"_alloc", alloc, METH_VARARGS,
+     "_alloc(shape, dtype) -> (DLPack capsule of par_alloc memory, address)"},
     {"_alloc_live", alloc_live, METH_NOARGS, "how many par.empty regions are alive"},
     {NULL, NULL, 0, NULL}};

@@ -41,14 +41,14 @@ static const char *type_name(PyObject *o) {
 static const char *dl_name(DLDataType dt, char *buf, size_t cap) {
   static const char *codes[] = {"int", "uint", "float", "opaque", "bfloat", "complex", "bool"};
   const char *c = dt.code < sizeof codes / sizeof codes[0] ? codes[dt.code] : "code?";
-  if (dt.code == 6) snprintf(buf, cap, "bool");
-  else snprintf(buf, cap, "%s%u%s", c, (unsigned)dt.bits, dt.lanes != 1 ? "xN" : "");
+  if (dt.code == 6)
+    snprintf(buf, cap, "bool");
+  else
+    snprintf(buf, cap, "%s%u%s", c, (unsigned)dt.bits, dt.lanes != 1 ? "xN" : "");
   return buf;
 }
 
-const char *pyarr_dtype_name(const pyarr *a) {
-  return par_dtype_name(a->dt);
-}
+const char *pyarr_dtype_name(const pyarr *a) { return par_dtype_name(a->dt); }
 
 static void pyarr_copy(pyarr *a, int to_temp);
 
@@ -97,8 +97,10 @@ static void pyarr_copy(pyarr *a, int to_temp) {
   size_t es = a->esize;
   int nd = a->ndim;
   if (nd == 0) {
-    if (to_temp) memcpy(t, a->base, es);
-    else memcpy(a->base, t, es);
+    if (to_temp)
+      memcpy(t, a->base, es);
+    else
+      memcpy(a->base, t, es);
     return;
   }
   int64_t idx[PYARR_MAX_DIMS] = {0};
@@ -109,8 +111,10 @@ static void pyarr_copy(pyarr *a, int to_temp) {
     char *p = a->base;
     for (int d = 0; d < nd - 1; d++) p += (ptrdiff_t)idx[d] * a->strides[d] * (ptrdiff_t)es;
     for (int64_t i = 0; i < inner; i++, p += istride, t += es) {
-      if (to_temp) memcpy(t, p, es);
-      else memcpy(p, t, es);
+      if (to_temp)
+        memcpy(t, p, es);
+      else
+        memcpy(p, t, es);
     }
     for (int d = nd - 2; d >= 0; d--) {
       if (++idx[d] < a->shape[d]) break;
@@ -204,8 +208,7 @@ static int typestr_dtype(const char *s, par_dtype *dt, DLDataType *dl) {
   return -1;
 }
 
-static int from_array_interface(PyObject *o, PyObject *ai, int access, const char *what,
-                                pyarr *a) {
+static int from_array_interface(PyObject *o, PyObject *ai, int access, const char *what, pyarr *a) {
   PyObject *typestr = PyDict_GetItemString(ai, "typestr");
   PyObject *data = PyDict_GetItemString(ai, "data");
   PyObject *shape = PyDict_GetItemString(ai, "shape");
@@ -247,8 +250,7 @@ static int from_array_interface(PyObject *o, PyObject *ai, int access, const cha
       long long bs = PyLong_AsLongLong(PyTuple_GetItem(strides, d));
       if (bs % (long long)es) {
         pypar_raisef(PAR_ERR_UNSUPPORTED,
-                     "%s has a stride of %lld bytes, not a multiple of its element size", what,
-                     bs);
+                     "%s has a stride of %lld bytes, not a multiple of its element size", what, bs);
         return -1;
       }
       a->strides[d] = bs / (long long)es;

@@ -26,8 +26,10 @@ static void link_owned(pygroup *pg) {
 }
 
 static void unlink_owned(pygroup *pg) {
-  if (pg->prev) pg->prev->next = pg->next;
-  else if (owned_head == pg) owned_head = pg->next;
+  if (pg->prev)
+    pg->prev->next = pg->next;
+  else if (owned_head == pg)
+    owned_head = pg->next;
   if (pg->next) pg->next->prev = pg->prev;
   pg->next = pg->prev = NULL;
 }
@@ -85,8 +87,9 @@ par_group *pygroup_get(PyObject *o, pygroup **out) {
   if (pypar_need_world() < 0) return NULL;
   if (o == NULL || o == Py_None) o = pypar_default_group;
   if (!PyObject_TypeCheck(o, pypar_group_type)) {
-    PyErr_SetString(PyExc_TypeError, "group must be a par.Group (from par.new_group, a "
-                                     "par.Mesh or par.parallel) or None");
+    PyErr_SetString(PyExc_TypeError,
+                    "group must be a par.Group (from par.new_group, a "
+                    "par.Mesh or par.parallel) or None");
     return NULL;
   }
   pygroup *pg = (pygroup *)o;
@@ -99,7 +102,8 @@ par_group *pygroup_get(PyObject *o, pygroup **out) {
     return NULL;
   }
   const char *stale = NULL;
-  if (!pg->g) stale = "the group was destroyed";
+  if (!pg->g)
+    stale = "the group was destroyed";
   else if (pg->epoch != pypar_world_epoch && pg->source != PYGROUP_DEFAULT)
     stale = "the group belongs to a world that par.destroy() ended";
   else if (pg->source == PYGROUP_DEFAULT && pg->epoch != pypar_default_epoch)
@@ -215,8 +219,9 @@ static PyObject *group_destroy(PyObject *self, PyObject *unused) {
   (void)unused;
   pygroup *pg = (pygroup *)self;
   if (pg->source != PYGROUP_OWNED)
-    return pypar_raisef(PAR_ERR_STATE, "only groups made by par.new_group can be destroyed; "
-                                       "this one belongs to the world or a mesh");
+    return pypar_raisef(PAR_ERR_STATE,
+                        "only groups made by par.new_group can be destroyed; "
+                        "this one belongs to the world or a mesh");
   if (pg->g) {
     pywork_finish_if(is_group, pg); /* a pending work must not outlive its group */
     unlink_owned(pg);
@@ -249,12 +254,12 @@ static PyType_Slot group_slots[] = {
     {Py_tp_getset, group_getset},
     {Py_tp_methods, group_methods},
     {Py_tp_repr, group_repr},
-    {Py_tp_doc, "A process group. Made by par.new_group, par.Mesh, par.parallel, or the default "
-                "group of par.init (group=None)."},
+    {Py_tp_doc,
+     "A process group. Made by par.new_group, par.Mesh, par.parallel, or the default "
+     "group of par.init (group=None)."},
     {0, NULL}};
 
-static PyType_Spec group_spec = {"par.Group", sizeof(pygroup), 0, Py_TPFLAGS_DEFAULT,
-                                 group_slots};
+static PyType_Spec group_spec = {"par.Group", sizeof(pygroup), 0, Py_TPFLAGS_DEFAULT, group_slots};
 
 /* ---- new_group --------------------------------------------------------------------------- */
 
@@ -264,8 +269,8 @@ static PyObject *new_group(PyObject *m, PyObject *args, PyObject *kw) {
   PyObject *ranks_obj = Py_None, *timeout_obj = Py_None;
   double timeout = 0.0;
   const char *backend = NULL, *name = NULL;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "|OOzz", kwlist, &ranks_obj, &timeout_obj,
-                                   &backend, &name) ||
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "|OOzz", kwlist, &ranks_obj, &timeout_obj, &backend,
+                                   &name) ||
       pypar_timeout(timeout_obj, &timeout) < 0)
     return NULL;
   if (pypar_need_world() < 0) return NULL;
@@ -319,8 +324,10 @@ static PyObject *new_group(PyObject *m, PyObject *args, PyObject *kw) {
   }
   par_group *g = NULL;
   par_status s;
-  Py_BEGIN_ALLOW_THREADS s = par_group_create(pypar_world, ranks, n, &o, &g);
-  Py_END_ALLOW_THREADS free(ranks);
+  Py_BEGIN_ALLOW_THREADS
+  s = par_group_create(pypar_world, ranks, n, &o, &g);
+  Py_END_ALLOW_THREADS
+  free(ranks);
   if (s != PAR_OK) return pypar_raise(s, par_world_last_error(pypar_world));
   PyObject *r = pygroup_new(g, PYGROUP_OWNED, NULL);
   if (!r) par_group_destroy(g);

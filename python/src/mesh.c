@@ -15,8 +15,10 @@ PyTypeObject *pypar_mesh_type;
 static pymesh *meshes;
 
 static void unlink_mesh(pymesh *pm) {
-  if (pm->prev) pm->prev->next = pm->next;
-  else if (meshes == pm) meshes = pm->next;
+  if (pm->prev)
+    pm->prev->next = pm->next;
+  else if (meshes == pm)
+    meshes = pm->next;
   if (pm->next) pm->next->prev = pm->prev;
   pm->next = pm->prev = NULL;
 }
@@ -40,8 +42,7 @@ static par_mesh *live(PyObject *self) {
 static PyObject *mesh_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
   static char *kwlist[] = {"names", "sizes", "backends", NULL};
   PyObject *names_obj, *sizes_obj, *backends_obj = Py_None;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|O", kwlist, &names_obj, &sizes_obj,
-                                   &backends_obj))
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|O", kwlist, &names_obj, &sizes_obj, &backends_obj))
     return NULL;
   if (pypar_need_world() < 0) return NULL;
   PyObject *names = PySequence_List(names_obj), *sizes = names ? PySequence_List(sizes_obj) : NULL;
@@ -81,8 +82,10 @@ static PyObject *mesh_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
   }
   par_mesh *m = NULL;
   par_status s;
-  Py_BEGIN_ALLOW_THREADS s = par_mesh_create_layout(pypar_world, &layout, cback, &m);
-  Py_END_ALLOW_THREADS if (s != PAR_OK) {
+  Py_BEGIN_ALLOW_THREADS
+  s = par_mesh_create_layout(pypar_world, &layout, cback, &m);
+  Py_END_ALLOW_THREADS
+  if (s != PAR_OK) {
     pypar_raise(s, par_last_error());
     goto done;
   }
@@ -120,7 +123,8 @@ static PyObject *group_of(PyObject *self, const char *dims, int create) {
   par_group_info info;
   par_status s;
   if (create) {
-    Py_BEGIN_ALLOW_THREADS s = par_mesh_group_create(m, dims, NULL, &info);
+    Py_BEGIN_ALLOW_THREADS
+    s = par_mesh_group_create(m, dims, NULL, &info);
     Py_END_ALLOW_THREADS
   } else {
     s = par_mesh_group(m, dims, &info);
@@ -209,10 +213,14 @@ static PyObject *get_stage_info(PyObject *self, void *c) {
   par_mesh *m = live(self);
   if (!m) return NULL;
   switch ((int)(intptr_t)c) {
-    case STAGE: return PyLong_FromLong(par_mesh_stage(m));
-    case NUM_STAGES: return PyLong_FromLong(par_mesh_num_stages(m));
-    case FIRST: return PyBool_FromLong(par_mesh_is_first_stage(m));
-    case LAST: return PyBool_FromLong(par_mesh_is_last_stage(m));
+    case STAGE:
+      return PyLong_FromLong(par_mesh_stage(m));
+    case NUM_STAGES:
+      return PyLong_FromLong(par_mesh_num_stages(m));
+    case FIRST:
+      return PyBool_FromLong(par_mesh_is_first_stage(m));
+    case LAST:
+      return PyBool_FromLong(par_mesh_is_last_stage(m));
     case NEXT: {
       int r = par_mesh_next_stage_rank(m);
       if (r < 0) Py_RETURN_NONE;
@@ -254,8 +262,9 @@ static PyType_Slot mesh_slots[] = {
     {Py_mp_subscript, mesh_getitem},
     {Py_tp_getset, mesh_getset},
     {Py_tp_methods, mesh_methods},
-    {Py_tp_doc, "Mesh(names, sizes, backends=None): a row-major mesh of named dims over the "
-                "world (one size may be -1: derived). Collective over the world."},
+    {Py_tp_doc,
+     "Mesh(names, sizes, backends=None): a row-major mesh of named dims over the "
+     "world (one size may be -1: derived). Collective over the world."},
     {0, NULL}};
 
 static PyType_Spec mesh_spec = {"par.Mesh", sizeof(pymesh), 0, Py_TPFLAGS_DEFAULT, mesh_slots};
@@ -279,8 +288,10 @@ static PyObject *init_parallelism(PyObject *m, PyObject *args) {
       backend_arg(b[2], &o.dp_backend) < 0)
     return NULL;
   par_status s;
-  Py_BEGIN_ALLOW_THREADS s = par_init_parallelism(pypar_world, &o);
-  Py_END_ALLOW_THREADS if (s != PAR_OK) return pypar_raise(s, par_last_error());
+  Py_BEGIN_ALLOW_THREADS
+  s = par_init_parallelism(pypar_world, &o);
+  Py_END_ALLOW_THREADS
+  if (s != PAR_OK) return pypar_raise(s, par_last_error());
   Py_RETURN_NONE;
 }
 
@@ -307,8 +318,10 @@ static PyObject *default_groups(PyObject *m, PyObject *unused) {
   PyObject *t = PyTuple_New(4);
   for (int i = 0; t && i < 4; i++) {
     PyObject *g = pygroup_new(info[i].group, PYGROUP_DEFAULT, NULL);
-    if (!g) Py_CLEAR(t);
-    else PyTuple_SetItem(t, i, g);
+    if (!g)
+      Py_CLEAR(t);
+    else
+      PyTuple_SetItem(t, i, g);
   }
   return t;
 }

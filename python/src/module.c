@@ -53,8 +53,9 @@ static PyObject *init(PyObject *m, PyObject *args, PyObject *kw) {
   if (!PyArg_ParseTupleAndKeywords(args, kw, "|OO", kwlist, &backend_obj, &timeout_obj))
     return NULL;
   if (pypar_world)
-    return pypar_raisef(PAR_ERR_STATE, "par.init() was already called; call par.destroy() "
-                                       "before initialising again");
+    return pypar_raisef(PAR_ERR_STATE,
+                        "par.init() was already called; call par.destroy() "
+                        "before initialising again");
   par_world_options o = PAR_WORLD_OPTIONS_INIT;
   if (pypar_timeout(timeout_obj, &o.timeout_s) < 0) return NULL;
   par_backend want = PAR_BACKEND_AUTO;
@@ -71,8 +72,10 @@ static PyObject *init(PyObject *m, PyObject *args, PyObject *kw) {
   }
   par_world *w = NULL;
   par_status s;
-  Py_BEGIN_ALLOW_THREADS s = par_world_create(&o, &w);
-  Py_END_ALLOW_THREADS if (s != PAR_OK) return pypar_raise(s, par_last_error());
+  Py_BEGIN_ALLOW_THREADS
+  s = par_world_create(&o, &w);
+  Py_END_ALLOW_THREADS
+  if (s != PAR_OK) return pypar_raise(s, par_last_error());
   par_group *g = par_world_group(w);
   if (want != PAR_BACKEND_AUTO && par_group_backend(g) != want) {
     int n = par_world_size(w);
@@ -80,8 +83,10 @@ static PyObject *init(PyObject *m, PyObject *args, PyObject *kw) {
     go.backend = want;
     go.name = "default";
     const int *ranks = par_group_ranks(g);
-    Py_BEGIN_ALLOW_THREADS s = par_group_create(w, ranks, n, &go, &own_default);
-    Py_END_ALLOW_THREADS if (s != PAR_OK) {
+    Py_BEGIN_ALLOW_THREADS
+    s = par_group_create(w, ranks, n, &go, &own_default);
+    Py_END_ALLOW_THREADS
+    if (s != PAR_OK) {
       pypar_raise(s, par_world_last_error(w));
       par_world_destroy(w);
       return NULL;
@@ -123,8 +128,10 @@ static PyObject *destroy(PyObject *m, PyObject *unused) {
   pypar_world = NULL;
   pypar_world_epoch++;
   Py_CLEAR(pypar_default_group);
-  Py_BEGIN_ALLOW_THREADS par_world_destroy(w);
-  Py_END_ALLOW_THREADS Py_RETURN_NONE;
+  Py_BEGIN_ALLOW_THREADS
+  par_world_destroy(w);
+  Py_END_ALLOW_THREADS
+  Py_RETURN_NONE;
 }
 
 static PyObject *is_initialized(PyObject *m, PyObject *unused) {
@@ -231,9 +238,15 @@ static PyMethodDef world_methods[] = {
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef moduledef = {
-    PyModuleDef_HEAD_INIT, "_par",
-    "par's C extension; import par (the package) rather than this module.", -1, NULL,
-    NULL, NULL, NULL, NULL};
+    PyModuleDef_HEAD_INIT,
+    "_par",
+    "par's C extension; import par (the package) rather than this module.",
+    -1,
+    NULL,
+    NULL,
+    NULL,
+    NULL,
+    NULL};
 
 PyMODINIT_FUNC PyInit__par(void) {
   PyObject *m = PyModule_Create(&moduledef);

@@ -94,12 +94,14 @@ static PyObject *run(call *c, int async_op, PyObject *result) {
   par_status s;
   par_work *w = NULL;
   if (!async_op) {
-    Py_BEGIN_ALLOW_THREADS s = issue(c, NULL);
+    Py_BEGIN_ALLOW_THREADS
+    s = issue(c, NULL);
     if (s == PAR_OK)
       for (int i = 0; i < c->na; i++) pyarr_finish(&c->a[i]);
     Py_END_ALLOW_THREADS
   } else {
-    Py_BEGIN_ALLOW_THREADS s = issue(c, &w);
+    Py_BEGIN_ALLOW_THREADS
+    s = issue(c, &w);
     Py_END_ALLOW_THREADS
   }
   if (s != PAR_OK) {
@@ -153,8 +155,8 @@ int pypar_parse_op(PyObject *o, par_op *out) {
   char sb[32];
   const char *s = pypar_utf8(low, sb, sizeof sb);
   par_status st = s ? par_op_parse(s, out) : PAR_ERR_OP;
-  if (st != PAR_OK) pypar_raisef(PAR_ERR_OP, "unknown op '%s': use sum, prod, min, max or avg",
-                                 s ? s : "?");
+  if (st != PAR_OK)
+    pypar_raisef(PAR_ERR_OP, "unknown op '%s': use sum, prod, min, max or avg", s ? s : "?");
   Py_DECREF(low);
   return st == PAR_OK ? 0 : -1;
 }
@@ -192,14 +194,14 @@ static int no_tag(PyObject *tag, const char *name) {
   return -1;
 }
 
-#define PARSE(fmt, ...)                                                                    \
-  do {                                                                                     \
-    if (!PyArg_ParseTupleAndKeywords(args, kw, fmt, kwlist, __VA_ARGS__)) return NULL;    \
+#define PARSE(fmt, ...)                                                                \
+  do {                                                                                 \
+    if (!PyArg_ParseTupleAndKeywords(args, kw, fmt, kwlist, __VA_ARGS__)) return NULL; \
   } while (0)
-#define FAIL()                                                                             \
-  do {                                                                                     \
-    release(&c);                                                                           \
-    return NULL;                                                                           \
+#define FAIL()   \
+  do {           \
+    release(&c); \
+    return NULL; \
   } while (0)
 
 /* ---- The ops ----------------------------------------------------------------------------- */
@@ -252,8 +254,9 @@ static PyObject *all_gather_into_tensor(PyObject *m, PyObject *args, PyObject *k
   }
   if (overlap(&c.a[0], &c.a[1]) &&
       (char *)c.a[1].buf != (char *)c.a[0].buf + (size_t)par_group_index(c.g) * n * c.a[0].esize) {
-    pypar_raisef(PAR_ERR_INVALID, "all_gather_into_tensor: the input overlaps the output other "
-                                  "than as this rank's own block");
+    pypar_raisef(PAR_ERR_INVALID,
+                 "all_gather_into_tensor: the input overlaps the output other "
+                 "than as this rank's own block");
     FAIL();
   }
   return run(&c, async_op, NULL);
@@ -280,8 +283,9 @@ static PyObject *reduce_scatter_tensor(PyObject *m, PyObject *args, PyObject *kw
   }
   if (overlap(&c.a[0], &c.a[1]) &&
       (char *)c.a[0].buf != (char *)c.a[1].buf + (size_t)par_group_index(c.g) * n * c.a[0].esize) {
-    pypar_raisef(PAR_ERR_INVALID, "reduce_scatter_tensor: the output overlaps the input other "
-                                  "than as this rank's own block");
+    pypar_raisef(PAR_ERR_INVALID,
+                 "reduce_scatter_tensor: the output overlaps the input other "
+                 "than as this rank's own block");
     FAIL();
   }
   return run(&c, async_op, NULL);
@@ -318,8 +322,8 @@ static PyObject *reduce(PyObject *m, PyObject *args, PyObject *kw) {
 
 static PyObject *all_to_all_single(PyObject *m, PyObject *args, PyObject *kw) {
   (void)m;
-  static char *kwlist[] = {"output", "input", "output_split_sizes", "input_split_sizes",
-                           "group", "async_op", NULL};
+  static char *kwlist[] = {"output",   "input", "output_split_sizes", "input_split_sizes", "group",
+                           "async_op", NULL};
   PyObject *out, *in, *osplit = Py_None, *isplit = Py_None, *group = Py_None;
   int async_op = 0;
   PARSE("OO|OOOp", &out, &in, &osplit, &isplit, &group, &async_op);
@@ -369,8 +373,9 @@ static PyObject *p2p(PyObject *args, PyObject *kw, int is_send, int async_op) {
     return NULL;
   if (no_tag(tag, name) < 0) return NULL;
   if (peer_obj == Py_None)
-    return pypar_raisef(PAR_ERR_UNSUPPORTED, "%s: name the peer rank (%s=...); par has no "
-                                             "receive from any source",
+    return pypar_raisef(PAR_ERR_UNSUPPORTED,
+                        "%s: name the peer rank (%s=...); par has no "
+                        "receive from any source",
                         name, is_send ? "dst" : "src");
   long peer = PyLong_AsLong(peer_obj);
   if (peer == -1 && PyErr_Occurred()) return NULL;
@@ -380,8 +385,7 @@ static PyObject *p2p(PyObject *args, PyObject *kw, int is_send, int async_op) {
     return NULL;
   if (!async_op && c.peer == c.pg->index)
     return pypar_raisef(PAR_ERR_INVALID,
-                        "%s to this rank itself would never complete; use isend and irecv",
-                        name);
+                        "%s to this rank itself would never complete; use isend and irecv", name);
   if (add(&c, t, is_send ? PYARR_READ : PYARR_WRITE, "tensor") < 0) FAIL();
   PyObject *r = run(&c, async_op, NULL);
   if (!r || async_op || is_send) return r;
@@ -389,10 +393,22 @@ static PyObject *p2p(PyObject *args, PyObject *kw, int is_send, int async_op) {
   return PyLong_FromLong(peer); /* torch's recv returns the sender's rank */
 }
 
-static PyObject *send(PyObject *m, PyObject *a, PyObject *k) { (void)m; return p2p(a, k, 1, 0); }
-static PyObject *recv(PyObject *m, PyObject *a, PyObject *k) { (void)m; return p2p(a, k, 0, 0); }
-static PyObject *isend(PyObject *m, PyObject *a, PyObject *k) { (void)m; return p2p(a, k, 1, 1); }
-static PyObject *irecv(PyObject *m, PyObject *a, PyObject *k) { (void)m; return p2p(a, k, 0, 1); }
+static PyObject *send(PyObject *m, PyObject *a, PyObject *k) {
+  (void)m;
+  return p2p(a, k, 1, 0);
+}
+static PyObject *recv(PyObject *m, PyObject *a, PyObject *k) {
+  (void)m;
+  return p2p(a, k, 0, 0);
+}
+static PyObject *isend(PyObject *m, PyObject *a, PyObject *k) {
+  (void)m;
+  return p2p(a, k, 1, 1);
+}
+static PyObject *irecv(PyObject *m, PyObject *a, PyObject *k) {
+  (void)m;
+  return p2p(a, k, 0, 1);
+}
 
 /* _tensor_gather(group, input, dim, output, async_op): par_tensor_gather into a new output
  * made by par.parallel; the Work's wait() returns the output. */
@@ -422,15 +438,18 @@ static PyObject *c_allreduce_loop(PyObject *m, PyObject *args, PyObject *kw) {
   if (get_group(&c, group) < 0 || add(&c, t, PYARR_WRITE, "tensor") < 0) FAIL();
   par_status s = PAR_OK;
   struct timespec t0, t1;
-  Py_BEGIN_ALLOW_THREADS clock_gettime(CLOCK_MONOTONIC, &t0);
+  Py_BEGIN_ALLOW_THREADS
+  clock_gettime(CLOCK_MONOTONIC, &t0);
   for (long i = 0; i < iters && s == PAR_OK; i++) s = issue(&c, NULL);
   clock_gettime(CLOCK_MONOTONIC, &t1);
-  Py_END_ALLOW_THREADS if (s != PAR_OK) {
+  Py_END_ALLOW_THREADS
+  if (s != PAR_OK) {
     pypar_raise(s, par_group_last_error(c.g));
     FAIL();
   }
   release(&c);
-  return PyFloat_FromDouble((double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec));
+  return PyFloat_FromDouble((double)(t1.tv_sec - t0.tv_sec) +
+                            1e-9 * (double)(t1.tv_nsec - t0.tv_nsec));
 }
 
 #define KW(f) (PyCFunction)(void (*)(void))(f), METH_VARARGS | METH_KEYWORDS

@@ -97,9 +97,9 @@ typedef enum pygroup_source {
 typedef struct pygroup {
   PyObject_HEAD par_group *g; /* NULL once destroyed */
   pygroup_source source;
-  unsigned long epoch;    /* pypar_world_epoch or pypar_default_epoch at creation */
-  PyObject *mesh;         /* the Mesh object for PYGROUP_MESH */
-  PyObject *ranks;        /* tuple of global ranks */
+  unsigned long epoch; /* pypar_world_epoch or pypar_default_epoch at creation */
+  PyObject *mesh;      /* the Mesh object for PYGROUP_MESH */
+  PyObject *ranks;     /* tuple of global ranks */
   int index, size;
   struct pygroup *next, *prev; /* list of PYGROUP_OWNED groups */
 } pygroup;

@@ -25,8 +25,10 @@ static void track(pywork *pw) {
 }
 
 static void untrack(pywork *pw) {
-  if (pw->prev) pw->prev->next = pw->next;
-  else if (pending == pw) pending = pw->next;
+  if (pw->prev)
+    pw->prev->next = pw->next;
+  else if (pending == pw)
+    pending = pw->next;
   if (pw->next) pw->next->prev = pw->prev;
   pw->next = pw->prev = NULL;
 }
@@ -83,9 +85,11 @@ void pywork_finish_if(int (*pred)(pygroup *g, void *ctx), void *ctx) {
     while (pw && pred && !pred((pygroup *)pw->group, ctx)) pw = pw->next;
     if (!pw) return;
     par_status s;
-    Py_BEGIN_ALLOW_THREADS s = par_work_wait(pw->w, -1);
+    Py_BEGIN_ALLOW_THREADS
+    s = par_work_wait(pw->w, -1);
     settle_nogil(pw, s);
-    Py_END_ALLOW_THREADS settle_gil(pw);
+    Py_END_ALLOW_THREADS
+    settle_gil(pw);
   }
 }
 
@@ -108,11 +112,16 @@ static PyObject *work_wait(PyObject *self, PyObject *args, PyObject *kw) {
   if (pw->done) return outcome(pw);
   par_status s;
   int still_pending = 0;
-  Py_BEGIN_ALLOW_THREADS s = par_work_wait(pw->w, t);
-  if (s == PAR_ERR_TIMEOUT && par_work_test(pw->w) == PAR_IN_PROGRESS) still_pending = 1;
-  else settle_nogil(pw, s);
-  Py_END_ALLOW_THREADS if (still_pending) return pypar_raisef(
-      PAR_ERR_TIMEOUT, "Work.wait: still pending after %g s (the op goes on; wait again)", t);
+  Py_BEGIN_ALLOW_THREADS
+  s = par_work_wait(pw->w, t);
+  if (s == PAR_ERR_TIMEOUT && par_work_test(pw->w) == PAR_IN_PROGRESS)
+    still_pending = 1;
+  else
+    settle_nogil(pw, s);
+  Py_END_ALLOW_THREADS
+  if (still_pending)
+    return pypar_raisef(PAR_ERR_TIMEOUT,
+                        "Work.wait: still pending after %g s (the op goes on; wait again)", t);
   settle_gil(pw);
   return outcome(pw);
 }
@@ -123,8 +132,10 @@ static PyObject *work_is_completed(PyObject *self, PyObject *unused) {
   if (pw->done) Py_RETURN_TRUE;
   par_status s = par_work_test(pw->w);
   if (s == PAR_IN_PROGRESS) Py_RETURN_FALSE;
-  Py_BEGIN_ALLOW_THREADS settle_nogil(pw, s);
-  Py_END_ALLOW_THREADS settle_gil(pw);
+  Py_BEGIN_ALLOW_THREADS
+  settle_nogil(pw, s);
+  Py_END_ALLOW_THREADS
+  settle_gil(pw);
   Py_RETURN_TRUE;
 }
 
@@ -156,9 +167,11 @@ static void work_dealloc(PyObject *self) {
   if (!pw->done) {
     /* Dropped without a wait: the op still has to end before its arrays may go. */
     par_status s;
-    Py_BEGIN_ALLOW_THREADS s = par_work_wait(pw->w, -1);
+    Py_BEGIN_ALLOW_THREADS
+    s = par_work_wait(pw->w, -1);
     settle_nogil(pw, s);
-    Py_END_ALLOW_THREADS settle_gil(pw);
+    Py_END_ALLOW_THREADS
+    settle_gil(pw);
   }
   Py_XDECREF(pw->result);
   PyObject_Free(self);
