@@ -170,6 +170,7 @@ static void test_p2p_then_collectives(void) {
     CHECK(world, par_recv_async(world, &y, 1, PAR_I32, h_rank, &w));
     CHECK(world, par_send(world, &x, 1, PAR_I32, h_rank));
     CHECK_WORK(world, w, -1.0);
+    par_work_free(w);
     EXPECT_INT(h_rank + round, y);
     if (h_size >= 2 && h_rank <= 1) {
       h_context("round %d: 0 -> 1 while the others idle", round);

@@ -145,9 +145,17 @@ static par_status zc_map(const shm_waitctx *wc, int j, uint64_t id, uint64_t off
   return PAR_OK;
 }
 
-/* Reads what every member published in round parity s (after waiting for all of them). */
+/*
+ * Reads what every member published in round parity s (after waiting for all of them) and
+ * maps their buffers. A peer's buffer may be mapped only if this op reads it: its owner may
+ * free it (unlinking its file) as soon as the op returns there, and only ops that read a
+ * buffer in place end with the synchronisation that keeps the owner in. `lazy` (reduce rounds,
+ * which end with it only when some input is read in place) maps just the inputs of members
+ * not in place, and every buffer only when all inputs and outputs are published (the op then
+ * takes allreduce_zc, which ends with it).
+ */
 static par_status zc_resolve(const shm_waitctx *wc, shm_state *st, const par__op *op, int s,
-                             size_t sbytes, size_t rbytes, zc_info *zi) {
+                             size_t sbytes, size_t rbytes, int lazy, zc_info *zi) {
   memset(zi, 0, sizeof *zi);
   for (int j = 0; j < st->n; j++) {
     const uint64_t *z = st->ctrl[j].zc[s];
@@ -155,20 +163,24 @@ static par_status zc_resolve(const shm_waitctx *wc, shm_state *st, const par__op
     st->zinplace[j] = (z[ZC_FLAGS] & ZC_INPLACE) != 0;
     st->asrc[j] = z[ZC_SEND_ADDR];
     st->adst[j] = z[ZC_RECV_ADDR];
-    if (z[ZC_SEND_ID]) {
+    zi->nsend += z[ZC_SEND_ID] != 0;
+    zi->usable += z[ZC_SEND_ID] && !st->zinplace[j];
+    zi->nrecv += z[ZC_RECV_ID] != 0;
+  }
+  int every = !lazy || (zi->nsend == st->n && zi->nrecv == st->n);
+  for (int j = 0; j < st->n; j++) {
+    const uint64_t *z = st->ctrl[j].zc[s];
+    if (z[ZC_SEND_ID] && (every || !st->zinplace[j])) {
       if (j == st->me)
         st->zsrc[j] = op->sendbuf;
       else
         PAR_FORWARD_IF_ERROR(zc_map(wc, j, z[ZC_SEND_ID], z[ZC_SEND_OFF], sbytes, &st->zsrc[j]));
-      zi->nsend++;
-      zi->usable += !st->zinplace[j];
     }
-    if (z[ZC_RECV_ID]) {
+    if (z[ZC_RECV_ID] && every) {
       if (j == st->me)
         st->zdst[j] = op->recvbuf;
       else
         PAR_FORWARD_IF_ERROR(zc_map(wc, j, z[ZC_RECV_ID], z[ZC_RECV_OFF], rbytes, &st->zdst[j]));
-      zi->nrecv++;
     }
   }
   return PAR_OK;
@@ -254,7 +266,7 @@ static par_status sc_publish(shm_state *st, const shm_waitctx *wc, const par__op
   zc_publish(wc, st, op, s, sbytes, rbytes);
   PAR_FORWARD_IF_ERROR(first_wait(st, wc, s, post_next(st)));
   if (len) memcpy(dst, src, len); /* only once the members agree: the output is theirs */
-  par_status r = zc_resolve(wc, st, op, s, sbytes, rbytes, zi);
+  par_status r = zc_resolve(wc, st, op, s, sbytes, rbytes, 0, zi);
   round_end(st);
   if (r < 0) par__shm_abort(st); /* the others are about to use this member's buffers */
   return r;
@@ -411,7 +423,7 @@ static par_status reduce_rounds(shm_state *st, const shm_waitctx *wc, const par_
     uint64_t e = post_next(st);
     PAR_FORWARD_IF_ERROR(first ? first_wait(st, wc, s, e) : par__shm_wait_all(st, wc, e));
     if (first && zc) {
-      PAR_FORWARD_IF_ERROR(zc_resolve(wc, st, op, s, bytes, all ? bytes : 0, &zi));
+      PAR_FORWARD_IF_ERROR(zc_resolve(wc, st, op, s, bytes, all ? bytes : 0, 1, &zi));
       if (all && zi.nsend == st->n && zi.nrecv == st->n) {
         round_end(st);
         return allreduce_zc(st, wc, op);
@@ -493,7 +505,7 @@ static par_status allgather(shm_state *st, const shm_waitctx *wc, const par__op 
     uint64_t e = post_next(st);
     if (first) PAR_FORWARD_IF_ERROR(first_wait(st, wc, s, e));
     if (first && zc) {
-      PAR_FORWARD_IF_ERROR(zc_resolve(wc, st, op, s, bytes, 0, &zi));
+      PAR_FORWARD_IF_ERROR(zc_resolve(wc, st, op, s, bytes, 0, 0, &zi));
       /* Every source in place: everything in this one round, unless the output is large:
        * then the readers keep to the rounds, so that a block one of them brings into the
        * cache is still there for the others. */
