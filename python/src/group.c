@@ -86,7 +86,17 @@ PyObject *pygroup_new(par_group *g, pygroup_source source, PyObject *mesh) {
 par_group *pygroup_get(PyObject *o, pygroup **out) {
   if (pypar_need_world() < 0) return NULL;
   if (o == NULL || o == Py_None) o = pypar_default_group;
+  PyObject *inner = NULL;
   if (!PyObject_TypeCheck(o, pypar_group_type)) {
+    /* par.parallel's GroupInfo (and anything else that carries one) stands for its .group. */
+    inner = PyObject_GetAttrString(o, "group");
+    if (inner && PyObject_TypeCheck(inner, pypar_group_type)) {
+      par_group *g = pygroup_get(inner, out);
+      Py_DECREF(inner); /* the caller's object keeps the Group alive */
+      return g;
+    }
+    Py_XDECREF(inner);
+    PyErr_Clear();
     PyErr_SetString(PyExc_TypeError,
                     "group must be a par.Group (from par.new_group, a "
                     "par.Mesh or par.parallel) or None");

@@ -149,6 +149,9 @@ static PyObject *get_rank(PyObject *m, PyObject *args, PyObject *kw) {
     if (pypar_need_world() < 0) return NULL;
     return PyLong_FromLong(par_world_rank(pypar_world));
   }
+  if (PyObject_TypeCheck(group, pypar_group_type) &&
+      ((pygroup *)group)->source == PYGROUP_NONMEMBER)
+    return PyLong_FromLong(-1); /* as torch.distributed says for a group one is not in */
   pygroup *pg;
   if (!pygroup_get(group, &pg)) return NULL;
   return PyLong_FromLong(pg->index);
@@ -163,6 +166,9 @@ static PyObject *get_world_size(PyObject *m, PyObject *args, PyObject *kw) {
     if (pypar_need_world() < 0) return NULL;
     return PyLong_FromLong(par_world_size(pypar_world));
   }
+  if (PyObject_TypeCheck(group, pypar_group_type) &&
+      ((pygroup *)group)->source == PYGROUP_NONMEMBER)
+    return PyLong_FromLong(-1);
   pygroup *pg;
   if (!pygroup_get(group, &pg)) return NULL;
   return PyLong_FromLong(pg->size);

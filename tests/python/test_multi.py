@@ -250,6 +250,7 @@ def test_new_group_even_odd():
     assert b[0] == mine.ranks[-1]
     if other is not None:
         assert not other.is_member
+        assert par.get_rank(other) == -1 and par.get_world_size(other) == -1
         with pytest.raises(par.NotMemberError):
             par.all_reduce(t, group=other)
     with pytest.raises(par.RankError):

@@ -94,6 +94,11 @@ def one_layout(mp, pp, lib, dt):
             # reduce, in place, returns the tensor; async: wait() returns it
             t = make(lib, dt, values("sum", R(), 6, signed(dt)))
             assert gi.reduce(t) is t
+            if kind == "mp" and dt == "i64":  # a GroupInfo stands for its group in par.*
+                u = make(lib, dt, [R()])
+                par.all_reduce(u, group=gi)
+                check(u, [sum(mine)])
+                assert par.get_rank(gi) == gi.rank and par.get_world_size(gi) == k
             check(t, reference("sum", [values("sum", r, 6, signed(dt)) for r in mine], dt))
             t2 = make(lib, dt, values("max", R(), 6, signed(dt)))
             w = gi.reduce(t2, op=par.MAX, async_op=True)
