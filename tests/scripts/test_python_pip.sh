@@ -8,13 +8,13 @@ BUILD=$(cd "$1" && pwd)
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 PY=""
 for c in python3 /usr/bin/python3; do
-  if command -v "$c" >/dev/null && "$c" -c "import numpy, setuptools, venv, ensurepip" 2>/dev/null; then
+  if command -v "$c" >/dev/null && "$c" -c "import numpy, setuptools, wheel, venv, ensurepip" 2>/dev/null; then
     PY=$c
     break
   fi
 done
 if [ -z "$PY" ]; then
-  echo "skip: no python3 with numpy, setuptools, venv and ensurepip (Debian: python3-venv)"
+  echo "skip: no python3 with numpy, setuptools, wheel, venv and ensurepip (Debian: python3-numpy python3-setuptools python3-wheel python3-venv)"
   exit 0
 fi
 echo "# using $PY ($("$PY" --version))"
