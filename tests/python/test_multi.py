@@ -401,3 +401,45 @@ def test_par_empty_zero_copy(lib):
     del t, out, src, w
     gc.collect()
     assert par._par._alloc_live() == 0
+
+
+@pytest.mark.parametrize("lib", LIBS)
+def test_random_strided_views(lib):
+    """Views of random shape, dim order, steps and (numpy) directions, for every op that
+    writes: all_reduce in place, broadcast, and an all-gather into a strided output. The same
+    seed on every rank gives every rank the same cases."""
+    rng = np.random.default_rng(1234)
+    for case in range(25):
+        nd = int(rng.integers(1, 5))
+        shape = tuple(int(x) for x in rng.integers(1, 5, nd))
+        base = np.arange(int(np.prod(shape)) * 8).reshape(tuple(s * 2 for s in shape[:1]) +
+                                                          shape[1:] + (4,)) % 50
+        sl = tuple(slice(None, None, int(rng.integers(1, 3))) for _ in range(base.ndim))
+        if lib == "numpy" and rng.integers(0, 2):
+            sl = (slice(None, None, -1),) + sl[1:]
+        perm = tuple(rng.permutation(base.ndim))
+        dt = ["f32", "f64", "i32", "i64", "u8", "f16"][case % 6]
+
+        def view(a):
+            v = a[sl]
+            return v.transpose(perm) if isinstance(v, np.ndarray) else v.permute(*perm)
+
+        owner = make(lib, dt, base + R())
+        par.all_reduce(view(owner))
+        want = (base + R()).astype(np.float64)
+        view(want)[...] = N() * view(base.astype(np.float64)) + sum(range(N()))
+        np.testing.assert_array_equal(as_f64(owner), want, err_msg=f"case {case}")
+
+        owner = make(lib, dt, base + R())
+        par.broadcast(view(owner), 0)
+        want = (base + R()).astype(np.float64)
+        view(want)[...] = view(base.astype(np.float64))
+        np.testing.assert_array_equal(as_f64(owner), want, err_msg=f"case {case}")
+
+        part = view(make(lib, dt, base + R()))
+        outer = empty(lib, dt, (N(),) + tuple(part.shape) + (2,))
+        par.all_gather_into_tensor(outer[..., 1], part)
+        for r in range(N()):
+            np.testing.assert_array_equal(as_f64(outer[r, ..., 1]),
+                                          view((base + r).astype(np.float64)))
+        np.testing.assert_array_equal(as_f64(outer[..., 0]), 99)
