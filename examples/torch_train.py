@@ -25,13 +25,19 @@ How it is split (docs/torch_train.md has the pictures):
 Every layout computes the same function on the same data from the same initial weights, so its
 loss at every logged step equals the one-process run's up to f32 rounding (the test
 tests/scripts/test_torch_train.sh checks six layouts). `--comm gloo` swaps par for
-torch.distributed's gloo groups, to compare.
+torch.distributed's gloo groups, to compare. (For that test, PAR_TORCH_TRAIN_DIE=RANK:STEP makes
+rank RANK kill itself at step STEP, so that the job's end can be checked.)
 """
 import argparse
 import math
 import os
+import signal
 import sys
 import time
+
+# One thread per rank: ranks share the cores (BLAS must not start a pool per process).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import torch
 import torch.nn.functional as F
@@ -835,7 +841,11 @@ def main(argv=None):
             v = float(t[0])
         return v
 
+    die = os.environ.get("PAR_TORCH_TRAIN_DIE", "")
+    die_rank, die_step = (int(v) for v in die.split(":")) if die else (-1, -1)
     for step in range(1, a.steps + 1):
+        if comm.rank == die_rank and step == die_step:
+            os.kill(os.getpid(), signal.SIGKILL)
         xs, ys = batches("train")
         opt.zero_grad(set_to_none=False)
         loss = pipe.step(xs, ys, buckets)

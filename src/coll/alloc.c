@@ -3,7 +3,8 @@
  * Each allocation is its own shared-memory file named after the job, the owner's rank and a
  * per-rank id, so a peer can map it from the (rank, id) pair a collective publishes; the
  * shared-memory backend then reads contributions in place instead of copying them through the
- * group's segment. Peers' mappings are cached until the world is destroyed.
+ * group's segment. Peers' mappings are cached, and dropped once their owner has freed them
+ * (see forget_freed): a buffer is freed only when no op may read it any more.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -111,6 +112,33 @@ int par__region_find(par_world *w, const void *p, size_t len, uint32_t *id, uint
   return *id != 0;
 }
 
+/*
+ * Drops this process's mappings of rank's buffers that their owner has freed (their files are
+ * gone), so that freed memory goes back to the system while the job runs. Safe: an owner frees
+ * a buffer only after every op that used it returned there, and every op that reads a peer's
+ * buffer in place ends with a synchronisation after the reads, so nobody here still reads it.
+ * Called when a new buffer of that rank is mapped: the mappings kept stay bounded by the
+ * buffers the owner holds, plus one. Called with regions_mu held.
+ */
+static void forget_freed(par_world *w, int rank) {
+  for (par__region **pp = &w->regions; *pp;) {
+    par__region *r = *pp;
+    int gone = 0;
+    if (r->rank == rank && r->rank != w->rank) {
+      int fd = shm_open(r->name, O_RDONLY, 0);
+      gone = fd < 0 && errno == ENOENT;
+      if (fd >= 0) close(fd);
+    }
+    if (!gone) {
+      pp = &r->next;
+      continue;
+    }
+    *pp = r->next;
+    munmap(r->base, r->size);
+    free(r);
+  }
+}
+
 par_status par__region_map(par_world *w, int rank, uint32_t id, char **base, size_t *size) {
   pthread_mutex_lock(&w->regions_mu);
   for (par__region *r = w->regions; r; r = r->next)
@@ -146,6 +174,7 @@ par_status par__region_map(par_world *w, int rank, uint32_t id, char **base, siz
   }
   r->base = p;
   pthread_mutex_lock(&w->regions_mu);
+  forget_freed(w, rank);
   r->next = w->regions;
   w->regions = r;
   pthread_mutex_unlock(&w->regions_mu);
