@@ -317,6 +317,32 @@ static int attr_is(PyObject *o, PyObject *name, PyObject *want) {
   return r;
 }
 
+/* Whether par may write into a tensor that requires grad: where torch itself would let an
+ * in-place op do it, that is, unless it is a leaf while grad mode is on (torch raises "a leaf
+ * Variable that requires grad is being used in an in-place operation"). Inside an autograd
+ * Function's forward, under torch.no_grad(), or on an intermediate result, it may. 1: may,
+ * 0: may not, with the exception set. */
+static int may_write_grad_tensor(PyObject *o, const char *what) {
+  PyObject *leaf = PyObject_GetAttrString(o, "is_leaf");
+  int is_leaf = leaf ? PyObject_IsTrue(leaf) == 1 : 1;
+  Py_XDECREF(leaf);
+  PyErr_Clear();
+  int grad_on = 1;
+  PyObject *modules = PySys_GetObject("modules"); /* borrowed */
+  PyObject *torch = modules ? PyDict_GetItemString(modules, "torch") : NULL;
+  PyObject *on = torch ? PyObject_CallMethod(torch, "is_grad_enabled", NULL) : NULL;
+  if (on) grad_on = PyObject_IsTrue(on) == 1;
+  Py_XDECREF(on);
+  PyErr_Clear();
+  if (!(is_leaf && grad_on)) return 1;
+  pypar_raisef(PAR_ERR_INVALID,
+               "%s is a leaf tensor that requires grad, which torch does not let an in-place "
+               "op write while grad mode is on; write it under torch.no_grad(), or pass "
+               "tensor.detach() (it shares the memory)",
+               what);
+  return 0;
+}
+
 /* 1: done (a filled), 0: not a plain CPU tensor of a par dtype (use DLPack), -1: error. */
 static int from_torch(PyObject *o, int access, const char *what, pyarr *a) {
   PyObject *dt = PyObject_GetAttr(o, s_dtype);
@@ -334,13 +360,9 @@ static int from_torch(PyObject *o, int access, const char *what, pyarr *a) {
     return -1;
   }
   if (idx < 0 || !attr_is(o, s_is_cpu, NULL) || !attr_is(o, s_layout, torch_strided)) return 0;
-  if (access == PYARR_WRITE && attr_is(o, s_requires_grad, NULL)) {
-    pypar_raisef(PAR_ERR_INVALID,
-                 "%s requires grad, so par cannot write into it; pass tensor.detach() (it "
-                 "shares the memory, so the tensor sees the result)",
-                 what);
+  if (access == PYARR_WRITE && attr_is(o, s_requires_grad, NULL) &&
+      !may_write_grad_tensor(o, what))
     return -1;
-  }
   PyObject *shape = PyObject_GetAttr(o, s_shape);
   PyObject *strides = shape ? PyObject_CallMethodObjArgs(o, s_stride, NULL) : NULL;
   PyObject *ptr = strides ? PyObject_CallMethodObjArgs(o, s_data_ptr, NULL) : NULL;
@@ -433,13 +455,8 @@ static int get(PyObject *o, int access, const char *what, pyarr *a, int depth) {
     Py_XDECREF(type);
     Py_XDECREF(value);
     Py_XDECREF(tb);
-    if (access == PYARR_WRITE) {
-      pypar_raisef(PAR_ERR_INVALID,
-                   "%s requires grad, so par cannot write into it; pass tensor.detach() (it "
-                   "shares the memory, so the tensor sees the result)",
-                   what);
-      return -1;
-    }
+    if (access == PYARR_WRITE && !may_write_grad_tensor(o, what)) return -1;
+    /* The detached view shares the memory: what par writes there, the tensor sees. */
     PyObject *det = PyObject_CallMethodObjArgs(o, s_detach, NULL);
     if (!det) return -1;
     int rc = get(det, access, what, a, depth + 1);

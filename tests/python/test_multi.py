@@ -319,7 +319,22 @@ def test_bad_inputs_raise_clearly():
     if torch is not None:
         g = torch.zeros(3, requires_grad=True)
         with pytest.raises(par.InvalidArgumentError, match="requires grad"):
-            par.all_reduce(g)
+            par.all_reduce(g)  # a leaf, grad mode on
+
+        class Reduce(torch.autograd.Function):  # how a model-parallel layer uses it
+            @staticmethod
+            def forward(ctx, x):
+                return par.all_reduce(x, group=None) or x
+
+            @staticmethod
+            def backward(ctx, grad):
+                return grad
+
+        x = torch.full((3,), float(R()), requires_grad=True)
+        y = Reduce.apply(x * 2)  # x * 2 requires grad and is no leaf: written in place
+        assert y.tolist() == [float(sum(range(n)) * 2)] * 3
+        y.sum().backward()
+        assert x.grad.tolist() == [2.0] * 3
         # reading from it is fine
         out = torch.zeros(3 * n)
         par.all_gather_into_tensor(out, g)

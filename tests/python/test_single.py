@@ -173,8 +173,15 @@ def test_bad_inputs():
         sub = torch.arange(10.0)[3:7]  # a view at a storage offset
         par.broadcast(sub, 0)
         assert sub.tolist() == [3.0, 4.0, 5.0, 6.0]
-        with pytest.raises(par.InvalidArgumentError, match="requires grad"):
-            par.all_reduce(torch.zeros(2, requires_grad=True))
+        leaf = torch.ones(2, requires_grad=True)
+        with pytest.raises(par.InvalidArgumentError, match="leaf tensor that requires grad"):
+            par.all_reduce(leaf)  # torch's own in-place ops refuse it too
+        with torch.no_grad():
+            par.all_reduce(leaf, op="avg")  # as an optimizer step would
+            par.broadcast(leaf, 0)
+        inner = leaf * 3  # an intermediate result that requires grad: torch writes those
+        par.all_reduce(inner)
+        assert inner.tolist() == [3.0, 3.0] and inner.requires_grad
         with pytest.raises(par.InvalidArgumentError, match="overlapping"):
             par.all_reduce(torch.zeros(1).expand(4))
         assert par.all_reduce(torch.ones(2, requires_grad=True).detach()) is None
