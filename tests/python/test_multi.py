@@ -354,7 +354,8 @@ def test_read_only_inputs_are_fine():
 def test_timeout_error_carries_detail():
     if N() < 2:
         pytest.skip("needs a peer that does not join")
-    g = par.new_group(list(range(N())), timeout=0.5)
+    g = par.new_group(list(range(N())))  # created with the default timeout (a loaded machine)
+    g.set_timeout(0.5)
     if R() == 0:
         with pytest.raises(par.TimeoutError) as e:
             par.barrier(g)
