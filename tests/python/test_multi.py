@@ -379,18 +379,19 @@ def test_the_gil_is_released_while_an_op_waits():
         # Python code runs here only if the blocked op let go of the GIL.
         state["seen_in_op"] = state["in_op"]
 
+    par.barrier()  # start together: the last rank's delay below is what rank 0 waits out
     if R() == 0:
         th = threading.Thread(target=watcher)
         th.start()
         t = np.ones(4)
         state["in_op"] = True
-        par.all_reduce(t)  # blocks until the last rank arrives, 1 s later
+        par.all_reduce(t)  # blocks until the last rank arrives, 1.5 s later
         state["in_op"] = False
         th.join()
         assert state["seen_in_op"] is True, "no other thread ran while the op was blocked"
         assert (t == N()).all()
     else:
-        time.sleep(1.0 if R() == N() - 1 else 0)
+        time.sleep(1.5 if R() == N() - 1 else 0)
         par.all_reduce(np.ones(4))
 
 
