@@ -30,9 +30,26 @@
 extern "C" {
 #endif
 
+/* ------------------------------------------------------------------------------------------ */
+/* Version                                                                                    */
+/* ------------------------------------------------------------------------------------------ */
+
+/* The version of this header. These three lines are the one source of the version number:
+ * CMakeLists.txt reads them for project(VERSION), which the library's soname, par.pc, the CMake
+ * package and the Debian packages take, so they cannot disagree. */
 #define PAR_VERSION_MAJOR 0
 #define PAR_VERSION_MINOR 1
 #define PAR_VERSION_PATCH 0
+/* The header's version as one comparable number: major * 10000 + minor * 100 + patch. */
+#define PAR_VERSION_NUMBER (PAR_VERSION_MAJOR * 10000 + PAR_VERSION_MINOR * 100 + PAR_VERSION_PATCH)
+
+/* The version of the library the program runs with, as PAR_VERSION_NUMBER computes it (0.1.0
+ * is 100). It differs from PAR_VERSION_NUMBER when the program was compiled against another
+ * version's header than the libpar.so it loaded. Never fails; any thread may call it. */
+int par_version(void);
+/* The same version as a string, "MAJOR.MINOR.PATCH" (e.g. "0.1.0"); static storage, never
+ * NULL. Any thread may call it. */
+const char *par_version_string(void);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Status codes                                                                               */
@@ -198,8 +215,7 @@ par_status par_free(par_world *world, void *ptr);
 typedef enum par_backend {
   PAR_BACKEND_AUTO = 0, /* shm when all members share this host */
   PAR_BACKEND_SHM = 1,
-  PAR_BACKEND_TCP = 2,
-  PAR_BACKEND_MPI = 3,
+  PAR_BACKEND_MPI = 2, /* groups that span hosts need a world started by MPI (docs/mpi.md) */
   PAR_BACKEND_COUNT
 } par_backend;
 

@@ -1,11 +1,14 @@
 /*
  * report.c -- what rank 0 prints: the configuration and the group layout at start, a progress
- * line per logged step (redrawn in place on a terminal, one line each otherwise, or one JSON
- * object each with --json), the final summary, and the loss curve as an SVG file.
+ * line per logged step (redrawn in place on the user's terminal, one line each otherwise, or
+ * one JSON object each with --json; --progress chooses), the final summary, and the loss curve
+ * as an SVG file (the one format train writes: a raster format would need a font renderer
+ * for the axis labels, which a demo should not depend on).
  */
 #include <errno.h>
 #include <math.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -17,7 +20,47 @@ double now_seconds(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-int report_is_tty(const train_config *cfg) { return !cfg->json && isatty(STDOUT_FILENO); }
+int report_is_tty(const train_config *cfg) {
+  if (cfg->json) return 0;
+  if (cfg->progress != PROGRESS_AUTO) return cfg->progress == PROGRESS_TTY;
+  /* tcgetpgrp answers only for the caller's controlling terminal: under mpirun a rank's stdout
+   * is a pseudo-terminal of Open MPI's whose output goes wherever mpirun's does (often a log
+   * file), and it is not the rank's controlling terminal. */
+  const char *term = getenv("TERM");
+  return isatty(STDOUT_FILENO) && tcgetpgrp(STDOUT_FILENO) != -1 &&
+         !(term && !strcmp(term, "dumb"));
+}
+
+int report_plot_check(const char *path, char *msg, size_t len) {
+  const char *dot = strrchr(path, '.'), *slash = strrchr(path, '/');
+  const char *ext = dot && (!slash || dot > slash) ? dot + 1 : "";
+  if (strcmp(ext, "svg") != 0) {
+    snprintf(msg, len, "--plot %s: train writes SVG only, so the name must end in .svg%s%s%s", path,
+             *ext ? " (for ." : "", ext, *ext ? ", convert the SVG, e.g. with rsvg-convert)" : "");
+    return -1;
+  }
+  char dir[4096];
+  if (!slash)
+    snprintf(dir, sizeof dir, ".");
+  else
+    snprintf(dir, sizeof dir, "%.*s", slash == path ? 1 : (int)(slash - path), path);
+  struct stat st;
+  if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+    snprintf(msg, len, "--plot %s: directory %s does not exist", path, dir);
+    return -1;
+  }
+  int exists = stat(path, &st) == 0;
+  if (exists && S_ISDIR(st.st_mode)) {
+    snprintf(msg, len, "--plot %s: is a directory", path);
+    return -1;
+  }
+  if (access(exists ? path : dir, exists ? W_OK : W_OK | X_OK) != 0) {
+    snprintf(msg, len, "--plot %s: cannot write %s: %s", path, exists ? "the file" : dir,
+             strerror(errno));
+    return -1;
+  }
+  return 0;
+}
 
 /* ---------------------------------------------------------------------------------------- */
 /* Start: configuration and layout                                                          */
@@ -102,6 +145,8 @@ void report_step(report *r, const train_config *cfg, int step, double loss, int 
   }
   if (r->tty)
     printf("\rstep %5d/%d  loss %.6f  %9.0f samples/s\033[K", step, cfg->steps, loss, rate);
+  else if (cfg->progress == PROGRESS_OFF && !r->json)
+    return;
   else if (r->json)
     printf("{\"step\":%d,\"loss\":%.9g}\n", step, loss);
   else

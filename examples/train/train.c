@@ -82,12 +82,16 @@ static const char *usage_text =
     "  --seed S            seed of the weights and the data (default 1)\n"
     "output:\n"
     "  --log-every N       log the loss every N steps (default 25)\n"
-    "  --plot FILE.svg     write the loss curve as SVG\n"
+    "  --plot FILE.svg     write the loss curve as SVG (checked before training starts)\n"
+    "  --progress P        auto (default), tty, lines or off: tty redraws one line in place,\n"
+    "                      lines prints one line per logged step; auto is tty only when\n"
+    "                      stdout is the terminal the command was typed in\n"
     "  --json              one {\"step\":N,\"loss\":X} line per logged step instead of progress\n"
     "testing:\n"
     "  --die-at-step K     rank --die-rank (default the last) kills itself at step K\n"
     "  --die-rank R\n"
-    "  -h, --help          show this help\n";
+    "  -h, --help          show this help\n"
+    "  --version           print train's version (par's) and exit\n";
 
 static int parse_int(const char *opt, const char *v, int min) {
   char *end;
@@ -108,9 +112,10 @@ static float parse_float(const char *opt, const char *v) {
 
 /* The options that take a value. */
 static const char *const value_options[] = {
-    "--mp",       "--pp",     "--micro-batches", "--schedule", "--steps",       "--batch",
-    "--width",    "--hidden", "--blocks",        "--classes",  "--optim",       "--lr",
-    "--momentum", "--seed",   "--log-every",     "--plot",     "--die-at-step", "--die-rank"};
+    "--mp",    "--pp",          "--micro-batches", "--schedule", "--steps",
+    "--batch", "--width",       "--hidden",        "--blocks",   "--classes",
+    "--optim", "--lr",          "--momentum",      "--seed",     "--log-every",
+    "--plot",  "--die-at-step", "--die-rank",      "--progress"};
 
 static int takes_value(const char *name) {
   for (size_t i = 0; i < sizeof value_options / sizeof *value_options; i++)
@@ -139,6 +144,10 @@ static void parse_options(int argc, char **argv, train_config *c) {
     const char *a = argv[i];
     if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
       fputs(usage_text, stdout);
+      exit(0);
+    }
+    if (!strcmp(a, "--version")) {
+      printf("train (par) %s\n", par_version_string());
       exit(0);
     }
     if (!strcmp(a, "--json")) {
@@ -185,7 +194,18 @@ static void parse_options(int argc, char **argv, train_config *c) {
       c->log_every = parse_int(name, v, 1);
     else if (!strcmp(name, "--plot"))
       c->plot_path = v;
-    else if (!strcmp(name, "--die-at-step"))
+    else if (!strcmp(name, "--progress")) {
+      if (!strcmp(v, "auto"))
+        c->progress = PROGRESS_AUTO;
+      else if (!strcmp(v, "tty"))
+        c->progress = PROGRESS_TTY;
+      else if (!strcmp(v, "lines"))
+        c->progress = PROGRESS_LINES;
+      else if (!strcmp(v, "off"))
+        c->progress = PROGRESS_OFF;
+      else
+        train_die("--progress '%s': expected auto, tty, lines or off", v);
+    } else if (!strcmp(name, "--die-at-step"))
       c->die_at_step = parse_int(name, v, 1);
     else if (!strcmp(name, "--die-rank"))
       c->die_rank = parse_int(name, v, 0);
@@ -239,6 +259,15 @@ static void validate(const train_config *c, const train_par *p) {
     snprintf(msg, sizeof msg, "--batch %d is not divisible by dp %d x %d micro-batches", c->batch,
              dp, c->micro_batches);
   if (msg[0]) config_error(p->world, msg);
+
+  /* --plot is checked now rather than after the training it would otherwise waste. Only
+   * rank 0 writes it, so rank 0 looks, and tells the others whether to go on. */
+  if (c->plot_path) {
+    int bad = p->rank == 0 && report_plot_check(c->plot_path, msg, sizeof msg) != 0;
+    train_err_group = p->all;
+    CHECK(par_allreduce(p->all, &bad, &bad, 1, PAR_I32, PAR_MAX));
+    if (bad) config_error(p->world, msg);
+  }
 }
 
 /* ---------------------------------------------------------------------------------------- */

@@ -52,6 +52,14 @@ void *train_alloc(size_t count, size_t size);
 typedef enum optim_kind { OPTIM_SGD, OPTIM_ADAM } optim_kind;
 typedef enum schedule_kind { SCHEDULE_1F1B, SCHEDULE_GPIPE } schedule_kind;
 
+/* --progress: how the per-step progress lines are shown (report.c). */
+typedef enum progress_kind {
+  PROGRESS_AUTO,  /* TTY when stdout is the terminal the user typed the command in, else LINES */
+  PROGRESS_TTY,   /* one line redrawn in place every step (\r and erase-to-end-of-line) */
+  PROGRESS_LINES, /* one plain line per logged step */
+  PROGRESS_OFF    /* none (start-up lines and the summary are still printed) */
+} progress_kind;
+
 typedef struct train_config {
   int mp, pp;        /* requested model and pipeline parallel sizes (dp is derived) */
   int steps;         /* optimizer steps */
@@ -66,10 +74,11 @@ typedef struct train_config {
   schedule_kind schedule;
   uint64_t seed;
   int log_every;
-  const char *plot_path; /* NULL: no plot */
+  const char *plot_path; /* NULL: no plot; else ends in .svg (checked by report_plot_check) */
   int json;              /* one JSON line per logged step on stdout */
   int die_at_step;       /* testing aid: rank die_rank kills itself at this step (0: never) */
   int die_rank;
+  progress_kind progress; /* --progress: how the progress lines are shown */
 } train_config;
 
 /* ---------------------------------------------------------------------------------------- */
@@ -256,9 +265,15 @@ typedef struct report {
 
 double now_seconds(void);
 void report_start(report *r, const train_config *cfg, const train_par *par, const model *m, int dp);
-/* Whether progress goes to a terminal (and is redrawn in place): stdout is one, without
+/* Whether the progress line is redrawn in place: --progress tty, or auto where stdout is this
+ * process's controlling terminal (so a terminal a launcher made for the rank, such as Open
+ * MPI's pseudo-terminals whose output mpirun may be sending to a file, is not), and never with
  * --json. Decided by rank 0; the others learn it from it. */
 int report_is_tty(const train_config *cfg);
+/* Checks --plot's path before training: an extension whose format train writes (.svg) and a
+ * place it can be written (an existing, writable directory; an existing file writable and not
+ * a directory). Returns 0, or -1 with a message for the user in msg. */
+int report_plot_check(const char *path, char *msg, size_t len);
 /* The loss of step `step`. `logged`: a step of the --log-every grid (kept for the plot and
  * printed on a line of its own unless on a terminal); otherwise a terminal redraw. */
 void report_step(report *r, const train_config *cfg, int step, double loss, int logged);

@@ -21,6 +21,7 @@ typedef struct par__whoami {
   int store_port;
   int host_store;       /* 1: this process (rank 0) must host the store itself */
   char token[256];      /* "" when no token was given */
+  int allow_no_token;   /* PAR_ALLOW_NO_TOKEN=1: a tokenless store may listen beyond loopback */
   const char *source;   /* "options", "parrun/torchrun", "Open MPI", "PMI", "Slurm", "none" */
 } par__whoami;
 
@@ -31,7 +32,8 @@ typedef struct par__whoami {
  * SLURM_NTASKS SLURM_LOCALID (SLURM_NTASKS_PER_NODE / SLURM_TASKS_PER_NODE for the local
  * size when simple); none: a world of 1. The store comes from opts->store_addr, else
  * PAR_STORE_ADDR ("host:port", hosted by a launcher such as parrun), else MASTER_ADDR and
- * MASTER_PORT (rank 0 hosts it: host_store = 1). The token from opts->token, else PAR_TOKEN.
+ * MASTER_PORT (rank 0 hosts it: host_store = 1). The token from opts->token, else PAR_TOKEN;
+ * allow_no_token from PAR_ALLOW_NO_TOKEN (0 or 1).
  * `getenv_fn` reads a variable (NULL: getenv); tests pass their own. Returns
  * PAR_ERR_BOOTSTRAP with a detail naming the variable when a value is malformed or
  * inconsistent (rank >= size, a size > 1 without any store address, ...).
@@ -48,6 +50,10 @@ typedef struct par__store par__store;
 /* Connects (retrying until timeout_s: the server may not be up yet) and authenticates with the
  * token (HMAC-SHA256 of a server nonce). A wrong token gives PAR_ERR_AUTH with a clear detail. */
 par_status par__store_connect(const char *host, int port, const char *token, double timeout_s,
+                              par__store **out);
+/* The same challenge on an already connected stream socket (taken over: closed on failure),
+ * once, bounded by timeout_s; `label` names the peer in messages. For tests and fuzzers. */
+par_status par__store_open_fd(int fd, const char *label, const char *token, double timeout_s,
                               par__store **out);
 void par__store_close(par__store *s);
 /* Sets key to the value (overwrites). Thread-safe. */
@@ -73,5 +79,24 @@ typedef struct par__store_server par__store_server;
 par_status par__store_server_start(const char *bind_host, int port, const char *token,
                                    par__store_server **out, int *bound_port);
 void par__store_server_stop(par__store_server *srv);
+
+/* The rule for a store about to listen on bind_host: without a job token it would admit
+ * anyone who can reach it, so beyond loopback (a wildcard address, a host name, an interface
+ * address) it refuses with PAR_ERR_BOOTSTRAP and says how to proceed, unless allow_no_token,
+ * when it warns instead. A loopback address, or any token, passes. */
+par_status par__store_check_exposure(const char *bind_host, int port, const char *token,
+                                     int allow_no_token);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Records read from the store (records.c)                                                  */
+/* ---------------------------------------------------------------------------------------- */
+
+/* Checks a job id another process wrote (1..cap-1 bytes of [A-Za-z0-9_.-]) and copies it,
+ * NUL-terminated, into out. PAR_ERR_PROTOCOL naming `what` (the key) when it is not one. */
+par_status par__record_job_id(const char *what, const void *buf, size_t len, char *out,
+                              size_t cap);
+/* Checks a host id (1..cap-1 printable bytes, no NUL) and copies it into out likewise. */
+par_status par__record_host_id(const char *what, const void *buf, size_t len, char *out,
+                               size_t cap);
 
 #endif /* PAR_BOOTSTRAP_H */

@@ -99,6 +99,20 @@ static const char *io_why(int rc) {
   return errno ? strerror(errno) : "connection closed by the server";
 }
 
+/* Why read_response failed. */
+static const char *resp_why(int rc) {
+  switch (rc) {
+    case -3:
+      return "oversized response";
+    case -4:
+      return "out of memory";
+    case -5:
+      return "malformed response (non-zero reserved header bytes)";
+    default:
+      return io_why(rc);
+  }
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* Connecting                                                                               */
 /* ---------------------------------------------------------------------------------------- */
@@ -153,7 +167,8 @@ static int tcp_connect(const char *host, int port, double deadline) {
 }
 
 /* Reads one response header and its payload (malloc'ed, NUL-terminated for messages).
- * Returns 0, or an io rc (-1/-2); a payload over the limit is -3. */
+ * Returns 0, or an io rc (-1/-2); a payload over the limit is -3, no memory -4, non-zero
+ * reserved header bytes -5 (see resp_why). */
 static int read_response(int fd, double deadline, uint8_t *status, uint8_t **payload,
                          uint32_t *len) {
   uint8_t h[PAR__STORE_RESP_HDR];
@@ -161,6 +176,7 @@ static int read_response(int fd, double deadline, uint8_t *status, uint8_t **pay
   if (rc) return rc;
   *status = h[0];
   *len = par__get_u32(h + 4);
+  if (h[1] || h[2] || h[3]) return -5; /* reserved: another protocol, or out of step */
   if (*len > PAR__STORE_MAX_RESP) return -3;
   *payload = malloc(*len + 1);
   if (!*payload) return -4;
@@ -174,13 +190,30 @@ static int read_response(int fd, double deadline, uint8_t *status, uint8_t **pay
   return 0;
 }
 
+/* The server could not take this client and said why (the refusal greeting). */
+static par_status refused(int fd, const char *addr, double deadline) {
+  uint8_t status;
+  uint8_t *msg = NULL;
+  uint32_t len;
+  int rc = read_response(fd, deadline, &status, &msg, &len);
+  par_status st = par__error(PAR_ERR_BOOTSTRAP, "store %s refused the connection: %s", addr,
+                             rc    ? resp_why(rc)
+                             : len ? (const char *)msg
+                                   : "no reason given");
+  free(msg);
+  return st;
+}
+
 /* The challenge: read the greeting, answer with the MAC, read the verdict. Returns PAR_OK,
- * PAR_ERR_AUTH (final), or another error after which connecting may be retried. */
+ * PAR_ERR_AUTH or PAR_ERR_PROTOCOL (final), or another error after which connecting may be
+ * retried. */
 static par_status handshake(int fd, const char *addr, const char *token, double deadline) {
   uint8_t hello[PAR__STORE_MAGIC_LEN + PAR__STORE_NONCE_LEN], mac[PAR__STORE_MAC_LEN];
   int rc = read_full(fd, hello, sizeof hello, deadline);
   PAR_RETURN_ERROR_IF(rc, PAR_ERR_BOOTSTRAP, "store %s: no greeting from the server: %s", addr,
                       io_why(rc));
+  if (memcmp(hello, PAR__STORE_MAGIC_REFUSE, PAR__STORE_MAGIC_LEN) == 0)
+    return refused(fd, addr, deadline);
   PAR_RETURN_ERROR_IF(memcmp(hello, PAR__STORE_MAGIC, PAR__STORE_MAGIC_LEN) != 0, PAR_ERR_PROTOCOL,
                       "store %s: the server is not a par store", addr);
   PAR_RETURN_ERROR_IF(par__store_mac(token, hello + PAR__STORE_MAGIC_LEN, mac) != 0, PAR_ERR_SYSTEM,
@@ -193,14 +226,42 @@ static par_status handshake(int fd, const char *addr, const char *token, double 
   uint32_t len;
   rc = read_response(fd, deadline, &status, &msg, &len);
   PAR_RETURN_ERROR_IF(rc, PAR_ERR_BOOTSTRAP, "store %s: no answer to the token proof: %s", addr,
-                      rc < -2 ? "malformed answer" : io_why(rc));
+                      rc < -2 ? resp_why(rc) : io_why(rc));
   par_status st = PAR_OK;
+  int tokenless = !token || !*token;
   if (status == PAR__STORE_REJECT)
-    st = par__error(PAR_ERR_AUTH, "%s", len ? (const char *)msg : PAR__STORE_AUTH_REJECT);
+    st = par__error(PAR_ERR_AUTH, "%s%s", len ? (const char *)msg : PAR__STORE_AUTH_REJECT,
+                    tokenless ? "; this process has no job token (PAR_TOKEN is unset)" : "");
+  else if (status == PAR__STORE_ERROR)
+    st = par__error(PAR_ERR_BOOTSTRAP, "store %s: %s", addr, len ? (const char *)msg : "error");
   else if (status != PAR__STORE_OK)
     st = par__error(PAR_ERR_PROTOCOL, "store %s: unexpected handshake status %u", addr,
                     (unsigned)status);
   free(msg);
+  return st;
+}
+
+static par_status client_new(const char *addr, int fd, par__store **out) {
+  par__store *s = calloc(1, sizeof *s);
+  PAR_RETURN_ERROR_IF(!s, PAR_ERR_NOMEM, "store: out of memory");
+  int rc = pthread_mutex_init(&s->mu, NULL);
+  if (rc != 0) {
+    free(s);
+    return par__error(PAR_ERR_SYSTEM, "store: mutex init failed: %s", strerror(rc));
+  }
+  snprintf(s->addr, sizeof s->addr, "%s", addr);
+  s->fd = fd;
+  *out = s;
+  return PAR_OK;
+}
+
+par_status par__store_open_fd(int fd, const char *label, const char *token, double timeout_s,
+                              par__store **out) {
+  PAR_RETURN_ERROR_IF(!out || !label, PAR_ERR_NULL, "store: open_fd: NULL argument");
+  *out = NULL;
+  par_status st = handshake(fd, label, token, par__now() + timeout_s);
+  if (st == PAR_OK) st = client_new(label, fd, out);
+  if (st < 0) close(fd);
   return st;
 }
 
@@ -210,51 +271,39 @@ par_status par__store_connect(const char *host, int port, const char *token, dou
   *out = NULL;
   PAR_RETURN_ERROR_IF(port <= 0 || port > 65535, PAR_ERR_INVALID, "store: invalid port %d", port);
   if (timeout_s <= 0) timeout_s = par__env_get()->timeout_s;
-  par__store *s = calloc(1, sizeof *s);
-  PAR_RETURN_ERROR_IF(!s, PAR_ERR_NOMEM, "store: out of memory");
-  snprintf(s->addr, sizeof s->addr, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
+  char addr[300];
+  snprintf(addr, sizeof addr, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
 
-  /* The server may not be listening yet (rank 0 still starting): retry with backoff. */
+  /* The server may not be listening yet (rank 0 still starting), or may have shed or
+   * refused this connection: retry with backoff, and report the last reason. */
   double deadline = par__now() + timeout_s, backoff = 0.01;
   par_status st = PAR_OK;
   char last[PAR__ERRLEN] = "";
   for (;;) {
     int fd = tcp_connect(host, port, deadline);
     if (fd >= 0) {
-      st = handshake(fd, s->addr, token, deadline);
+      st = handshake(fd, addr, token, deadline);
       if (st == PAR_OK) {
-        s->fd = fd;
-        break;
+        st = client_new(addr, fd, out);
+        if (st < 0) close(fd);
+        return st;
       }
       close(fd);
-      if (st == PAR_ERR_AUTH || st == PAR_ERR_PROTOCOL) goto fail;
+      if (st == PAR_ERR_AUTH || st == PAR_ERR_PROTOCOL) return st;
       snprintf(last, sizeof last, "%s", par__error_detail());
     } else {
       snprintf(last, sizeof last, "%s", strerror(errno));
     }
     double left = deadline - par__now();
-    if (left <= 0) {
-      st = par__error(PAR_ERR_TIMEOUT, "store: cannot connect to %s within %.1f s: %s", s->addr,
-                      timeout_s, last);
-      goto fail;
-    }
+    if (left <= 0)
+      return par__error(PAR_ERR_TIMEOUT, "store: cannot connect to %s within %.1f s: %s", addr,
+                        timeout_s, last);
     double nap = backoff < left ? backoff : left;
     struct timespec ts = {(time_t)nap, (long)((nap - floor(nap)) * 1e9)};
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
     }
     backoff = backoff * 2 > 0.5 ? 0.5 : backoff * 2;
   }
-  int rc = pthread_mutex_init(&s->mu, NULL);
-  if (rc != 0) {
-    close(s->fd);
-    st = par__error(PAR_ERR_SYSTEM, "store: mutex init failed: %s", strerror(rc));
-    goto fail;
-  }
-  *out = s;
-  return PAR_OK;
-fail:
-  free(s);
-  return st;
 }
 
 void par__store_close(par__store *s) {
@@ -306,7 +355,7 @@ static par_status roundtrip(par__store *s, uint8_t op, const char *key, const vo
   if (!rc && vlen) rc = write_full(s->fd, val, vlen, deadline);
   if (!rc) rc = read_response(s->fd, deadline, status, payload, len);
   if (rc) {
-    const char *why = rc == -3 ? "oversized response" : rc == -4 ? "out of memory" : io_why(rc);
+    const char *why = resp_why(rc);
     par_status st = rc == -2 ? PAR_ERR_TIMEOUT : PAR_ERR_BOOTSTRAP;
     lose(s);
     return par__error(st, "store %s: %s '%.100s' failed: %s", s->addr, op_name(op), key, why);

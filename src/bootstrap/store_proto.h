@@ -7,13 +7,17 @@
  *   client -> server  HMAC-SHA256(key = job token, data = nonce) (32 bytes)
  *   server -> client  a response frame: OK, or REJECT with a message, after which the server
  *                     closes the connection.
+ * A server that cannot take a client at all (out of descriptors or memory) greets it with
+ * "PARSTOR0" + 32 zero bytes instead, then an ERROR frame with the reason, and closes; the
+ * client reports the reason (and may try again) instead of guessing at a silent hang-up.
  * Requests (client -> server), one at a time per connection:
- *   header 16 bytes:  op u8, 3 zero bytes, key length u32, value length u32, arg u32
+ *   header 16 bytes:  op u8, 3 reserved bytes (zero: anything else is refused with its own
+ *                     message), key length u32, value length u32, arg u32
  *   then the key, then the value. arg is the GET wait in milliseconds (0 otherwise).
  *   SET: value = the bytes to store. GET: no value. ADD: value = int64 delta (8 bytes).
  *   DEL: no value.
  * Responses (server -> client):
- *   header 8 bytes:   status u8, 3 zero bytes, payload length u32; then the payload.
+ *   header 8 bytes:   status u8, 3 reserved zero bytes, payload length u32; then the payload.
  *   OK + value (GET), OK + int64 (ADD), OK + nothing (SET, DEL), NOT_FOUND (a GET whose wait
  *   ran out), ERROR + message (a bad request; the server closes after an oversized length).
  * Integers are big-endian. Lengths read from the wire are checked against the limits below
@@ -30,6 +34,7 @@
 #include <openssl/hmac.h>
 
 #define PAR__STORE_MAGIC "PARSTOR1"
+#define PAR__STORE_MAGIC_REFUSE "PARSTOR0"
 #define PAR__STORE_MAGIC_LEN 8
 #define PAR__STORE_NONCE_LEN 32
 #define PAR__STORE_MAC_LEN 32

@@ -1,11 +1,19 @@
 /*
  * store_server.c -- the rendezvous store's server: one thread running a single poll() loop
  * over a listening socket, a self-pipe that stop() writes to, and every client connection.
- * Sockets are non-blocking and every connection is a small state machine (authenticating,
- * ready, waiting in a GET, closing), so a GET that waits for its key never stops the server
- * from serving the other clients, one of which will eventually SET that key. The wire format
- * is in store_proto.h. parrun hosts this server in-process; otherwise rank 0 does.
+ * Sockets are non-blocking; the protocol itself (the token challenge, requests, GETs that
+ * wait for their key) is the engine in store_engine.c, so a GET that waits never stops the
+ * server from serving the other clients, one of which will eventually SET that key.
+ *
+ * Anyone on the host can connect, so connections that have not proved the token are kept
+ * cheap and few: they get AUTH_TIMEOUT_S to answer the challenge, at most MAX_UNAUTH of them
+ * are kept (a newcomer sheds the oldest), and when accept() runs out of descriptors the
+ * oldest unproven one is shed to make room. Ranks whose connection was shed simply connect
+ * again. When the server cannot take a client at all (no descriptor or memory left), it says
+ * so through a refusal greeting instead of hanging up silently. parrun hosts this server
+ * in-process; otherwise rank 0 does.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -21,382 +29,59 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <openssl/crypto.h>
 #include <openssl/rand.h>
 
 #include "bootstrap/bootstrap.h"
+#include "bootstrap/store_engine.h"
 #include "bootstrap/store_proto.h"
 #include "core/core.h"
 
-/* A client has this long to answer the challenge; a silent connection must not linger. */
-#define AUTH_TIMEOUT_S 30.0
-/* Input buffered per connection: one largest frame plus some pipelined slack. */
-#define IN_LIMIT (PAR__STORE_REQ_HDR + PAR__STORE_MAX_KEY + PAR__STORE_MAX_VAL + 65536u)
-/* Stop parsing a connection's requests while this much output is unsent (slow reader). */
-#define OUT_HIGH (4u * 1024u * 1024u)
-
-/* ---------------------------------------------------------------------------------------- */
-/* Key-value table: chained hash table keyed by byte strings                                */
-/* ---------------------------------------------------------------------------------------- */
-
-typedef struct entry {
-  struct entry *next;
-  uint64_t hash;
-  uint32_t klen, vlen;
-  uint8_t *val;
-  uint8_t key[];
-} entry;
-
-typedef struct table {
-  entry **buckets;
-  size_t nbuckets, count;
-} table;
-
-static uint64_t hash_key(const uint8_t *k, size_t n) {
-  uint64_t h = 1469598103934665603ull; /* FNV-1a */
-  for (size_t i = 0; i < n; i++) h = (h ^ k[i]) * 1099511628211ull;
-  return h;
-}
-
-static entry **table_slot(table *t, const uint8_t *key, uint32_t klen, uint64_t h) {
-  entry **pp = &t->buckets[h & (t->nbuckets - 1)];
-  for (; *pp; pp = &(*pp)->next)
-    if ((*pp)->hash == h && (*pp)->klen == klen && !memcmp((*pp)->key, key, klen)) break;
-  return pp;
-}
-
-static entry *table_find(table *t, const uint8_t *key, uint32_t klen) {
-  return *table_slot(t, key, klen, hash_key(key, klen));
-}
-
-static void table_grow(table *t) {
-  size_t nb = t->nbuckets * 2;
-  entry **b = calloc(nb, sizeof *b);
-  if (!b) return; /* keep the old size: longer chains, still correct */
-  for (size_t i = 0; i < t->nbuckets; i++)
-    for (entry *e = t->buckets[i], *next; e; e = next) {
-      next = e->next;
-      e->next = b[e->hash & (nb - 1)];
-      b[e->hash & (nb - 1)] = e;
-    }
-  free(t->buckets);
-  t->buckets = b;
-  t->nbuckets = nb;
-}
-
-/* Stores a copy of the value; returns the entry, or NULL when out of memory (the old value,
- * if any, is then kept). */
-static entry *table_set(table *t, const uint8_t *key, uint32_t klen, const void *val,
-                        uint32_t vlen) {
-  uint8_t *copy = malloc(vlen ? vlen : 1);
-  if (!copy) return NULL;
-  if (vlen) memcpy(copy, val, vlen);
-  uint64_t h = hash_key(key, klen);
-  entry **pp = table_slot(t, key, klen, h);
-  entry *e = *pp;
-  if (!e) {
-    e = malloc(sizeof *e + klen);
-    if (!e) {
-      free(copy);
-      return NULL;
-    }
-    e->next = NULL;
-    e->hash = h;
-    e->klen = klen;
-    e->val = NULL;
-    memcpy(e->key, key, klen);
-    *pp = e;
-    if (++t->count > 2 * t->nbuckets) table_grow(t);
-  }
-  free(e->val);
-  e->val = copy;
-  e->vlen = vlen;
-  return e;
-}
-
-static void table_del(table *t, const uint8_t *key, uint32_t klen) {
-  entry **pp = table_slot(t, key, klen, hash_key(key, klen));
-  entry *e = *pp;
-  if (!e) return;
-  *pp = e->next;
-  free(e->val);
-  free(e);
-  t->count--;
-}
-
-static void table_free(table *t) {
-  for (size_t i = 0; i < t->nbuckets; i++)
-    for (entry *e = t->buckets[i], *next; e; e = next) {
-      next = e->next;
-      free(e->val);
-      free(e);
-    }
-  free(t->buckets);
-}
-
-/* ---------------------------------------------------------------------------------------- */
-/* Connections                                                                              */
-/* ---------------------------------------------------------------------------------------- */
-
-typedef enum conn_state { C_AUTH, C_READY, C_WAIT, C_CLOSING } conn_state;
-
-typedef struct conn {
-  int fd;
-  int dead;
-  conn_state state;
-  double deadline; /* C_AUTH: answer the challenge by then; C_WAIT: reply NOT_FOUND then */
-  uint8_t nonce[PAR__STORE_NONCE_LEN];
-  uint8_t *in;
-  size_t in_len, in_cap;
-  uint8_t *out;
-  size_t out_off, out_len, out_cap; /* unsent bytes are out[out_off .. out_len) */
-} conn;
+/* A client has this long to answer the challenge. A rank answers within milliseconds of the
+ * greeting; a silent connection must not hold a descriptor for long. */
+#define AUTH_TIMEOUT_S 5.0
+/* At most this many connections may be waiting to prove the token; a newcomer sheds the
+ * oldest. A job's ranks connect and prove at once, so even thousands of ranks starting
+ * together rarely have this many unproven at one moment, and a shed rank reconnects. */
+#define MAX_UNAUTH 64
 
 struct par__store_server {
   int listen_fd;
-  int wake[2]; /* self-pipe: stop() writes a byte, the loop sees it and returns */
+  int wake[2];    /* self-pipe: stop() writes a byte, the loop sees it and returns */
+  int reserve_fd; /* held open so that, out of descriptors, a client can still be told why */
   pthread_t thread;
-  char *token;
-  table tab;
-  conn **conns;
-  size_t nconns, cap_conns;
+  par__store_engine eng;
   struct pollfd *pfds;
   size_t cap_pfds;
-  double accept_pause_until; /* out of descriptors: do not spin on a readable listener */
-  int rescan;                /* a waiter was released: its buffered requests need parsing */
+  double accept_pause_until; /* accept() failing: do not spin on a readable listener */
+  int warned_shed;
 };
 
-static void conn_free(conn *c) {
-  if (c->fd >= 0) close(c->fd);
-  free(c->in);
-  free(c->out);
-  free(c);
-}
+/* ---------------------------------------------------------------------------------------- */
+/* Sockets                                                                                  */
+/* ---------------------------------------------------------------------------------------- */
 
-static void conn_flush(conn *c) {
-  while (c->out_off < c->out_len) {
+static void conn_flush(par__store_conn *c) {
+  while (!c->dead && c->out_off < c->out_len) {
     ssize_t n = send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL);
     if (n > 0) {
-      c->out_off += (size_t)n;
+      par__store_conn_sent(c, (size_t)n);
       continue;
     }
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
     c->dead = 1; /* the peer went away; nothing more to tell it */
-    return;
-  }
-  c->out_off = c->out_len = 0;
-  if (c->state == C_CLOSING) c->dead = 1;
-}
-
-/* Appends one response frame and tries to send it at once (latency matters in rendezvous). */
-static void conn_reply(conn *c, uint8_t status, const void *payload, size_t len) {
-  if (c->dead) return;
-  size_t need = c->out_len + PAR__STORE_RESP_HDR + len;
-  if (need > c->out_cap) {
-    size_t cap = c->out_cap ? c->out_cap : 256;
-    while (cap < need) cap *= 2;
-    uint8_t *p = realloc(c->out, cap);
-    if (!p) {
-      c->dead = 1; /* cannot answer: dropping the client is the only honest outcome */
-      return;
-    }
-    c->out = p;
-    c->out_cap = cap;
-  }
-  uint8_t *h = c->out + c->out_len;
-  memset(h, 0, PAR__STORE_RESP_HDR);
-  h[0] = status;
-  par__put_u32(h + 4, (uint32_t)len);
-  if (len) memcpy(h + PAR__STORE_RESP_HDR, payload, len);
-  c->out_len = need;
-  conn_flush(c);
-}
-
-static void conn_reply_error(conn *c, const char *msg) {
-  conn_reply(c, PAR__STORE_ERROR, msg, strlen(msg));
-}
-
-/* Drops the first n buffered input bytes (a request that has been answered). */
-static void conn_consume(conn *c, size_t n) {
-  memmove(c->in, c->in + n, c->in_len - n);
-  c->in_len -= n;
-}
-
-/* ---------------------------------------------------------------------------------------- */
-/* Requests                                                                                 */
-/* ---------------------------------------------------------------------------------------- */
-
-/* Answers every connection waiting in a GET for this key, now that it has a value. */
-static void wake_waiters(par__store_server *srv, const entry *e) {
-  for (size_t i = 0; i < srv->nconns; i++) {
-    conn *w = srv->conns[i];
-    if (w->dead || w->state != C_WAIT) continue;
-    uint32_t klen = par__get_u32(w->in + 4);
-    if (klen != e->klen || memcmp(w->in + PAR__STORE_REQ_HDR, e->key, klen)) continue;
-    conn_reply(w, PAR__STORE_OK, e->val, e->vlen);
-    conn_consume(w, PAR__STORE_REQ_HDR + klen);
-    w->state = C_READY;
-    srv->rescan = 1;
   }
 }
 
-/* Parses a decimal int64 value as ADD stores it; 0 on success. */
-static int parse_i64(const uint8_t *p, uint32_t n, int64_t *out) {
-  char buf[32];
-  if (n == 0 || n >= sizeof buf) return -1;
-  memcpy(buf, p, n);
-  buf[n] = '\0';
-  char *end;
-  errno = 0;
-  long long v = strtoll(buf, &end, 10);
-  if (errno || *end != '\0') return -1;
-  *out = (int64_t)v;
-  return 0;
-}
-
-static void do_add(par__store_server *srv, conn *c, const uint8_t *key, uint32_t klen,
-                   const uint8_t *arg) {
-  int64_t cur = 0;
-  entry *e = table_find(&srv->tab, key, klen);
-  if (e && parse_i64(e->val, e->vlen, &cur) != 0) {
-    char msg[160];
-    snprintf(msg, sizeof msg, "store: ADD on key '%.*s' whose value is not an integer",
-             (int)(klen > 100 ? 100 : klen), (const char *)key);
-    conn_reply_error(c, msg);
-    return;
-  }
-  /* Two's-complement wrap, computed unsigned so that overflow is defined. */
-  int64_t nv = (int64_t)((uint64_t)cur + par__get_u64(arg));
-  char text[32];
-  int tl = snprintf(text, sizeof text, "%" PRId64, nv);
-  e = table_set(&srv->tab, key, klen, text, (uint32_t)tl);
-  if (!e) {
-    conn_reply_error(c, "store: server out of memory");
-    return;
-  }
-  uint8_t res[8];
-  par__put_u64(res, (uint64_t)nv);
-  conn_reply(c, PAR__STORE_OK, res, sizeof res);
-  wake_waiters(srv, e);
-}
-
-/* Checks a request header; returns NULL if it is acceptable, else why not. */
-static const char *check_header(const uint8_t *h, char *msg, size_t cap) {
-  uint8_t op = h[0];
-  uint32_t klen = par__get_u32(h + 4), vlen = par__get_u32(h + 8);
-  if (op < PAR__STORE_SET || op > PAR__STORE_DEL || h[1] || h[2] || h[3]) {
-    snprintf(msg, cap, "store: unknown request op %u", (unsigned)op);
-    return msg;
-  }
-  if (klen > PAR__STORE_MAX_KEY) {
-    snprintf(msg, cap, "store: key length %" PRIu32 " exceeds the limit of %u bytes", klen,
-             PAR__STORE_MAX_KEY);
-    return msg;
-  }
-  if (vlen > PAR__STORE_MAX_VAL) {
-    snprintf(msg, cap, "store: value length %" PRIu32 " exceeds the limit of %u bytes", vlen,
-             PAR__STORE_MAX_VAL);
-    return msg;
-  }
-  uint32_t want = op == PAR__STORE_ADD ? 8 : op == PAR__STORE_SET ? vlen : 0;
-  if (vlen != want) {
-    snprintf(msg, cap, "store: request op %u with a value of %" PRIu32 " bytes", (unsigned)op,
-             vlen);
-    return msg;
-  }
-  return NULL;
-}
-
-/* Serves the complete requests buffered on a ready connection, in order, until one has to
- * wait, the input runs out, or too much output is queued. */
-static void conn_process(par__store_server *srv, conn *c) {
-  while (!c->dead && c->state == C_READY && c->in_len >= PAR__STORE_REQ_HDR &&
-         c->out_len - c->out_off < OUT_HIGH) {
-    const uint8_t *h = c->in;
-    char msg[160];
-    if (check_header(h, msg, sizeof msg)) {
-      /* The stream cannot be trusted past a bad header: answer why, then hang up. */
-      conn_reply_error(c, msg);
-      c->state = C_CLOSING;
-      if (c->out_off == c->out_len) c->dead = 1;
-      return;
-    }
-    uint32_t klen = par__get_u32(h + 4), vlen = par__get_u32(h + 8), arg = par__get_u32(h + 12);
-    size_t need = PAR__STORE_REQ_HDR + (size_t)klen + vlen;
-    if (c->in_len < need) return;
-    const uint8_t *key = h + PAR__STORE_REQ_HDR, *val = key + klen;
-    switch (h[0]) {
-      case PAR__STORE_SET: {
-        entry *e = table_set(&srv->tab, key, klen, val, vlen);
-        if (!e) {
-          conn_reply_error(c, "store: server out of memory");
-          break;
-        }
-        conn_reply(c, PAR__STORE_OK, NULL, 0);
-        wake_waiters(srv, e);
-        break;
-      }
-      case PAR__STORE_GET: {
-        entry *e = table_find(&srv->tab, key, klen);
-        if (e) {
-          conn_reply(c, PAR__STORE_OK, e->val, e->vlen);
-        } else if (arg == 0) {
-          conn_reply(c, PAR__STORE_NOT_FOUND, NULL, 0);
-        } else {
-          /* Keep the request buffered: wake_waiters matches against its key. */
-          c->state = C_WAIT;
-          c->deadline = par__now() + arg / 1000.0;
-          return;
-        }
-        break;
-      }
-      case PAR__STORE_ADD:
-        do_add(srv, c, key, klen, val);
-        break;
-      case PAR__STORE_DEL:
-        table_del(&srv->tab, key, klen);
-        conn_reply(c, PAR__STORE_OK, NULL, 0);
-        break;
-    }
-    conn_consume(c, need);
-  }
-}
-
-static void conn_check_auth(par__store_server *srv, conn *c) {
-  if (c->in_len < PAR__STORE_MAC_LEN) return;
-  uint8_t mac[PAR__STORE_MAC_LEN];
-  int ok = par__store_mac(srv->token, c->nonce, mac) == 0 &&
-           CRYPTO_memcmp(mac, c->in, PAR__STORE_MAC_LEN) == 0;
-  conn_consume(c, PAR__STORE_MAC_LEN);
-  if (ok) {
-    c->state = C_READY;
-    conn_reply(c, PAR__STORE_OK, NULL, 0);
-    conn_process(srv, c);
-  } else {
-    PAR__LOG_DEBUG("store: refused a client with a wrong token");
-    c->state = C_CLOSING;
-    conn_reply(c, PAR__STORE_REJECT, PAR__STORE_AUTH_REJECT, strlen(PAR__STORE_AUTH_REJECT));
-  }
-}
-
-static void conn_read(par__store_server *srv, conn *c) {
+static void conn_read(par__store_server *srv, par__store_conn *c) {
   for (;;) {
-    if (c->in_len >= IN_LIMIT) break; /* resumes once buffered requests are served */
-    if (c->in_cap - c->in_len < 4096 && c->in_cap < IN_LIMIT) {
-      size_t cap = c->in_cap ? c->in_cap * 2 : 8192;
-      if (cap > IN_LIMIT) cap = IN_LIMIT;
-      uint8_t *p = realloc(c->in, cap);
-      if (!p) {
-        c->dead = 1;
-        return;
-      }
-      c->in = p;
-      c->in_cap = cap;
-    }
-    ssize_t n = recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
+    size_t room;
+    uint8_t *p = par__store_conn_input_space(c, &room);
+    if (!p) break; /* full until buffered requests are served, or dropped without memory */
+    ssize_t n = recv(c->fd, p, room, 0);
     if (n > 0) {
-      c->in_len += (size_t)n;
+      par__store_conn_received(&srv->eng, c, (size_t)n, par__now());
+      if (c->dead || c->state == PAR__CONN_CLOSING) break;
       continue;
     }
     if (n < 0 && errno == EINTR) continue;
@@ -404,81 +89,100 @@ static void conn_read(par__store_server *srv, conn *c) {
     c->dead = 1; /* EOF or a reset: the client is gone (a waiting GET with it) */
     return;
   }
-  if (c->state == C_AUTH) conn_check_auth(srv, c);
-  if (c->state == C_READY) conn_process(srv, c);
+  conn_flush(c);
+}
+
+/* Closes the oldest connection that has not proved the token; 0 when there is none. */
+static int shed_oldest_unauthenticated(par__store_server *srv, const char *why) {
+  for (size_t i = 0; i < srv->eng.nconns; i++) {
+    par__store_conn *c = srv->eng.conns[i];
+    if (c->dead || c->state != PAR__CONN_AUTH) continue;
+    if (!srv->warned_shed) {
+      srv->warned_shed = 1;
+      PAR__LOG_WARN("store: shedding connections that have not proved the job token (%s)", why);
+    }
+    close(c->fd);
+    c->fd = -1;
+    c->dead = 1;
+    return 1;
+  }
+  return 0;
+}
+
+/* Tells a client the server cannot take it, without allocating: the refusal greeting
+ * (store_proto.h) and an ERROR frame with the reason. Then closes it. */
+static void refuse(int fd, const char *why) {
+  uint8_t buf[PAR__STORE_MAGIC_LEN + PAR__STORE_NONCE_LEN + PAR__STORE_RESP_HDR + 200] = {0};
+  size_t len = strlen(why) < 200 ? strlen(why) : 200;
+  memcpy(buf, PAR__STORE_MAGIC_REFUSE, PAR__STORE_MAGIC_LEN);
+  uint8_t *h = buf + PAR__STORE_MAGIC_LEN + PAR__STORE_NONCE_LEN;
+  h[0] = PAR__STORE_ERROR;
+  par__put_u32(h + 4, (uint32_t)len);
+  memcpy(h + PAR__STORE_RESP_HDR, why, len);
+  ssize_t n =
+      send(fd, buf, (size_t)(h + PAR__STORE_RESP_HDR + len - buf), MSG_NOSIGNAL | MSG_DONTWAIT);
+  (void)n;
+  close(fd);
+}
+
+/* Out of descriptors with nothing to shed: accept one pending client with the reserve
+ * descriptor's slot, tell it why, and take the slot back. Returns 0 when a client was told. */
+static int refuse_with_reserve(par__store_server *srv) {
+  if (srv->reserve_fd < 0) return -1;
+  close(srv->reserve_fd);
+  srv->reserve_fd = -1;
+  int fd = accept4(srv->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  if (fd >= 0)
+    refuse(fd,
+           "store: the server is out of file descriptors (ulimit -n) and cannot take "
+           "another connection");
+  srv->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  return fd >= 0 ? 0 : -1;
+}
+
+static void accept_all(par__store_server *srv) {
+  for (;;) {
+    int fd = accept4(srv->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      int err = errno;
+      if (err == EINTR || err == ECONNABORTED) continue;
+      if (err == EAGAIN || err == EWOULDBLOCK) return;
+      if (err == EMFILE || err == ENFILE) {
+        par__store_engine_sweep(&srv->eng); /* closes connections already dead */
+        if (shed_oldest_unauthenticated(srv, "out of file descriptors")) continue;
+        if (refuse_with_reserve(srv) == 0) continue;
+      }
+      PAR__LOG_WARN("store: accept failed: %s; pausing new connections", strerror(err));
+      srv->accept_pause_until = par__now() + 0.1;
+      return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (par__store_engine_unauthenticated(&srv->eng) >= MAX_UNAUTH)
+      shed_oldest_unauthenticated(srv, "too many at once");
+    uint8_t nonce[PAR__STORE_NONCE_LEN];
+    par__store_conn *c = NULL;
+    if (RAND_bytes(nonce, sizeof nonce) != 1) {
+      refuse(fd, "store: the server cannot draw a random challenge (OpenSSL RAND_bytes failed)");
+      continue;
+    }
+    c = par__store_engine_add(&srv->eng, fd, nonce, par__now() + AUTH_TIMEOUT_S);
+    if (!c) {
+      refuse(fd, "store: the server is out of memory and cannot take another connection");
+      continue;
+    }
+    conn_flush(c);
+  }
 }
 
 /* ---------------------------------------------------------------------------------------- */
 /* The loop                                                                                 */
 /* ---------------------------------------------------------------------------------------- */
 
-static void accept_all(par__store_server *srv) {
-  for (;;) {
-    int fd = accept4(srv->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0) {
-      if (errno == EINTR || errno == ECONNABORTED) continue;
-      if (errno != EAGAIN && errno != EWOULDBLOCK) {
-        PAR__LOG_WARN("store: accept failed: %s; pausing new connections", strerror(errno));
-        srv->accept_pause_until = par__now() + 0.1;
-      }
-      return;
-    }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    conn *c = calloc(1, sizeof *c);
-    if (c && srv->nconns == srv->cap_conns) {
-      size_t cap = srv->cap_conns ? srv->cap_conns * 2 : 16;
-      conn **p = realloc(srv->conns, cap * sizeof *p);
-      if (p) {
-        srv->conns = p;
-        srv->cap_conns = cap;
-      }
-    }
-    if (!c || srv->nconns == srv->cap_conns || RAND_bytes(c->nonce, sizeof c->nonce) != 1) {
-      PAR__LOG_WARN("store: dropping a connection (out of memory or randomness)");
-      free(c);
-      close(fd);
-      continue;
-    }
-    c->fd = fd;
-    c->state = C_AUTH;
-    c->deadline = par__now() + AUTH_TIMEOUT_S;
-    srv->conns[srv->nconns++] = c;
-    uint8_t hello[PAR__STORE_MAGIC_LEN + PAR__STORE_NONCE_LEN];
-    memcpy(hello, PAR__STORE_MAGIC, PAR__STORE_MAGIC_LEN);
-    memcpy(hello + PAR__STORE_MAGIC_LEN, c->nonce, PAR__STORE_NONCE_LEN);
-    /* The greeting is raw bytes, not a frame: queue it through the output buffer by hand. */
-    c->out = malloc(256);
-    if (!c->out) {
-      c->dead = 1;
-      continue;
-    }
-    c->out_cap = 256;
-    memcpy(c->out, hello, sizeof hello);
-    c->out_len = sizeof hello;
-    conn_flush(c);
-  }
-}
-
 /* Releases waiters and silent clients whose time is up; returns the poll timeout in ms. */
 static int handle_deadlines(par__store_server *srv) {
-  double now = par__now(), next = INFINITY;
-  for (size_t i = 0; i < srv->nconns; i++) {
-    conn *c = srv->conns[i];
-    if (c->dead || (c->state != C_AUTH && c->state != C_WAIT)) continue;
-    if (now >= c->deadline) {
-      if (c->state == C_AUTH) {
-        c->dead = 1;
-        continue;
-      }
-      conn_reply(c, PAR__STORE_NOT_FOUND, NULL, 0);
-      conn_consume(c, PAR__STORE_REQ_HDR + par__get_u32(c->in + 4));
-      c->state = C_READY;
-      srv->rescan = 1;
-      continue;
-    }
-    if (c->deadline < next) next = c->deadline;
-  }
+  double now = par__now();
+  double next = par__store_engine_deadlines(&srv->eng, now);
   if (srv->accept_pause_until > now && srv->accept_pause_until < next)
     next = srv->accept_pause_until;
   if (next == INFINITY) return -1;
@@ -486,34 +190,26 @@ static int handle_deadlines(par__store_server *srv) {
   return ms > 60000.0 ? 60000 : (int)ms;
 }
 
-static void sweep_dead(par__store_server *srv) {
-  size_t j = 0;
-  for (size_t i = 0; i < srv->nconns; i++) {
-    if (srv->conns[i]->dead)
-      conn_free(srv->conns[i]);
-    else
-      srv->conns[j++] = srv->conns[i];
-  }
-  srv->nconns = j;
-}
-
 static void *server_main(void *arg) {
   par__store_server *srv = arg;
+  par__store_engine *eng = &srv->eng;
   for (;;) {
-    while (srv->rescan) {
-      srv->rescan = 0;
-      for (size_t i = 0; i < srv->nconns; i++) conn_process(srv, srv->conns[i]);
-    }
-    sweep_dead(srv);
-    int timeout = handle_deadlines(srv);
-    if (srv->rescan) continue;
-    sweep_dead(srv);
+    int timeout;
+    do {
+      par__store_engine_rescan(eng, par__now());
+      timeout = handle_deadlines(srv);
+    } while (eng->rescan);
+    /* Replies queued for other connections (released GETs) go out now. */
+    for (size_t i = 0; i < eng->nconns; i++) conn_flush(eng->conns[i]);
+    par__store_engine_sweep(eng);
 
-    size_t need = srv->nconns + 2;
+    size_t need = eng->nconns + 2;
     if (need > srv->cap_pfds) {
       struct pollfd *p = realloc(srv->pfds, need * 2 * sizeof *p);
       if (!p) {
-        /* Cannot watch everyone: wait a moment and retry rather than stop serving. */
+        /* Cannot watch everyone: shed an unproven client, wait a moment, and retry rather
+         * than stop serving. */
+        shed_oldest_unauthenticated(srv, "out of memory");
         usleep(10000);
         continue;
       }
@@ -524,11 +220,11 @@ static void *server_main(void *arg) {
     pf[0] = (struct pollfd){.fd = srv->wake[0], .events = POLLIN};
     int accepting = par__now() >= srv->accept_pause_until;
     pf[1] = (struct pollfd){.fd = accepting ? srv->listen_fd : -1, .events = POLLIN};
-    size_t n = srv->nconns;
+    size_t n = eng->nconns;
     for (size_t i = 0; i < n; i++) {
-      conn *c = srv->conns[i];
+      par__store_conn *c = eng->conns[i];
       short ev = 0;
-      if (c->state != C_CLOSING && c->in_len < IN_LIMIT) ev |= POLLIN;
+      if (c->state != PAR__CONN_CLOSING && c->in_len < PAR__STORE_IN_LIMIT) ev |= POLLIN;
       if (c->out_off < c->out_len) ev |= POLLOUT;
       pf[2 + i] = (struct pollfd){.fd = c->fd, .events = ev};
     }
@@ -540,12 +236,12 @@ static void *server_main(void *arg) {
     }
     if (pf[0].revents) return NULL; /* stop() was called */
     for (size_t i = 0; i < n; i++) {
-      conn *c = srv->conns[i];
+      par__store_conn *c = eng->conns[i];
       short re = pf[2 + i].revents;
       if (!re || c->dead) continue;
       if (re & POLLOUT) {
         conn_flush(c);
-        if (c->state == C_READY) srv->rescan = 1; /* parsing may have paused on OUT_HIGH */
+        if (c->state == PAR__CONN_READY) eng->rescan = 1; /* parsing may have paused */
       }
       if (re & (POLLIN | POLLHUP | POLLERR)) conn_read(srv, c);
       if ((re & POLLNVAL)) c->dead = 1;
@@ -605,13 +301,26 @@ par_status par__store_server_start(const char *bind_host, int port, const char *
   PAR_RETURN_ERROR_IF(port < 0 || port > 65535, PAR_ERR_INVALID, "store: invalid port %d", port);
   par__store_server *srv = calloc(1, sizeof *srv);
   PAR_RETURN_ERROR_IF(!srv, PAR_ERR_NOMEM, "store: out of memory");
-  srv->wake[0] = srv->wake[1] = -1;
-  par_status st;
-  srv->token = strdup(token ? token : "");
-  srv->tab.nbuckets = 64;
-  srv->tab.buckets = calloc(srv->tab.nbuckets, sizeof *srv->tab.buckets);
-  if (!srv->token || !srv->tab.buckets) {
-    st = par__error(PAR_ERR_NOMEM, "store: out of memory");
+  srv->wake[0] = srv->wake[1] = srv->reserve_fd = -1;
+  par_status st = par__store_engine_init(&srv->eng, token);
+  if (st < 0) {
+    free(srv);
+    return st;
+  }
+  /* OpenSSL sets up its generator and digests on first use: do it now, so that a process
+   * short of memory fails here with a reason rather than refusing every client later. */
+  uint8_t probe[PAR__STORE_MAC_LEN];
+  if (RAND_bytes(probe, PAR__STORE_NONCE_LEN) != 1 || par__store_mac(token, probe, probe) != 0) {
+    st = par__error(PAR_ERR_SYSTEM,
+                    "store: OpenSSL cannot draw random bytes or compute "
+                    "HMAC-SHA256 (out of memory?)");
+    goto fail_free;
+  }
+  srv->cap_pfds = 64;
+  srv->pfds = malloc(srv->cap_pfds * sizeof *srv->pfds);
+  srv->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (!srv->pfds || srv->reserve_fd < 0) {
+    st = par__error(PAR_ERR_SYSTEM, "store: out of memory or descriptors");
     goto fail_free;
   }
   int bp = 0;
@@ -637,8 +346,9 @@ fail_close_pipe:
 fail_close_listener:
   close(srv->listen_fd);
 fail_free:
-  free(srv->tab.buckets);
-  free(srv->token);
+  if (srv->reserve_fd >= 0) close(srv->reserve_fd);
+  free(srv->pfds);
+  par__store_engine_fini(&srv->eng);
   free(srv);
   return st;
 }
@@ -649,13 +359,57 @@ void par__store_server_stop(par__store_server *srv) {
   while (write(srv->wake[1], &b, 1) < 0 && errno == EINTR) {
   }
   pthread_join(srv->thread, NULL);
-  for (size_t i = 0; i < srv->nconns; i++) conn_free(srv->conns[i]);
-  free(srv->conns);
+  par__store_engine_fini(&srv->eng);
   free(srv->pfds);
-  table_free(&srv->tab);
+  if (srv->reserve_fd >= 0) close(srv->reserve_fd);
   close(srv->listen_fd);
   close(srv->wake[0]);
   close(srv->wake[1]);
-  free(srv->token);
   free(srv);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Who may reach a tokenless store                                                          */
+/* ---------------------------------------------------------------------------------------- */
+
+/* 1 when every address bind_host resolves to is a loopback one (127/8, ::1, or ::ffff:127/8):
+ * only processes on this host can reach the store then. */
+static int loopback_only(const char *bind_host) {
+  if (!bind_host || !*bind_host) return 0; /* the wildcard: every interface */
+  struct addrinfo hints = {0}, *res = NULL;
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  if (getaddrinfo(bind_host, NULL, &hints, &res) != 0) return 0;
+  int only = res != NULL;
+  for (struct addrinfo *a = res; a; a = a->ai_next) {
+    if (a->ai_family == AF_INET) {
+      uint32_t ip = ntohl(((const struct sockaddr_in *)a->ai_addr)->sin_addr.s_addr);
+      only &= (ip >> 24) == 127;
+    } else if (a->ai_family == AF_INET6) {
+      const struct in6_addr *ip = &((const struct sockaddr_in6 *)a->ai_addr)->sin6_addr;
+      only &= IN6_IS_ADDR_LOOPBACK(ip) || (IN6_IS_ADDR_V4MAPPED(ip) && ip->s6_addr[12] == 127);
+    } else {
+      only = 0;
+    }
+  }
+  freeaddrinfo(res);
+  return only;
+}
+
+par_status par__store_check_exposure(const char *bind_host, int port, const char *token,
+                                     int allow_no_token) {
+  if ((token && *token) || loopback_only(bind_host)) return PAR_OK;
+  const char *h = bind_host && *bind_host ? bind_host : "*";
+  PAR_RETURN_ERROR_IF(!allow_no_token, PAR_ERR_BOOTSTRAP,
+                      "store: refusing to listen on %s:%d without a job token: any host that "
+                      "can reach that address could join this job. Set PAR_TOKEN to one secret "
+                      "on every rank, or use MASTER_ADDR=127.0.0.1 for a job on one host, or "
+                      "set PAR_ALLOW_NO_TOKEN=1 to run unprotected anyway",
+                      h, port);
+  PAR__LOG_WARN(
+      "store: listening on %s:%d without a job token (PAR_ALLOW_NO_TOKEN=1): any "
+      "host that can reach that address can join this job",
+      h, port);
+  return PAR_OK;
 }

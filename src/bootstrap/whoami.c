@@ -140,8 +140,8 @@ static par_status parse_addr(const char *what, const char *addr, par__whoami *wh
   }
   PAR_RETURN_ERROR_IF(hlen == 0 || hlen >= sizeof who->store_host, PAR_ERR_BOOTSTRAP,
                       "%s='%.100s': the host part is empty or too long", what, addr);
-  int port;
-  if (parse_int(what, colon + 1, 1, &port) < 0 || port > 65535)
+  int port = 0; /* gcc cannot see that parse_int sets it whenever it returns PAR_OK */
+  if (parse_int(what, colon + 1, 1, &port) != PAR_OK || port > 65535)
     return par__error(PAR_ERR_BOOTSTRAP, "%s='%.100s': the port is not a number in 1..65535", what,
                       addr);
   memcpy(who->store_host, host, hlen);
@@ -221,8 +221,8 @@ static par_status store_address(const par_world_options *o, getenv_fn_t get, par
   PAR_RETURN_ERROR_IF(!mport, PAR_ERR_BOOTSTRAP, "MASTER_ADDR is set but MASTER_PORT is not");
   PAR_RETURN_ERROR_IF(strlen(maddr) >= sizeof who->store_host, PAR_ERR_BOOTSTRAP,
                       "MASTER_ADDR is too long (%zu bytes)", strlen(maddr));
-  int port;
-  if (parse_int("MASTER_PORT", mport, 1, &port) < 0 || port > 65535)
+  int port = 0; /* as in parse_addr */
+  if (parse_int("MASTER_PORT", mport, 1, &port) != PAR_OK || port > 65535)
     return par__error(PAR_ERR_BOOTSTRAP, "MASTER_PORT='%.60s' is not a port number in 1..65535",
                       mport);
   snprintf(who->store_host, sizeof who->store_host, "%s", maddr);
@@ -266,6 +266,11 @@ par_status par__whoami_resolve(const par_world_options *opts,
                         sizeof who->token - 1);
     snprintf(who->token, sizeof who->token, "%s", token);
   }
+
+  int allow = -1;
+  PAR_FORWARD_IF_ERROR(env_int(get, "PAR_ALLOW_NO_TOKEN", 0, &allow));
+  PAR_RETURN_ERROR_IF(allow > 1, PAR_ERR_BOOTSTRAP, "PAR_ALLOW_NO_TOKEN=%d is not 0 or 1", allow);
+  who->allow_no_token = allow == 1;
 
   if (who->size == 1) {
     /* A world of one needs no rendezvous; an address given anyway was still checked above. */

@@ -65,7 +65,8 @@ static par_status check_index(par_group *g, const par__op *op, int idx, const ch
 }
 
 static par_status validate(par_group *g, const par__op *op) {
-  size_t n = (size_t)g->n, bytes;
+  /* bytes is set by check_common before any use; the 0 is for gcc, which cannot see it. */
+  size_t n = (size_t)g->n, bytes = 0;
   switch (op->kind) {
     case PAR__ALLREDUCE:
       PAR_FORWARD_IF_ERROR(check_common(g, op, 1, &bytes));

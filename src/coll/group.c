@@ -119,8 +119,8 @@ static par_status choose_backend(par_group *g, par_backend want) {
       want = rt->cross_host;
     else
       return par__error(PAR_ERR_UNSUPPORTED,
-                        "group '%s' spans hosts, and this world has no backend for that (tcp "
-                        "is not built; mpi serves worlds started by mpirun or srun%s)",
+                        "group '%s' spans hosts, and this world has no backend for that (mpi "
+                        "serves worlds started by mpirun or srun%s)",
                         g->name, par__backend_get(PAR_BACKEND_MPI) ? "" : ", and is not built");
   }
   const par__backend *be = par__backend_get(want);

@@ -5,6 +5,7 @@
  * A runtime that started the process (MPI under mpirun or srun; see par__runtime) replaces
  * who-am-I and the store's rendezvous when this build has one.
  */
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,8 +13,10 @@
 
 #include "coll/group.h"
 
+/* Sized so that "host/boot" always fits host_id: Linux host names have at most HOST_NAME_MAX
+ * bytes, and a boot id is 36. */
 static void read_host_id(char *out, size_t len) {
-  char host[128] = "localhost", boot[64] = "";
+  char host[HOST_NAME_MAX + 1] = "localhost", boot[64] = "";
   gethostname(host, sizeof host - 1);
   FILE *f = fopen("/proc/sys/kernel/random/boot_id", "r");
   if (f) {
@@ -37,40 +40,116 @@ static void random_hex(char *out, int nhex) {
   out[nhex] = '\0';
 }
 
-/* Agrees on the job id: parrun's PAR_JOB_ID, else one rank 0 draws and publishes. */
-static par_status agree_job_id(par_world *w) {
+/*
+ * The job id names shared-memory segments (/par-<job id>-<group>), so two jobs on one host
+ * must never share one, even when both were given the same PAR_JOB_ID. PAR_JOB_ID is only a
+ * prefix the user can recognise: the id is the one the store's host published under
+ * par/job_id (parrun does so before it starts the ranks), else "<PAR_JOB_ID>-<8 random hex
+ * digits>" (or just the digits) that rank 0 draws and publishes before it joins. A value
+ * read from the store is checked before it names anything.
+ */
+static par_status compose_job_id(par_world *w) {
   const char *env = getenv("PAR_JOB_ID");
-  if (env && *env && strlen(env) < sizeof w->job_id && !strchr(env, '/')) {
-    snprintf(w->job_id, sizeof w->job_id, "%s", env);
-    return PAR_OK;
-  }
-  if (!w->store) {
-    random_hex(w->job_id, 8);
-    return PAR_OK;
-  }
-  if (w->rank == 0) {
-    random_hex(w->job_id, 8);
-    return par__store_set(w->store, "par/job_id", w->job_id, strlen(w->job_id));
-  }
-  size_t len = 0;
-  PAR_FORWARD_IF_ERROR(
-      par__store_get(w->store, "par/job_id", w->job_id, sizeof w->job_id - 1, &len, w->timeout_s));
-  w->job_id[len < sizeof w->job_id ? len : sizeof w->job_id - 1] = '\0';
+  char prefix[sizeof w->job_id - 9] = "";
+  if (env && *env)
+    PAR_FORWARD_IF_ERROR(par__record_job_id("PAR_JOB_ID", env, strlen(env), prefix, sizeof prefix));
+  char rnd[9];
+  random_hex(rnd, 8);
+  snprintf(w->job_id, sizeof w->job_id, "%s%s%s", prefix, *prefix ? "-" : "", rnd);
   return PAR_OK;
 }
 
+/* Rank 0, before it joins: keeps the store host's job id, or publishes one of its own. */
+static par_status publish_job_id(par_world *w) {
+  char buf[sizeof w->job_id];
+  size_t len = 0;
+  par_status s = par__store_get(w->store, "par/job_id", buf, sizeof buf, &len, 1e-3);
+  if (s == PAR_OK) return PAR_OK;
+  if (s != PAR_ERR_TIMEOUT) return s;
+  PAR_FORWARD_IF_ERROR(compose_job_id(w));
+  return par__store_set(w->store, "par/job_id", w->job_id, strlen(w->job_id));
+}
+
+/* After everyone joined: the job id is in the store. */
+static par_status read_job_id(par_world *w) {
+  char buf[sizeof w->job_id + 1];
+  size_t len = 0;
+  PAR_FORWARD_IF_ERROR(par__store_get(w->store, "par/job_id", buf, sizeof buf, &len, w->timeout_s));
+  return par__record_job_id("store key 'par/job_id'", buf, len, w->job_id, sizeof w->job_id);
+}
+
+/* The join timed out: names the ranks that never registered (their par/host key is missing),
+ * the first few of them, and how many did join (joins before this world's generation, worlds
+ * created earlier on the same store, do not count). */
+static par_status name_missing(par_world *w, int64_t generation) {
+  char buf[32], list[160] = "";
+  size_t len = 0, off = 0;
+  int64_t joined = -1;
+  if (par__store_get(w->store, "par/joined", buf, sizeof buf - 1, &len, 1e-3) == PAR_OK) {
+    buf[len < sizeof buf ? len : sizeof buf - 1] = '\0';
+    joined = strtoll(buf, NULL, 10) - generation * w->size;
+  }
+  int named = 0, first = -1;
+  for (int r = 0; r < w->size && named < 6; r++) {
+    char key[32];
+    snprintf(key, sizeof key, "par/host/%d", r);
+    par_status s = par__store_get(w->store, key, buf, sizeof buf, &len, 1e-3);
+    if (s == PAR_OK) continue;
+    if (s != PAR_ERR_TIMEOUT) return s;
+    if (first < 0) first = r;
+    int k = snprintf(list + off, sizeof list - off, "%s%d", named ? ", " : "", r);
+    if (k > 0 && (size_t)k < sizeof list - off) off += (size_t)k;
+    named++;
+  }
+  int missing = joined >= 0 ? w->size - (int)joined : named;
+  if (named == 0)
+    return par__error(PAR_ERR_TIMEOUT, "the world's %d ranks did not all join within %g s", w->size,
+                      w->timeout_s);
+  if (missing == 1 && named == 1)
+    return par__error(PAR_ERR_TIMEOUT,
+                      "rank %d never joined the world within %g s (%d of %d ranks did)", first,
+                      w->timeout_s, w->size - 1, w->size);
+  return par__error(PAR_ERR_TIMEOUT, "%d ranks never joined the world within %g s: ranks %s%s",
+                    missing > named ? missing : named, w->timeout_s, list,
+                    missing > named ? ", ..." : "");
+}
+
+/* Every rank registers its host and counts itself in; all wait until the count is full, so
+ * a rank that never starts is named after one timeout, here, rather than as a store key
+ * that did not appear somewhere later. A process may create a world again on the same store
+ * (parrun's outlives each world): the count keeps growing, and each full `size` of it is one
+ * generation with a key of its own. No rank can count itself into the next generation before
+ * this one is full, since it would first have to finish this join. */
+static par_status join_world(par_world *w) {
+  char key[48];
+  snprintf(key, sizeof key, "par/host/%d", w->rank);
+  PAR_FORWARD_IF_ERROR(par__store_set(w->store, key, w->host_id, strlen(w->host_id)));
+  if (w->rank == 0) PAR_FORWARD_IF_ERROR(publish_job_id(w));
+  int64_t v = 0;
+  PAR_FORWARD_IF_ERROR(par__store_add(w->store, "par/joined", 1, &v));
+  int64_t generation = (v - 1) / w->size;
+  snprintf(key, sizeof key, "par/joined/all/%lld", (long long)generation);
+  if (v == (generation + 1) * w->size) PAR_FORWARD_IF_ERROR(par__store_set(w->store, key, "1", 1));
+  char buf[4];
+  size_t len;
+  par_status s = par__store_get(w->store, key, buf, sizeof buf, &len, w->timeout_s);
+  if (s == PAR_ERR_TIMEOUT) return name_missing(w, generation);
+  PAR_FORWARD_IF_ERROR(s);
+  return read_job_id(w);
+}
+
 static par_status world_connect(par_world *w, const par__whoami *who) {
-  if (who->size == 1 && !who->store_host[0]) return PAR_OK;
+  if (who->size == 1 && !who->store_host[0]) return compose_job_id(w);
   if (who->host_store && who->rank == 0) {
     int port = 0;
+    PAR_FORWARD_IF_ERROR(par__store_check_exposure(who->store_host, who->store_port, who->token,
+                                                   who->allow_no_token));
     PAR_FORWARD_IF_ERROR(par__store_server_start(who->store_host, who->store_port, who->token,
                                                  &w->server, &port));
   }
   PAR_FORWARD_IF_ERROR(
       par__store_connect(who->store_host, who->store_port, who->token, w->timeout_s, &w->store));
-  char key[32];
-  snprintf(key, sizeof key, "par/host/%d", w->rank);
-  return par__store_set(w->store, key, w->host_id, strlen(w->host_id));
+  return join_world(w);
 }
 
 /* Rank, size, store and job id from the options or the launcher's environment. */
@@ -84,8 +163,7 @@ static par_status world_from_store(par_world *w, const par_world_options *opts,
   w->local_size = who.local_size;
   w->store_peers = who.size;
   *source = who.source;
-  PAR_FORWARD_IF_ERROR(world_connect(w, &who));
-  return agree_job_id(w);
+  return world_connect(w, &who);
 }
 
 par_status par_world_create(const par_world_options *opts, par_world **out) {
@@ -184,9 +262,10 @@ par_status par__world_host_id(par_world *w, int rank, const char **out) {
     char key[32], buf[sizeof w->host_id];
     size_t len = 0;
     snprintf(key, sizeof key, "par/host/%d", rank);
-    PAR_FORWARD_IF_ERROR(par__store_get(w->store, key, buf, sizeof buf - 1, &len, w->timeout_s));
-    buf[len < sizeof buf ? len : sizeof buf - 1] = '\0';
-    have = strdup(buf);
+    PAR_FORWARD_IF_ERROR(par__store_get(w->store, key, buf, sizeof buf, &len, w->timeout_s));
+    char id[sizeof w->host_id];
+    PAR_FORWARD_IF_ERROR(par__record_host_id(key, buf, len, id, sizeof id));
+    have = strdup(id);
     PAR_RETURN_ERROR_IF(!have, PAR_ERR_NOMEM, "out of memory");
     pthread_mutex_lock(&w->mu);
     if (w->host_ids[rank]) {

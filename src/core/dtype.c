@@ -37,7 +37,6 @@ static const name_entry op_names[] = {
 static const name_entry backend_names[] = {
     {"auto", PAR_BACKEND_AUTO},
     {"shm", PAR_BACKEND_SHM},
-    {"tcp", PAR_BACKEND_TCP},
     {"mpi", PAR_BACKEND_MPI},
 };
 

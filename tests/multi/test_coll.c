@@ -115,25 +115,30 @@ static void test_movers(void) {
 static void test_large(void) {
   int n = par_group_size(world);
   const size_t mib = 1u << 20;
+  /* Salts are given in the loop: several salt++ in one initializer list are unsequenced. */
   const h_case cases[] = {
-      {H_ALLREDUCE, PAR_F32, PAR_SUM, 3 * mib / 4 + 7, 0, 0, H_GEN_WIDE, 0, salt++},
-      {H_ALLREDUCE, PAR_F32, PAR_SUM, 3 * mib / 4 + 7, 0, 1, H_GEN_WIDE, 4, salt++},
-      {H_ALLREDUCE, PAR_BF16, PAR_AVG, 3 * mib / 2 + 3, 0, 1, H_GEN_WIDE, 0, salt++},
-      {H_ALLREDUCE, PAR_I8, PAR_SUM, 3 * mib + 1, 0, 0, H_GEN_WIDE, 1, salt++},
-      {H_REDUCE_SCATTER, PAR_F16, PAR_SUM, 3 * mib / 2 / (size_t)n + 1, 0, 0, H_GEN_WIDE, 0, salt++},
-      {H_REDUCE_SCATTER, PAR_I32, PAR_MAX, 3 * mib / 4 / (size_t)n + 3, 0, 1, H_GEN_WIDE, 0, salt++},
-      {H_ALLGATHER, PAR_U8, PAR_SUM, 3 * mib / (size_t)n + 5, 0, 0, H_GEN_BITS, 0, salt++},
-      {H_ALLGATHER, PAR_F64, PAR_SUM, 3 * mib / 8 / (size_t)n + 1, 0, 1, H_GEN_BITS, 0, salt++},
-      {H_BROADCAST, PAR_I32, PAR_SUM, 3 * mib / 4 + 9, n - 1, 1, H_GEN_BITS, 0, salt++},
-      {H_REDUCE, PAR_F64, PAR_MAX, 3 * mib / 8 + 3, n / 2, 0, H_GEN_WIDE, 0, salt++},
-      {H_REDUCE, PAR_F32, PAR_PROD, 3 * mib / 4 + 1, 0, 1, H_GEN_TINY, 0, salt++},
-      {H_ALLTOALL, PAR_I64, PAR_SUM, 3 * mib / 8 / (size_t)n + 1, 0, 0, H_GEN_BITS, 0, salt++},
+      {H_ALLREDUCE, PAR_F32, PAR_SUM, 3 * mib / 4 + 7, 0, 0, H_GEN_WIDE, 0, 0},
+      {H_ALLREDUCE, PAR_F32, PAR_SUM, 3 * mib / 4 + 7, 0, 1, H_GEN_WIDE, 4, 0},
+      {H_ALLREDUCE, PAR_BF16, PAR_AVG, 3 * mib / 2 + 3, 0, 1, H_GEN_WIDE, 0, 0},
+      {H_ALLREDUCE, PAR_I8, PAR_SUM, 3 * mib + 1, 0, 0, H_GEN_WIDE, 1, 0},
+      {H_REDUCE_SCATTER, PAR_F16, PAR_SUM, 3 * mib / 2 / (size_t)n + 1, 0, 0, H_GEN_WIDE, 0, 0},
+      {H_REDUCE_SCATTER, PAR_I32, PAR_MAX, 3 * mib / 4 / (size_t)n + 3, 0, 1, H_GEN_WIDE, 0, 0},
+      {H_ALLGATHER, PAR_U8, PAR_SUM, 3 * mib / (size_t)n + 5, 0, 0, H_GEN_BITS, 0, 0},
+      {H_ALLGATHER, PAR_F64, PAR_SUM, 3 * mib / 8 / (size_t)n + 1, 0, 1, H_GEN_BITS, 0, 0},
+      {H_BROADCAST, PAR_I32, PAR_SUM, 3 * mib / 4 + 9, n - 1, 1, H_GEN_BITS, 0, 0},
+      {H_REDUCE, PAR_F64, PAR_MAX, 3 * mib / 8 + 3, n / 2, 0, H_GEN_WIDE, 0, 0},
+      {H_REDUCE, PAR_F32, PAR_PROD, 3 * mib / 4 + 1, 0, 1, H_GEN_TINY, 0, 0},
+      {H_ALLTOALL, PAR_I64, PAR_SUM, 3 * mib / 8 / (size_t)n + 1, 0, 0, H_GEN_BITS, 0, 0},
       /* Outputs of 4 MiB and more are written with the backend's large-output copy. */
-      {H_ALLREDUCE, PAR_F32, PAR_SUM, 5 * mib / 4 + 3, 0, 0, H_GEN_WIDE, 4, salt++},
-      {H_ALLGATHER, PAR_I32, PAR_SUM, 5 * mib / 4 / (size_t)n + 1, 0, 1, H_GEN_BITS, 0, salt++},
-      {H_BROADCAST, PAR_U8, PAR_SUM, 5 * mib + 1, 0, 1, H_GEN_BITS, 1, salt++},
+      {H_ALLREDUCE, PAR_F32, PAR_SUM, 5 * mib / 4 + 3, 0, 0, H_GEN_WIDE, 4, 0},
+      {H_ALLGATHER, PAR_I32, PAR_SUM, 5 * mib / 4 / (size_t)n + 1, 0, 1, H_GEN_BITS, 0, 0},
+      {H_BROADCAST, PAR_U8, PAR_SUM, 5 * mib + 1, 0, 1, H_GEN_BITS, 1, 0},
   };
-  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) h_case_run(world, &cases[i], H_BLOCKING);
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    h_case c = cases[i];
+    c.salt = salt++;
+    h_case_run(world, &c, H_BLOCKING);
+  }
 }
 
 /* Sizes where the shared-memory backend reads peers' buffers directly (single copy, when

@@ -109,7 +109,7 @@ static void test_ops(void **state) {
 
 static void test_backends(void **state) {
   (void)state;
-  static const char *const names[PAR_BACKEND_COUNT] = {"auto", "shm", "tcp", "mpi"};
+  static const char *const names[PAR_BACKEND_COUNT] = {"auto", "shm", "mpi"};
   for (int b = 0; b < PAR_BACKEND_COUNT; b++) {
     assert_string_equal(par_backend_name((par_backend)b), names[b]);
     par_backend out = PAR_BACKEND_COUNT;
@@ -122,10 +122,12 @@ static void test_backends(void **state) {
   assert_null(par_backend_name(PAR_BACKEND_COUNT));
   assert_null(par_backend_name((par_backend)-1));
 
-  out = PAR_BACKEND_TCP;
+  out = PAR_BACKEND_MPI;
   assert_int_equal(par_backend_parse("ib", &out), PAR_ERR_INVALID);
-  assert_int_equal(out, PAR_BACKEND_TCP);
-  assert_string_equal(par_last_error(), "unknown backend 'ib' (valid: auto, shm, tcp, mpi)");
+  assert_int_equal(out, PAR_BACKEND_MPI);
+  assert_string_equal(par_last_error(), "unknown backend 'ib' (valid: auto, shm, mpi)");
+  /* There is no tcp backend: multi-host groups are the mpi backend's (docs/mpi.md). */
+  assert_int_equal(par_backend_parse("tcp", &out), PAR_ERR_INVALID);
   assert_int_equal(par_backend_parse("", &out), PAR_ERR_INVALID);
   assert_int_equal(par_backend_parse(NULL, &out), PAR_ERR_NULL);
   assert_int_equal(par_backend_parse("shm", NULL), PAR_ERR_NULL);

@@ -2,11 +2,14 @@
  * test_store.c -- the rendezvous store, client and server together over loopback: the four
  * ops, a GET released by a SET from another thread, GET timeouts (and that the connection
  * stays usable after one), token refusal, length limits on both sides (a raw socket sends
- * what the client would refuse to), connect retries, a lost server, and one client shared by
- * several threads.
+ * what the client would refuse to), reserved header bytes, connect retries, a lost server,
+ * one client shared by several threads, strangers that never prove the token (shed oldest
+ * first, timed out in seconds), what the client makes of a refusal or a malformed answer,
+ * the rule for tokenless stores, and the checks on records read from the store.
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -321,6 +324,151 @@ static void test_oversized_lengths_rejected(void **state) {
   par__store_close(s);
 }
 
+static void test_reserved_header_bytes_named(void **state) {
+  fixture *f = *state;
+  char msg[256];
+  int fd = raw_connect(f, TOKEN);
+  assert_int_equal(raw_response(fd, msg, sizeof msg), PAR__STORE_OK);
+  uint8_t h[PAR__STORE_REQ_HDR] = {PAR__STORE_GET, 1, 0, 0};
+  assert_int_equal(send(fd, h, sizeof h, 0), (ssize_t)sizeof h);
+  assert_int_equal(raw_response(fd, msg, sizeof msg), PAR__STORE_ERROR);
+  assert_string_equal(msg,
+                      "store: request header (op 2) has non-zero reserved bytes 01 00 00: "
+                      "the client speaks another store protocol, or its stream is out of "
+                      "step");
+  char c;
+  assert_int_equal(recv(fd, &c, 1, 0), 0);
+  close(fd);
+}
+
+/* ---- strangers: connections that never prove the token ---------------------------------- */
+
+/* Connects and reads the greeting, then says nothing. */
+static int raw_silent(fixture *f) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  assert_true(fd >= 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)f->port)};
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+  struct timeval tv = {10, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  uint8_t hello[PAR__STORE_MAGIC_LEN + PAR__STORE_NONCE_LEN];
+  assert_int_equal(recv(fd, hello, sizeof hello, MSG_WAITALL), (ssize_t)sizeof hello);
+  return fd;
+}
+
+/* 1 when the server has closed fd (EOF within `wait_s`), 0 when it is still open. */
+static int closed_within(int fd, double wait_s) {
+  struct pollfd p = {.fd = fd, .events = POLLIN};
+  if (poll(&p, 1, (int)(wait_s * 1000)) <= 0) return 0;
+  char c;
+  return recv(fd, &c, 1, MSG_DONTWAIT) == 0;
+}
+
+static void test_strangers_shed_oldest_first(void **state) {
+  fixture *f = *state;
+  enum { N = 200 };
+  int fds[N];
+  for (int i = 0; i < N; i++) fds[i] = raw_silent(f);
+  /* A rank still gets in at once, and works. */
+  double t0 = par__now();
+  par__store *s = client(f);
+  assert_true(par__now() - t0 < 2.0);
+  assert_int_equal(par__store_set(s, "k", "v", 1), PAR_OK);
+  par__store_close(s);
+  /* The oldest strangers were shed, the newest 64 are still held (until their 5 s). */
+  assert_true(closed_within(fds[0], 2.0));
+  assert_true(closed_within(fds[N - 66], 2.0));
+  assert_false(closed_within(fds[N - 1], 0.05));
+  assert_false(closed_within(fds[N - 60], 0.05));
+  for (int i = 0; i < N; i++) close(fds[i]);
+}
+
+static void test_silent_stranger_timed_out(void **state) {
+  fixture *f = *state;
+  int fd = raw_silent(f);
+  double t0 = par__now();
+  assert_true(closed_within(fd, 15.0));
+  double took = par__now() - t0;
+  if (took < 4.0 || took > 12.0) fail_msg("a silent client was closed after %.2f s, want ~5", took);
+  close(fd);
+}
+
+/* ---- what the client makes of a server's bytes (a socketpair plays the server) ---------- */
+
+static int fake_server(const void *bytes, size_t n) {
+  int sv[2];
+  assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+  assert_int_equal(write(sv[1], bytes, n), (ssize_t)n);
+  shutdown(sv[1], SHUT_WR);
+  return sv[0]; /* sv[1] stays open: what the client sends lands there unread */
+}
+
+static void test_client_reports_refusal(void **state) {
+  (void)state;
+  const char *why = "store: the server is out of memory and cannot take another connection";
+  uint8_t buf[256] = {0};
+  memcpy(buf, PAR__STORE_MAGIC_REFUSE, PAR__STORE_MAGIC_LEN);
+  uint8_t *h = buf + PAR__STORE_MAGIC_LEN + PAR__STORE_NONCE_LEN;
+  h[0] = PAR__STORE_ERROR;
+  par__put_u32(h + 4, (uint32_t)strlen(why));
+  memcpy(h + PAR__STORE_RESP_HDR, why, strlen(why));
+  par__store *s = NULL;
+  int fd = fake_server(buf, (size_t)(h + PAR__STORE_RESP_HDR + strlen(why) - buf));
+  assert_int_equal(par__store_open_fd(fd, "fake", TOKEN, 5.0, &s), PAR_ERR_BOOTSTRAP);
+  assert_null(s);
+  assert_detail_has("store fake refused the connection: store: the server is out of memory");
+}
+
+static void test_client_rejects_reserved_response_bytes(void **state) {
+  (void)state;
+  uint8_t buf[PAR__STORE_MAGIC_LEN + PAR__STORE_NONCE_LEN + 2 * PAR__STORE_RESP_HDR] = {0};
+  memcpy(buf, PAR__STORE_MAGIC, PAR__STORE_MAGIC_LEN);
+  uint8_t *ok = buf + PAR__STORE_MAGIC_LEN + PAR__STORE_NONCE_LEN; /* the verdict: OK */
+  ok[PAR__STORE_RESP_HDR + 2] = 7; /* the SET's answer: OK, but a reserved byte set */
+  par__store *s = NULL;
+  assert_int_equal(par__store_open_fd(fake_server(buf, sizeof buf), "fake", TOKEN, 5.0, &s),
+                   PAR_OK);
+  assert_int_equal(par__store_set(s, "k", "v", 1), PAR_ERR_BOOTSTRAP);
+  assert_detail_has("malformed response (non-zero reserved header bytes)");
+  par__store_close(s);
+}
+
+/* ---- tokenless stores, and records read from the store ---------------------------------- */
+
+static void test_tokenless_exposure(void **state) {
+  (void)state;
+  assert_int_equal(par__store_check_exposure("0.0.0.0", 29500, "", 0), PAR_ERR_BOOTSTRAP);
+  assert_detail_has("refusing to listen on 0.0.0.0:29500 without a job token");
+  assert_detail_has("PAR_ALLOW_NO_TOKEN=1");
+  assert_int_equal(par__store_check_exposure("", 1, NULL, 0), PAR_ERR_BOOTSTRAP);
+  assert_int_equal(par__store_check_exposure("::", 1, "", 0), PAR_ERR_BOOTSTRAP);
+  assert_int_equal(par__store_check_exposure("0.0.0.0", 1, "", 1), PAR_OK);
+  assert_int_equal(par__store_check_exposure("0.0.0.0", 1, TOKEN, 0), PAR_OK);
+  assert_int_equal(par__store_check_exposure("127.0.0.1", 1, "", 0), PAR_OK);
+  assert_int_equal(par__store_check_exposure("127.3.2.1", 1, "", 0), PAR_OK);
+  assert_int_equal(par__store_check_exposure("::1", 1, "", 0), PAR_OK);
+}
+
+static void test_records_checked(void **state) {
+  (void)state;
+  char out[32];
+  assert_int_equal(par__record_job_id("k", "exp.1_a-0f", 10, out, sizeof out), PAR_OK);
+  assert_string_equal(out, "exp.1_a-0f");
+  assert_int_equal(par__record_job_id("k", "", 0, out, sizeof out), PAR_ERR_PROTOCOL);
+  assert_int_equal(par__record_job_id("k", "a/b", 3, out, sizeof out), PAR_ERR_PROTOCOL);
+  assert_detail_has("k: byte 1 of the job id (0x2f)");
+  assert_int_equal(par__record_job_id("k", "ab\0c", 4, out, sizeof out), PAR_ERR_PROTOCOL);
+  char big[40];
+  memset(big, 'a', sizeof big);
+  assert_int_equal(par__record_job_id("k", big, 32, out, sizeof out), PAR_ERR_PROTOCOL);
+  assert_int_equal(par__record_job_id("k", big, 31, out, sizeof out), PAR_OK);
+  assert_int_equal(par__record_host_id("h", "node1/abc", 9, out, sizeof out), PAR_OK);
+  assert_string_equal(out, "node1/abc");
+  assert_int_equal(par__record_host_id("h", "a\0b", 3, out, sizeof out), PAR_ERR_PROTOCOL);
+  assert_detail_has("h: byte 1 of the host id (0x00) is not printable");
+}
+
 static void test_raw_wrong_mac_gets_reason(void **state) {
   fixture *f = *state;
   char msg[256];
@@ -459,6 +607,13 @@ int main(void) {
       cmocka_unit_test(test_empty_token_on_both_sides),
       cmocka_unit_test_setup_teardown(test_oversized_lengths_rejected, setup, teardown),
       cmocka_unit_test_setup_teardown(test_raw_wrong_mac_gets_reason, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_reserved_header_bytes_named, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_strangers_shed_oldest_first, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_silent_stranger_timed_out, setup, teardown),
+      cmocka_unit_test(test_client_reports_refusal),
+      cmocka_unit_test(test_client_rejects_reserved_response_bytes),
+      cmocka_unit_test(test_tokenless_exposure),
+      cmocka_unit_test(test_records_checked),
       cmocka_unit_test_setup_teardown(test_waiting_client_disconnects, setup, teardown),
       cmocka_unit_test(test_connect_retries_until_server_is_up),
       cmocka_unit_test(test_connect_times_out),

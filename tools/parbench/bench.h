@@ -92,8 +92,8 @@ typedef struct bench_opts {
 #define BENCH_MAX_ITERS 1000000
 
 /*
- * Parses argv into *o. Returns 0 to run, 1 when help was printed (exit 0), 2 on a bad command
- * line (a message is on stderr; exit 2). Does not need a world.
+ * Parses argv into *o. Returns 0 to run, 1 when the help or the version was printed (exit 0),
+ * 2 on a bad command line (a message is on stderr; exit 2). Does not need a world.
  */
 int bench_parse_args(int argc, char **argv, bench_opts *o);
 /* Parses "64", "8K", "1M", "2G" (binary units) into *out; 0 on success, -1 if malformed. */

@@ -193,6 +193,7 @@ void bench_usage(FILE *f) {
           "  --backend LIST  measure a group of all ranks on each backend (e.g. shm,mpi under\n"
           "                  mpirun); default: the world group\n"
           "  -h, --help      print this help\n"
+          "  --version       print parbench's version\n"
           "\n"
           "Exit status: 0 ok; 1 a wrong result or a failed par call; 2 a bad command line.\n",
           BENCH_DEFAULT_MIN, BENCH_DEFAULT_MAX >> 20, BENCH_DEFAULT_FACTOR, BENCH_DEFAULT_WARMUP,
@@ -200,7 +201,8 @@ void bench_usage(FILE *f) {
 }
 
 enum { OPT_OP = 256, OPT_MIN, OPT_MAX, OPT_FACTOR, OPT_DTYPE, OPT_REDOP, OPT_ROOT,
-       OPT_WARMUP, OPT_ITERS, OPT_CHECK, OPT_JSON, OPT_ZERO_COPY, OPT_BACKEND };
+       OPT_WARMUP, OPT_ITERS, OPT_CHECK, OPT_JSON, OPT_ZERO_COPY, OPT_BACKEND,
+       OPT_VERSION };
 
 static const struct option long_opts[] = {
     {"op", required_argument, NULL, OPT_OP},
@@ -217,6 +219,7 @@ static const struct option long_opts[] = {
     {"zero-copy", no_argument, NULL, OPT_ZERO_COPY},
     {"backend", required_argument, NULL, OPT_BACKEND},
     {"help", no_argument, NULL, 'h'},
+    {"version", no_argument, NULL, OPT_VERSION},
     {NULL, 0, NULL, 0},
 };
 
@@ -285,9 +288,10 @@ int bench_parse_args(int argc, char **argv, bench_opts *o) {
     case OPT_ZERO_COPY: o->zero_copy = 1; break;
     case OPT_BACKEND:
       if (parse_list(optarg, add_backend, o) != 0)
-        return bad("--backend", optarg, "a comma list of auto, shm, tcp, mpi");
+        return bad("--backend", optarg, "a comma list of auto, shm, mpi");
       break;
     case 'h': bench_usage(stdout); return 1;
+    case OPT_VERSION: printf("parbench (par) %s\n", par_version_string()); return 1;
     case ':':
       fprintf(stderr, "parbench: option %s needs a value\n", name);
       fprintf(stderr, "Try 'parbench --help'.\n");

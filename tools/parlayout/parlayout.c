@@ -19,6 +19,7 @@
 static void usage(FILE *f) {
   fprintf(f,
           "usage: parlayout --world N [--mp M] [--pp P] [--json]\n"
+          "       parlayout --version\n"
           "\n"
           "Prints the model (mp), pipeline (pp) and data (dp) parallel groups of N ranks laid\n"
           "out as rank = (d*PP + p)*MP + m, without starting anything. mp and pp default to\n"
@@ -68,6 +69,10 @@ int main(int argc, char **argv) {
     }
     if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) {
       usage(stdout);
+      return 0;
+    }
+    if (strcmp(arg, "--version") == 0) {
+      printf("parlayout (par) %s\n", par_version_string());
       return 0;
     }
     /* Accept both "--mp 2" and "--mp=2". */

@@ -48,6 +48,7 @@ static const char *usage_text =
     "  --bind-to B   core (default): rank i runs on the (i mod C)-th of the C CPUs parrun\n"
     "                may use; none: let the kernel place them\n"
     "  -h, --help    show this help\n"
+    "  --version     print parrun's version and exit\n"
     "\n"
     "Each rank gets RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT,\n"
     "PAR_STORE_ADDR, PAR_TOKEN, PAR_JOB_ID and PAR_CPUS (MASTER_PORT is a free port for\n"
@@ -218,8 +219,10 @@ static void free_env(char **env, size_t owned_from) {
   free(env);
 }
 
-/* Removes the job's shared-memory segments: the library names them /par-<job id>-...,
- * and a rank that was killed cannot have unlinked its own. */
+/* Removes the job's shared-memory segments: the library names them /par-<job id>-<name>,
+ * and a rank that was killed cannot have unlinked its own. Only this job's: <name> (a group
+ * uid "<hex>.<n>" or a buffer's "m<rank>.<n>") has no '-', whereas another job that was
+ * given this id as its PAR_JOB_ID has its own suffix, "par-<job id>-<suffix>-<name>". */
 static void remove_job_shm(const char *job_id) {
   DIR *d = opendir("/dev/shm");
   if (!d) return;
@@ -227,8 +230,19 @@ static void remove_job_shm(const char *job_id) {
   int plen = snprintf(prefix, sizeof prefix, "par-%s-", job_id);
   struct dirent *e;
   while ((e = readdir(d)))
-    if (!strncmp(e->d_name, prefix, (size_t)plen)) unlinkat(dirfd(d), e->d_name, 0);
+    if (!strncmp(e->d_name, prefix, (size_t)plen) && !strchr(e->d_name + plen, '-'))
+      unlinkat(dirfd(d), e->d_name, 0);
   closedir(d);
+}
+
+/* As the store's host, parrun chooses the job id the ranks use (world.c reads par/job_id),
+ * so it knows exactly which segments are the job's. */
+static int publish_job_id(int port, const char *token, const char *job_id) {
+  par__store *cl = NULL;
+  if (par__store_connect("127.0.0.1", port, token, 10.0, &cl) != PAR_OK) return -1;
+  int rc = par__store_set(cl, "par/job_id", job_id, strlen(job_id)) == PAR_OK ? 0 : -1;
+  par__store_close(cl);
+  return rc;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -363,6 +377,10 @@ static int parse_args(int argc, char **argv, int *n, double *timeout, int *bind,
       fputs(usage_text, stdout);
       exit(0);
     }
+    if (!strcmp(a, "--version")) {
+      printf("parrun (par) %s\n", par_version_string());
+      exit(0);
+    }
     if (!strcmp(a, "--")) {
       i++;
       break;
@@ -452,6 +470,10 @@ int main(int argc, char **argv) {
   int port = 0;
   if (par__store_server_start("127.0.0.1", 0, token, &srv, &port) != PAR_OK) {
     fprintf(stderr, "parrun: cannot start the rendezvous store: %s\n", par__error_detail());
+    return 1;
+  }
+  if (publish_job_id(port, token, job_id) != 0) {
+    fprintf(stderr, "parrun: cannot publish the job id in the store: %s\n", par__error_detail());
     return 1;
   }
   int master_port = free_port();

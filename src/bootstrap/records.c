@@ -1,0 +1,45 @@
+/*
+ * records.c -- checks on the small records ranks read from the rendezvous store that
+ * another process wrote: the job id (it becomes part of shared-memory names, so it must be a
+ * short run of safe characters) and a host id (compared as a string, so no embedded NUL, and
+ * printed in messages, so printable). A record that fails is an error naming the key, never
+ * a truncated or mangled value used anyway. tests/fuzz/fuzz_records.c feeds these bytes.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "bootstrap/bootstrap.h"
+#include "core/core.h"
+
+static int job_id_char(unsigned char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+         c == '.' || c == '-';
+}
+
+par_status par__record_job_id(const char *what, const void *buf, size_t len, char *out,
+                              size_t cap) {
+  const unsigned char *p = buf;
+  PAR_RETURN_ERROR_IF(len == 0 || len >= cap, PAR_ERR_PROTOCOL,
+                      "%s: a job id of %zu bytes (want 1..%zu)", what, len, cap - 1);
+  for (size_t i = 0; i < len; i++)
+    PAR_RETURN_ERROR_IF(!job_id_char(p[i]), PAR_ERR_PROTOCOL,
+                        "%s: byte %zu of the job id (0x%02x) is not a letter, digit, '_', '.' "
+                        "or '-'",
+                        what, i, p[i]);
+  memcpy(out, p, len);
+  out[len] = '\0';
+  return PAR_OK;
+}
+
+par_status par__record_host_id(const char *what, const void *buf, size_t len, char *out,
+                               size_t cap) {
+  const unsigned char *p = buf;
+  PAR_RETURN_ERROR_IF(len == 0 || len >= cap, PAR_ERR_PROTOCOL,
+                      "%s: a host id of %zu bytes (want 1..%zu)", what, len, cap - 1);
+  for (size_t i = 0; i < len; i++)
+    PAR_RETURN_ERROR_IF(p[i] < 0x20 || p[i] == 0x7f, PAR_ERR_PROTOCOL,
+                        "%s: byte %zu of the host id (0x%02x) is not printable", what, i, p[i]);
+  memcpy(out, p, len);
+  out[len] = '\0';
+  return PAR_OK;
+}
