@@ -96,6 +96,9 @@ par_status par__store_check_exposure(const char *bind_host, int port, const char
 par_status par__record_job_id(const char *what, const void *buf, size_t len, char *out,
                               size_t cap);
 /* Checks a host id (1..cap-1 printable bytes, no NUL) and copies it into out likewise. */
+/* A fresh job id: "<PAR_JOB_ID>-<8 random hex digits>", or the digits alone; PAR_JOB_ID must
+ * be a valid job id short enough to leave room for them (else PAR_ERR_PROTOCOL naming it). */
+par_status par__job_id_compose(char *out, size_t cap);
 par_status par__record_host_id(const char *what, const void *buf, size_t len, char *out,
                                size_t cap);
 

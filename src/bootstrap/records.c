@@ -6,6 +6,7 @@
  * a truncated or mangled value used anyway. tests/fuzz/fuzz_records.c feeds these bytes.
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "bootstrap/bootstrap.h"
@@ -28,6 +29,19 @@ par_status par__record_job_id(const char *what, const void *buf, size_t len, cha
                         what, i, p[i]);
   memcpy(out, p, len);
   out[len] = '\0';
+  return PAR_OK;
+}
+
+par_status par__job_id_compose(char *out, size_t cap) {
+  const char *env = getenv("PAR_JOB_ID");
+  char prefix[64] = "";
+  size_t room = cap > 9 ? cap - 9 : 1; /* "-" and 8 digits follow the prefix */
+  if (env && *env)
+    PAR_FORWARD_IF_ERROR(par__record_job_id("PAR_JOB_ID", env, strlen(env), prefix,
+                                            room < sizeof prefix ? room : sizeof prefix));
+  char rnd[9];
+  par__random_hex(rnd, 8);
+  snprintf(out, cap, "%s%s%s", prefix, *prefix ? "-" : "", rnd);
   return PAR_OK;
 }
 

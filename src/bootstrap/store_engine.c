@@ -32,11 +32,7 @@ typedef struct par__store_entry {
   uint8_t key[];
 } entry;
 
-static uint64_t hash_key(const uint8_t *k, size_t n) {
-  uint64_t h = 1469598103934665603ull; /* FNV-1a */
-  for (size_t i = 0; i < n; i++) h = (h ^ k[i]) * 1099511628211ull;
-  return h;
-}
+static uint64_t hash_key(const uint8_t *k, size_t n) { return par__fnv1a(k, n, PAR__FNV_OFFSET); }
 
 static entry **table_slot(par__store_engine *t, const uint8_t *key, uint32_t klen, uint64_t h) {
   entry **pp = &t->buckets[h & (t->nbuckets - 1)];

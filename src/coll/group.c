@@ -31,18 +31,19 @@ const par__runtime *par__runtime_get(void) {
 #endif
 }
 
+/* FNV-1a of the member list (each rank as 4 little-endian bytes) and its length. */
 static uint64_t hash_ranks(const int *ranks, int n) {
-  uint64_t h = 1469598103934665603ull; /* FNV-1a */
+  uint64_t h = PAR__FNV_OFFSET;
   for (int i = 0; i < n; i++) {
     uint32_t r = (uint32_t)ranks[i];
-    for (int b = 0; b < 4; b++) {
-      h ^= (r >> (8 * b)) & 0xff;
-      h *= 1099511628211ull;
-    }
+    unsigned char le[4] = {(unsigned char)r, (unsigned char)(r >> 8), (unsigned char)(r >> 16),
+                           (unsigned char)(r >> 24)};
+    h = par__fnv1a(le, sizeof le, h);
   }
-  h ^= (uint64_t)n;
-  h *= 1099511628211ull;
-  return h;
+  uint32_t m = (uint32_t)n;
+  unsigned char len[4] = {(unsigned char)m, (unsigned char)(m >> 8), (unsigned char)(m >> 16),
+                          (unsigned char)(m >> 24)};
+  return par__fnv1a(len, sizeof len, h);
 }
 
 /* How many groups with this member list this rank created before; counts this one. */

@@ -27,19 +27,6 @@ static void read_host_id(char *out, size_t len) {
   snprintf(out, len, "%s/%s", host, boot);
 }
 
-static void random_hex(char *out, int nhex) {
-  unsigned char b[16] = {0};
-  FILE *f = fopen("/dev/urandom", "rb");
-  size_t got = f ? fread(b, 1, sizeof b, f) : 0;
-  if (f) fclose(f);
-  if (got < sizeof b) {
-    unsigned long long x = (unsigned long long)getpid() ^ (unsigned long long)(par__now() * 1e9);
-    memcpy(b, &x, sizeof x);
-  }
-  for (int i = 0; i < nhex; i++) out[i] = "0123456789abcdef"[(b[i / 2] >> (i % 2 ? 0 : 4)) & 15];
-  out[nhex] = '\0';
-}
-
 /*
  * The job id names shared-memory segments (/par-<job id>-<group>), so two jobs on one host
  * must never share one, even when both were given the same PAR_JOB_ID. PAR_JOB_ID is only a
@@ -48,17 +35,6 @@ static void random_hex(char *out, int nhex) {
  * digits>" (or just the digits) that rank 0 draws and publishes before it joins. A value
  * read from the store is checked before it names anything.
  */
-static par_status compose_job_id(par_world *w) {
-  const char *env = getenv("PAR_JOB_ID");
-  char prefix[sizeof w->job_id - 9] = "";
-  if (env && *env)
-    PAR_FORWARD_IF_ERROR(par__record_job_id("PAR_JOB_ID", env, strlen(env), prefix, sizeof prefix));
-  char rnd[9];
-  random_hex(rnd, 8);
-  snprintf(w->job_id, sizeof w->job_id, "%s%s%s", prefix, *prefix ? "-" : "", rnd);
-  return PAR_OK;
-}
-
 /* Rank 0, before it joins: keeps the store host's job id, or publishes one of its own. */
 static par_status publish_job_id(par_world *w) {
   char buf[sizeof w->job_id];
@@ -66,7 +42,7 @@ static par_status publish_job_id(par_world *w) {
   par_status s = par__store_get(w->store, "par/job_id", buf, sizeof buf, &len, 1e-3);
   if (s == PAR_OK) return PAR_OK;
   if (s != PAR_ERR_TIMEOUT) return s;
-  PAR_FORWARD_IF_ERROR(compose_job_id(w));
+  PAR_FORWARD_IF_ERROR(par__job_id_compose(w->job_id, sizeof w->job_id));
   return par__store_set(w->store, "par/job_id", w->job_id, strlen(w->job_id));
 }
 
@@ -139,7 +115,7 @@ static par_status join_world(par_world *w) {
 }
 
 static par_status world_connect(par_world *w, const par__whoami *who) {
-  if (who->size == 1 && !who->store_host[0]) return compose_job_id(w);
+  if (who->size == 1 && !who->store_host[0]) return par__job_id_compose(w->job_id, sizeof w->job_id);
   if (who->host_store && who->rank == 0) {
     int port = 0;
     PAR_FORWARD_IF_ERROR(par__store_check_exposure(who->store_host, who->store_port, who->token,

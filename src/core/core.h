@@ -90,6 +90,16 @@ static inline void par__cpu_relax(void) {
 }
 
 /* ---------------------------------------------------------------------------------------- */
+/* Identifiers (hash.c)                                                                     */
+/* ---------------------------------------------------------------------------------------- */
+
+#define PAR__FNV_OFFSET 1469598103934665603ull
+/* 64-bit FNV-1a of n bytes, continuing from h (start with PAR__FNV_OFFSET). */
+uint64_t par__fnv1a(const void *p, size_t n, uint64_t h);
+/* nhex (at most 64) random lowercase hex digits and a NUL, from the kernel's generator. */
+void par__random_hex(char *out, int nhex);
+
+/* ---------------------------------------------------------------------------------------- */
 /* Time                                                                                     */
 /* ---------------------------------------------------------------------------------------- */
 

@@ -161,10 +161,10 @@ static par_status agree(par_world *world, const par_layout *l, const par_backend
   enum { MAXV = 2 + 2 * PAR_LAYOUT_MAX_DIMS };
   int64_t v[2 * MAXV];
   int n = 0;
-  uint64_t h = 1469598103934665603ull; /* FNV-1a of the dim names */
+  uint64_t h = PAR__FNV_OFFSET; /* of the dim names, each followed by ',' */
   for (int i = 0; i < l->ndims; i++) {
-    for (const char *c = l->name[i]; *c; c++) h = (h ^ (unsigned char)*c) * 1099511628211ull;
-    h = (h ^ ',') * 1099511628211ull;
+    h = par__fnv1a(l->name[i], strlen(l->name[i]), h);
+    h = par__fnv1a(",", 1, h);
   }
   v[n++] = l->ndims;
   v[n++] = (int64_t)(h >> 2);

@@ -32,9 +32,8 @@
 /* ---------------------------------------------------------------------------------------- */
 
 static uint32_t uid_hash(const char *s) {
-  uint32_t h = 2166136261u; /* FNV-1a */
-  for (; *s; s++) h = (h ^ (unsigned char)*s) * 16777619u;
-  return h;
+  uint64_t h = par__fnv1a(s, strlen(s), PAR__FNV_OFFSET);
+  return (uint32_t)(h ^ h >> 32);
 }
 
 /* Member 0 waits for a note from every member, then notes each back: after this every member

@@ -14,7 +14,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -105,16 +104,6 @@ mpi_world *par__mpi_world_of(par_world *w) {
 /* Bootstrap                                                                                */
 /* ---------------------------------------------------------------------------------------- */
 
-static void random_hex(char *out, int nhex) {
-  unsigned char b[32] = {0};
-  if (getrandom(b, sizeof b, 0) != (ssize_t)sizeof b) {
-    unsigned long long x = (unsigned long long)getpid() ^ (unsigned long long)(par__now() * 1e9);
-    memcpy(b, &x, sizeof x);
-  }
-  for (int i = 0; i < nhex; i++) out[i] = "0123456789abcdef"[(b[i / 2] >> (i % 2 ? 0 : 4)) & 15];
-  out[nhex] = '\0';
-}
-
 /* Every rank's host id, then this rank's place among the ranks of its host. */
 static par_status gather_hosts(par_world *w, mpi_world *mw, double deadline, int *leader,
                                int **local) {
@@ -160,15 +149,15 @@ static par_status gather_hosts(par_world *w, mpi_world *mw, double deadline, int
 }
 
 static par_status agree_job_id(par_world *w, mpi_world *mw, double deadline) {
-  /* Rank 0's choice (parrun's variable if set, else a fresh id) is everyone's. */
+  /* Rank 0's choice is everyone's: PAR_JOB_ID as a prefix of a fresh id, so that two jobs
+   * given the same PAR_JOB_ID never share segment names. A bad PAR_JOB_ID fails rank 0 only:
+   * the others then time out naming it. */
   char *id = calloc(1, sizeof w->job_id);
   PAR_RETURN_ERROR_IF(!id, PAR_ERR_NOMEM, "mpi: out of memory");
-  if (w->rank == 0) {
-    const char *e = env("PAR_JOB_ID");
-    if (e && strlen(e) < sizeof w->job_id && !strchr(e, '/'))
-      snprintf(id, sizeof w->job_id, "%s", e);
-    else
-      random_hex(id, 8);
+  par_status made = w->rank == 0 ? par__job_id_compose(id, sizeof w->job_id) : PAR_OK;
+  if (made < 0) {
+    free(id);
+    return made;
   }
   MPI_Request req;
   par__mpi_lock();
@@ -204,7 +193,7 @@ static par_status host_store(par_world *w, mpi_world *mw, double deadline, int l
   if (w->rank == leader) {
     char token[65];
     int port = 0;
-    random_hex(token, 64);
+    par__random_hex(token, 64);
     served = par__store_server_start("127.0.0.1", 0, token, &w->server, &port);
     /* A failure is sent too (port 0), so the others fail at once instead of timing out. */
     snprintf(msg, MSG, "%d %s", served < 0 ? 0 : port, token);
