@@ -207,9 +207,17 @@ class ParComm(Comm):
         self.mp, self.pp, self.dp = info.mp.world_size, info.pp.world_size, info.dp.world_size
         self.mp_rank, self.pp_rank, self.dp_rank = info.mp.rank, info.pp.rank, info.dp.rank
         self.pp_ranks = list(info.pp.global_ranks)
-        self.layout_lines = ["%s %s" % (n, g) for n, g in
-                             (("mp", info.mp.global_ranks), ("pp", info.pp.global_ranks),
-                              ("dp", info.dp.global_ranks))]
+        # Every rank's groups, gathered over the world: the layout par formed, listed the way
+        # GlooComm lists the one it built.
+        self.layout_lines = []
+        for kind in ("mp", "pp", "dp"):
+            g = getattr(info, kind)
+            mine = torch.tensor(g.global_ranks, dtype=torch.int64)
+            every = torch.empty(self.world * g.world_size, dtype=torch.int64)
+            par.all_gather_into_tensor(every, mine)
+            lists = sorted({tuple(x) for x in every.view(self.world, -1).tolist()})
+            self.layout_lines.append(
+                "%s %s" % (kind, " ".join("[%s]" % ",".join(map(str, x)) for x in lists)))
 
     def mp_reduce(self, t):
         return self.timed(self.info.mp.reduce, t)

@@ -19,6 +19,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -48,7 +51,9 @@ static const char *usage_text =
     "  --version     print parrun's version and exit\n"
     "\n"
     "Each rank gets RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT,\n"
-    "PAR_STORE_ADDR, PAR_TOKEN, PAR_JOB_ID and PAR_CPUS. Output lines are prefixed with\n"
+    "PAR_STORE_ADDR, PAR_TOKEN, PAR_JOB_ID and PAR_CPUS (MASTER_PORT is a free port for\n"
+    "torch.distributed's env:// rendezvous; par's store is at PAR_STORE_ADDR). Output lines\n"
+    "are prefixed with\n"
     "\"[rank] \". When a rank fails, the others are stopped and parrun exits with that\n"
     "rank's code (128+signal for a signal). See docs/parrun.md.\n";
 
@@ -146,8 +151,8 @@ static const char *const job_vars[] = {
 /* Builds one rank's environment: parrun's own, minus any stale job variables, plus this
  * job's. Built before fork for the same reason as resolve_program. The strings from
  * env[*owned_from] on are ours to free (free_env); the rest belong to environ. */
-static char **build_env(int rank, int n, int port, const char *token, const char *job_id,
-                        int cpus, size_t *owned_from) {
+static char **build_env(int rank, int n, int port, int master_port, const char *token,
+                        const char *job_id, int cpus, size_t *owned_from) {
   size_t count = 0;
   while (environ[count]) count++;
   char **env = calloc(count + NJOB_VARS + 1, sizeof *env);
@@ -168,7 +173,7 @@ static char **build_env(int rank, int n, int port, const char *token, const char
   snprintf(vals[2], sizeof vals[2], "LOCAL_RANK=%d", rank);
   snprintf(vals[3], sizeof vals[3], "LOCAL_WORLD_SIZE=%d", n);
   snprintf(vals[4], sizeof vals[4], "MASTER_ADDR=127.0.0.1");
-  snprintf(vals[5], sizeof vals[5], "MASTER_PORT=%d", port);
+  snprintf(vals[5], sizeof vals[5], "MASTER_PORT=%d", master_port);
   snprintf(vals[6], sizeof vals[6], "PAR_STORE_ADDR=127.0.0.1:%d", port);
   snprintf(vals[7], sizeof vals[7], "PAR_TOKEN=%s", token);
   snprintf(vals[8], sizeof vals[8], "PAR_JOB_ID=%s", job_id);
@@ -184,6 +189,28 @@ static char **build_env(int rank, int n, int port, const char *token, const char
   }
   env[k] = NULL;
   return env;
+}
+
+/* A TCP port on 127.0.0.1 that nothing holds now, for MASTER_PORT. Programs written for
+ * torchrun (torch.distributed's env:// rendezvous) bind MASTER_PORT on rank 0 themselves, so
+ * it cannot be parrun's own store, which the ranks find through PAR_STORE_ADDR instead. As
+ * torchrun does, the port is taken from the kernel and released at once: a bound socket that
+ * never connected leaves nothing behind, and the kernel hands out ephemeral ports in turn.
+ * Returns the port, or -1 with errno set. */
+static int free_port(void) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  int port = -1;
+  if (bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+      getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+    port = ntohs(a.sin_port);
+  int saved = errno;
+  close(fd);
+  errno = saved;
+  return port;
 }
 
 static void free_env(char **env, size_t owned_from) {
@@ -449,6 +476,11 @@ int main(int argc, char **argv) {
     fprintf(stderr, "parrun: cannot publish the job id in the store: %s\n", par__error_detail());
     return 1;
   }
+  int master_port = free_port();
+  if (master_port < 0) {
+    fprintf(stderr, "parrun: cannot find a free port for MASTER_PORT: %s\n", strerror(errno));
+    return 1;
+  }
   if (pipe2(sig_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
     fprintf(stderr, "parrun: pipe: %s\n", strerror(errno));
     return 1;
@@ -489,7 +521,7 @@ int main(int argc, char **argv) {
   for (int r = 0; r < n; r++) {
     int op[2] = {-1, -1}, ep[2] = {-1, -1};
     size_t owned_from = 0;
-    char **env = build_env(r, n, port, token, job_id, job_cpus, &owned_from);
+    char **env = build_env(r, n, port, master_port, token, job_id, job_cpus, &owned_from);
     if (!env || pipe2(op, O_CLOEXEC) != 0 || pipe2(ep, O_CLOEXEC) != 0) {
       fprintf(stderr, "parrun: cannot prepare rank %d: %s\n", r, strerror(errno));
       for (int k = 0; k < 2; k++) {
