@@ -16,43 +16,23 @@
 
 #include "coll/group.h"
 
-static int uses_reduction(par__op_kind k) {
-  return k == PAR__ALLREDUCE || k == PAR__REDUCE || k == PAR__REDUCE_SCATTER;
-}
+static int uses_reduction(par__op_kind k) { return par__op_reduces(k); }
 
-static int uses_root(par__op_kind k) { return k == PAR__BROADCAST || k == PAR__REDUCE; }
+static int uses_root(par__op_kind k) { return par__op_rooted(k); }
 
-void par__desc_of(const par__op *op, par__desc *d) {
-  int barrier = op->kind == PAR__BARRIER;
-  uint64_t dt = barrier ? 0 : (uint64_t)op->dt;
-  uint64_t red = uses_reduction(op->kind) ? (uint64_t)op->op : 0;
-  uint64_t root = uses_root(op->kind) ? (uint64_t)(uint32_t)(op->root + 1) : 0;
-  d->call = (uint64_t)op->kind | dt << 8 | red << 16 | root << 32;
-  d->count = barrier ? 0 : (uint64_t)op->count;
-  d->seq = op->seq;
-}
-
-#define DESC_ESCAPE (1ull << 63)
-
-uint64_t par__desc_word(const par__desc *d) {
-  uint64_t kind = d->call & 0xff, dt = (d->call >> 8) & 0xff, red = (d->call >> 16) & 0xff;
-  uint64_t root = d->call >> 32;
-  if (kind < 16 && dt < 16 && red < 16 && root < (1u << 20) && d->count < (1ull << 31))
-    return kind | dt << 4 | red << 8 | root << 12 | d->count << 32;
-  /* Too wide to pack: a hash (splitmix64 finaliser over both words) marked as such. */
+uint64_t par__desc_hash(const par__desc *d) {
+  /* splitmix64's finaliser over both words, marked as a hash by the escape bit. */
   uint64_t h = d->call * 0x9e3779b97f4a7c15ull ^ d->count;
   h ^= h >> 30;
   h *= 0xbf58476d1ce4e5b9ull;
   h ^= h >> 27;
   h *= 0x94d049bb133111ebull;
   h ^= h >> 31;
-  return h | DESC_ESCAPE;
+  return h | PAR__DESC_ESCAPE;
 }
 
-int par__desc_word_exact(uint64_t w) { return !(w & DESC_ESCAPE); }
-
 int par__desc_unword(uint64_t w, par__desc *d) {
-  if (w & DESC_ESCAPE) return 0;
+  if (w & PAR__DESC_ESCAPE) return 0;
   d->call = (w & 0xf) | ((w >> 4) & 0xf) << 8 | ((w >> 8) & 0xf) << 16 | ((w >> 12) & 0xfffff)
                                                                             << 32;
   d->count = w >> 32;

@@ -61,12 +61,37 @@ typedef struct par__desc {
   uint64_t seq;
 } par__desc;
 
-void par__desc_of(const par__op *op, par__desc *d);
+static inline int par__op_reduces(par__op_kind k) {
+  return k == PAR__ALLREDUCE || k == PAR__REDUCE || k == PAR__REDUCE_SCATTER;
+}
+static inline int par__op_rooted(par__op_kind k) { return k == PAR__BROADCAST || k == PAR__REDUCE; }
+
+/* Inline: every collective computes its description (a few instructions on the 8-byte path). */
+static inline void par__desc_of(const par__op *op, par__desc *d) {
+  int barrier = op->kind == PAR__BARRIER;
+  uint64_t dt = barrier ? 0 : (uint64_t)op->dt;
+  uint64_t red = par__op_reduces(op->kind) ? (uint64_t)op->op : 0;
+  uint64_t root = par__op_rooted(op->kind) ? (uint64_t)(uint32_t)(op->root + 1) : 0;
+  d->call = (uint64_t)op->kind | dt << 8 | red << 16 | root << 32;
+  d->count = barrier ? 0 : (uint64_t)op->count;
+  d->seq = op->seq;
+}
+
+#define PAR__DESC_ESCAPE (1ull << 63)
+uint64_t par__desc_hash(const par__desc *d);
+
 /* One word that is equal for two descriptions exactly when they are, unless it is not exact
  * (par__desc_word_exact is 0: counts >= 2^31 or roots >= 2^20): then equal words need a
- * compare of the full descriptions. */
-uint64_t par__desc_word(const par__desc *d);
-int par__desc_word_exact(uint64_t w);
+ * compare of the full descriptions. Exact words pack kind, dtype and reduction in 4 bits
+ * each, root + 1 in 20 and the count in 31. */
+static inline uint64_t par__desc_word(const par__desc *d) {
+  uint64_t kind = d->call & 0xff, dt = (d->call >> 8) & 0xff, red = (d->call >> 16) & 0xff;
+  uint64_t root = d->call >> 32;
+  if (kind < 16 && dt < 16 && red < 16 && root < (1u << 20) && d->count < (1ull << 31))
+    return kind | dt << 4 | red << 8 | root << 12 | d->count << 32;
+  return par__desc_hash(d);
+}
+static inline int par__desc_word_exact(uint64_t w) { return !(w & PAR__DESC_ESCAPE); }
 /* The description an exact word packs (seq 0); 0 when the word is not exact. */
 int par__desc_unword(uint64_t w, par__desc *d);
 int par__desc_equal(const par__desc *a, const par__desc *b, int with_seq);
@@ -103,9 +128,27 @@ typedef struct par__flight {
   _Atomic int shown; /* the record was written to the log once */
 } par__flight;
 
-/* Records that an op starts; returns its position for par__flight_end. */
-uint64_t par__flight_start(par__flight *f, const par__op *op);
-void par__flight_end(par__flight *f, uint64_t pos, par_status st);
+/* Records that an op starts; returns its position for par__flight_end. Inline: every op. */
+static inline uint64_t par__flight_start(par__flight *f, const par__op *op) {
+  uint64_t pos = f->next++;
+  par__flight_entry *e = &f->ring[pos % PAR__FLIGHT_LEN];
+  e->seq = op->seq;
+  e->start = op->deadline - op->timeout_s;
+  e->count = op->count;
+  e->kind = (uint8_t)op->kind;
+  e->dt = (uint8_t)op->dt;
+  e->red = (uint8_t)op->op;
+  e->root = op->root;
+  e->state = PAR__FLIGHT_RUNNING;
+  e->status = PAR_OK;
+  return pos;
+}
+static inline void par__flight_end(par__flight *f, uint64_t pos, par_status st) {
+  if (f->next - pos > PAR__FLIGHT_LEN) return; /* a send/recv batch longer than the ring */
+  par__flight_entry *e = &f->ring[pos % PAR__FLIGHT_LEN];
+  e->status = st;
+  e->state = st < 0 ? PAR__FLIGHT_FAILED : PAR__FLIGHT_DONE;
+}
 /* Writes the group's record to the log at error level, once per group, when st is a
  * timeout, a lost peer or an abort, with the failure's detail and the ops still queued. */
 void par__flight_report(par_group *g, par_status st, const char *detail);

@@ -12,28 +12,6 @@
 
 #include "coll/group.h"
 
-uint64_t par__flight_start(par__flight *f, const par__op *op) {
-  uint64_t pos = f->next++;
-  par__flight_entry *e = &f->ring[pos % PAR__FLIGHT_LEN];
-  e->seq = op->seq;
-  e->start = op->deadline - op->timeout_s;
-  e->count = op->count;
-  e->kind = (uint8_t)op->kind;
-  e->dt = (uint8_t)op->dt;
-  e->red = (uint8_t)op->op;
-  e->root = op->root;
-  e->state = PAR__FLIGHT_RUNNING;
-  e->status = PAR_OK;
-  return pos;
-}
-
-void par__flight_end(par__flight *f, uint64_t pos, par_status st) {
-  if (f->next - pos > PAR__FLIGHT_LEN) return; /* a batch of send/recv longer than the ring */
-  par__flight_entry *e = &f->ring[pos % PAR__FLIGHT_LEN];
-  e->status = st;
-  e->state = st < 0 ? PAR__FLIGHT_FAILED : PAR__FLIGHT_DONE;
-}
-
 static int worth_reporting(par_status st) {
   return st == PAR_ERR_TIMEOUT || st == PAR_ERR_PEER_LOST || st == PAR_ERR_ABORTED;
 }
