@@ -210,7 +210,8 @@ static par_status from_options(const par_world_options *o, par__whoami *who) {
 }
 
 /* The store address, from options, a launcher's PAR_STORE_ADDR, or MASTER_ADDR/MASTER_PORT
- * (then rank 0 hosts it). Leaves store_host "" when none is given. */
+ * (then rank 0 hosts it; under torchrun on MASTER_PORT + 1). Leaves store_host "" when none
+ * is given. */
 static par_status store_address(const par_world_options *o, getenv_fn_t get, par__whoami *who) {
   const char *v;
   if (o && o->store_addr) return parse_addr("store_addr option", o->store_addr, who);
@@ -225,6 +226,14 @@ static par_status store_address(const par_world_options *o, getenv_fn_t get, par
   if (parse_int("MASTER_PORT", mport, 1, &port) != PAR_OK || port > 65535)
     return par__error(PAR_ERR_BOOTSTRAP, "MASTER_PORT='%.60s' is not a port number in 1..65535",
                       mport);
+  /* torchrun's agent already serves its own store on MASTER_PORT (TORCHELASTIC_RUN_ID marks
+   * its ranks): par's store then takes the next port, by the same rule on every rank. */
+  if (env_str(get, "TORCHELASTIC_RUN_ID")) {
+    PAR_RETURN_ERROR_IF(port == 65535, PAR_ERR_BOOTSTRAP,
+                        "under torchrun par's store takes MASTER_PORT + 1, and MASTER_PORT is "
+                        "65535: set PAR_STORE_ADDR=host:port");
+    port++;
+  }
   snprintf(who->store_host, sizeof who->store_host, "%s", maddr);
   who->store_port = port;
   who->host_store = who->rank == 0;

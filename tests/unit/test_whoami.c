@@ -102,6 +102,25 @@ static void test_torchrun_master_rank0_hosts(void **state) {
   assert_int_equal(who.local_rank, 1);
 }
 
+/* Under torchrun its agent holds MASTER_PORT with a store of its own: par's is on the next
+ * port, for every rank alike; MASTER_PORT 65535 leaves none. */
+static void test_torchrun_agent_port(void **state) {
+  (void)state;
+  static const char *const env0[] = {"RANK=0", "WORLD_SIZE=2", "MASTER_ADDR=node1",
+                                     "MASTER_PORT=29500", "TORCHELASTIC_RUN_ID=none", NULL};
+  static const char *const env1[] = {"RANK=1", "WORLD_SIZE=2", "MASTER_ADDR=node1",
+                                     "MASTER_PORT=29500", "TORCHELASTIC_RUN_ID=none", NULL};
+  static const char *const top[] = {"RANK=0", "WORLD_SIZE=2", "MASTER_ADDR=node1",
+                                    "MASTER_PORT=65535", "TORCHELASTIC_RUN_ID=x", NULL};
+  par__whoami who;
+  assert_int_equal(resolve(env0, NULL, &who), PAR_OK);
+  assert_int_equal(who.store_port, 29501);
+  assert_int_equal(who.host_store, 1);
+  assert_int_equal(resolve(env1, NULL, &who), PAR_OK);
+  assert_int_equal(who.store_port, 29501);
+  expect_error(top, NULL, "PAR_STORE_ADDR");
+}
+
 static void test_open_mpi(void **state) {
   (void)state;
   static const char *const env[] = {"OMPI_COMM_WORLD_RANK=5",       "OMPI_COMM_WORLD_SIZE=8",
@@ -351,6 +370,7 @@ int main(void) {
       cmocka_unit_test(test_none_is_world_of_one),
       cmocka_unit_test(test_parrun_env),
       cmocka_unit_test(test_torchrun_master_rank0_hosts),
+      cmocka_unit_test(test_torchrun_agent_port),
       cmocka_unit_test(test_open_mpi),
       cmocka_unit_test(test_pmi),
       cmocka_unit_test(test_slurm),
