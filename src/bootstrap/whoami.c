@@ -106,13 +106,14 @@ static par_status slurm_local_size(getenv_fn_t get, int *out, const char **which
     p = end;
     if (p[0] == '(' && p[1] == 'x') {
       repeat = strtol(p + 2, &end, 10);
-      if (end == p + 2 || *end != ')' || repeat < 1) return PAR_OK;
+      if (end == p + 2 || *end != ')' || repeat < 1 || repeat > INT_MAX) return PAR_OK;
       p = end + 1;
     }
-    if (node < index + repeat) {
+    if ((long)node - index < repeat) { /* node < index + repeat, without overflow */
       *out = (int)count;
       return PAR_OK;
     }
+    if (repeat > INT_MAX - index) return PAR_OK; /* more nodes than an int counts */
     index += (int)repeat;
     if (*p == ',')
       p++;

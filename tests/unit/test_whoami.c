@@ -197,6 +197,26 @@ static void test_slurm(void **state) {
   /* SLURM_NTASKS_PER_NODE is preferred over the list. */
   assert_int_equal(resolve(per_node, NULL, &who), PAR_OK);
   assert_int_equal(who.local_size, 2);
+  /* Repeat counts beyond an int (found by fuzz_whoami: signed overflow) are read as a list
+   * that cannot be used, never as a wrapped count. */
+  static const char *const huge[] = {"SLURM_PROCID=2",
+                                     "SLURM_NTASKS=4",
+                                     "SLURM_LOCALID=0",
+                                     "SLURM_TASKS_PER_NODE=4(x1),4(x1),4(x2288888888888888888)",
+                                     "SLURM_NODEID=5",
+                                     "PAR_STORE_ADDR=h:1",
+                                     NULL};
+  static const char *const many[] = {"SLURM_PROCID=2",
+                                     "SLURM_NTASKS=4",
+                                     "SLURM_LOCALID=0",
+                                     "SLURM_TASKS_PER_NODE=4(x2147483647),3(x2147483647),2",
+                                     "SLURM_NODEID=2147483647",
+                                     "PAR_STORE_ADDR=h:1",
+                                     NULL};
+  assert_int_equal(resolve(huge, NULL, &who), PAR_OK);
+  assert_int_equal(who.rank, 2);
+  assert_int_equal(resolve(many, NULL, &who), PAR_OK);
+  assert_int_equal(who.rank, 2);
 }
 
 /* ---- precedence ------------------------------------------------------------------------- */
