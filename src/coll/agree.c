@@ -16,10 +16,6 @@
 
 #include "coll/group.h"
 
-static int uses_reduction(par__op_kind k) { return par__op_reduces(k); }
-
-static int uses_root(par__op_kind k) { return par__op_rooted(k); }
-
 uint64_t par__desc_hash(const par__desc *d) {
   /* splitmix64's finaliser over both words, marked as a hash by the escape bit. */
   uint64_t h = d->call * 0x9e3779b97f4a7c15ull ^ d->count;
@@ -53,13 +49,13 @@ static void describe(const par__desc *d, int with_seq, char *out, size_t len) {
   int n = 0;
   if (kind == PAR__BARRIER)
     n = snprintf(out, len, "barrier()");
-  else if (uses_reduction(kind) && uses_root(kind))
+  else if (par__op_reduces(kind) && par__op_rooted(kind))
     n = snprintf(out, len, "%s(count=%llu, %s, %s, root %d)", par__op_kind_name(kind),
                  (unsigned long long)d->count, par_dtype_name(dt), par_op_name(red), root);
-  else if (uses_reduction(kind))
+  else if (par__op_reduces(kind))
     n = snprintf(out, len, "%s(count=%llu, %s, %s)", par__op_kind_name(kind),
                  (unsigned long long)d->count, par_dtype_name(dt), par_op_name(red));
-  else if (uses_root(kind))
+  else if (par__op_rooted(kind))
     n = snprintf(out, len, "%s(count=%llu, %s, root %d)", par__op_kind_name(kind),
                  (unsigned long long)d->count, par_dtype_name(dt), root);
   else

@@ -23,17 +23,17 @@ static void describe(const par_group *g, par__op_kind kind, uint64_t seq, size_t
   if (kind == PAR__SEND || kind == PAR__RECV)
     snprintf(where, sizeof where, " %s member %d (rank %d)", kind == PAR__SEND ? "to" : "from",
              root, root >= 0 && root < g->n ? g->ranks[root] : -1);
-  else if (kind == PAR__BROADCAST || kind == PAR__REDUCE)
+  else if (par__op_rooted(kind))
     snprintf(where, sizeof where, ", root %d (rank %d)", root,
              root >= 0 && root < g->n ? g->ranks[root] : -1);
-  int reduction = kind == PAR__ALLREDUCE || kind == PAR__REDUCE || kind == PAR__REDUCE_SCATTER;
+  int reduction = par__op_reduces(kind);
   if (kind == PAR__BARRIER)
     snprintf(out, len, "barrier #%llu", (unsigned long long)seq);
   else
     snprintf(out, len, "%s #%llu%s (count %zu, %s%s%s)", par__op_kind_name(kind),
              (unsigned long long)seq, kind == PAR__SEND || kind == PAR__RECV ? where : "", count,
              par_dtype_name(dt), reduction ? ", " : "", reduction ? par_op_name(red) : "");
-  if (kind == PAR__BROADCAST || kind == PAR__REDUCE) {
+  if (par__op_rooted(kind)) {
     size_t n = strlen(out);
     if (n < len) snprintf(out + n, len - n, "%s", where);
   }

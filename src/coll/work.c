@@ -73,10 +73,9 @@ static void execute(par_group *g, par_work *w) {
   if (st == PAR_OK) {
     start_op(w);
     st = g->be->run(g, &w->op);
-    par__flight_end(&g->flight, w->flight_pos - 1, st);
-    note_failure(g, st);
   }
-  settle(w, st);
+  settle(w, st); /* records the outcome in the flight recorder before a failure reports it */
+  if (w->flight_pos) note_failure(g, st);
 }
 
 static void mark_done(par_group *g, par_work **ws, int n) {

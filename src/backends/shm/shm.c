@@ -153,7 +153,8 @@ par_status par__shm_wait(shm_state *st, const shm_waitctx *wc, shm_pred pred, co
     if (now >= next_check) {
       next_check = now + 0.5;
       int b = laggard(st, wc, who);
-      if (peer_dead(st, b) || (b != who && peer_dead(st, (b = who))))
+      if (!peer_dead(st, b)) b = b != who && peer_dead(st, who) ? who : -1;
+      if (b >= 0)
         return par__error(PAR_ERR_PEER_LOST,
                           "%s on group '%s' (op #%llu): member %d (rank %d, pid %d) died",
                           wc->what, g->name, (unsigned long long)wc->seq, b, g->ranks[b],
