@@ -17,19 +17,31 @@ static int job_id_char(unsigned char c) {
          c == '.' || c == '-';
 }
 
-par_status par__record_job_id(const char *what, const void *buf, size_t len, char *out,
-                              size_t cap) {
+static int host_id_char(unsigned char c) { return c >= 0x20 && c != 0x7f; }
+
+/* Copies a record of 1 to cap-1 bytes, each of which `ok` accepts (`allowed` says which). */
+static par_status record(const char *what, const char *kind, int (*ok)(unsigned char),
+                         const char *allowed, const void *buf, size_t len, char *out, size_t cap) {
   const unsigned char *p = buf;
   PAR_RETURN_ERROR_IF(len == 0 || len >= cap, PAR_ERR_PROTOCOL,
-                      "%s: a job id of %zu bytes (want 1..%zu)", what, len, cap - 1);
+                      "%s: a %s of %zu bytes (want 1..%zu)", what, kind, len, cap - 1);
   for (size_t i = 0; i < len; i++)
-    PAR_RETURN_ERROR_IF(!job_id_char(p[i]), PAR_ERR_PROTOCOL,
-                        "%s: byte %zu of the job id (0x%02x) is not a letter, digit, '_', '.' "
-                        "or '-'",
-                        what, i, p[i]);
+    PAR_RETURN_ERROR_IF(!ok(p[i]), PAR_ERR_PROTOCOL, "%s: byte %zu of the %s (0x%02x) is not %s",
+                        what, i, kind, p[i], allowed);
   memcpy(out, p, len);
   out[len] = '\0';
   return PAR_OK;
+}
+
+par_status par__record_job_id(const char *what, const void *buf, size_t len, char *out,
+                              size_t cap) {
+  return record(what, "job id", job_id_char, "a letter, digit, '_', '.' or '-'", buf, len, out,
+                cap);
+}
+
+par_status par__record_host_id(const char *what, const void *buf, size_t len, char *out,
+                               size_t cap) {
+  return record(what, "host id", host_id_char, "printable", buf, len, out, cap);
 }
 
 par_status par__job_id_compose(char *out, size_t cap) {
@@ -42,18 +54,5 @@ par_status par__job_id_compose(char *out, size_t cap) {
   char rnd[9];
   par__random_hex(rnd, 8);
   snprintf(out, cap, "%s%s%s", prefix, *prefix ? "-" : "", rnd);
-  return PAR_OK;
-}
-
-par_status par__record_host_id(const char *what, const void *buf, size_t len, char *out,
-                               size_t cap) {
-  const unsigned char *p = buf;
-  PAR_RETURN_ERROR_IF(len == 0 || len >= cap, PAR_ERR_PROTOCOL,
-                      "%s: a host id of %zu bytes (want 1..%zu)", what, len, cap - 1);
-  for (size_t i = 0; i < len; i++)
-    PAR_RETURN_ERROR_IF(p[i] < 0x20 || p[i] == 0x7f, PAR_ERR_PROTOCOL,
-                        "%s: byte %zu of the host id (0x%02x) is not printable", what, i, p[i]);
-  memcpy(out, p, len);
-  out[len] = '\0';
   return PAR_OK;
 }

@@ -10,27 +10,6 @@
 
 #include "coll/group.h"
 
-const par__backend *par__backend_get(par_backend b) {
-  switch (b) {
-    case PAR_BACKEND_SHM:
-      return &par__shm_backend;
-#ifdef PAR_HAVE_MPI
-    case PAR_BACKEND_MPI:
-      return &par__mpi_backend;
-#endif
-    default:
-      return NULL;
-  }
-}
-
-const par__runtime *par__runtime_get(void) {
-#ifdef PAR_HAVE_MPI
-  return &par__mpi_runtime;
-#else
-  return NULL;
-#endif
-}
-
 /* FNV-1a of the member list (each rank as 4 little-endian bytes) and its length. */
 static uint64_t hash_ranks(const int *ranks, int n) {
   uint64_t h = PAR__FNV_OFFSET;
@@ -103,35 +82,33 @@ static par_status check_members(par_world *w, const int *ranks, int n, int *inde
   return PAR_OK;
 }
 
+/* The backend asked for, when it can carry the group; under `auto` the first in the
+ * registry that can (shm on one host, then mpi in worlds MPI started). */
 static par_status choose_backend(par_group *g, par_backend want) {
   if (want == PAR_BACKEND_AUTO) want = par__env_get()->backend;
-  int same_host = 1;
-  for (int i = 0; i < g->n && same_host; i++) {
-    const char *id;
-    PAR_FORWARD_IF_ERROR(par__world_host_id(g->world, g->ranks[i], &id));
-    same_host = strcmp(id, g->world->host_id) == 0;
+  if (want != PAR_BACKEND_AUTO) {
+    const par__backend *be = par__backend_get(want);
+    PAR_RETURN_ERROR_IF(!be, PAR_ERR_UNSUPPORTED, "group '%s': backend %s is not built", g->name,
+                        par_backend_name(want));
+    PAR_FORWARD_IF_ERROR(be->can_serve(g));
+    g->be = be;
+    return PAR_OK;
   }
-  if (want == PAR_BACKEND_AUTO) {
-    /* Inside a host shm; across hosts the backend of the runtime that started the world. */
-    const par__runtime *rt = g->world->rt;
-    if (same_host)
-      want = PAR_BACKEND_SHM;
-    else if (rt && par__backend_get(rt->cross_host))
-      want = rt->cross_host;
-    else
-      return par__error(PAR_ERR_UNSUPPORTED,
-                        "group '%s' spans hosts, and this world has no backend for that (mpi "
-                        "serves worlds started by mpirun or srun%s)",
-                        g->name, par__backend_get(PAR_BACKEND_MPI) ? "" : ", and is not built");
+  char why[PAR__ERRLEN] = "";
+  size_t off = 0;
+  for (int i = 0; par__backend_at(i); i++) {
+    const par__backend *be = par__backend_at(i);
+    par_status s = be->can_serve(g);
+    if (s == PAR_OK) {
+      g->be = be;
+      return PAR_OK;
+    }
+    if (s != PAR_ERR_UNSUPPORTED) return s;
+    int k = snprintf(why + off, sizeof why - off, "%s%s", off ? "; " : "", par__error_detail());
+    if (k > 0) off += (size_t)k < sizeof why - off ? (size_t)k : sizeof why - off - 1;
   }
-  const par__backend *be = par__backend_get(want);
-  PAR_RETURN_ERROR_IF(!be, PAR_ERR_UNSUPPORTED, "group '%s': backend %s is not built",
-                      g->name, par_backend_name(want));
-  PAR_RETURN_ERROR_IF(want == PAR_BACKEND_SHM && !same_host, PAR_ERR_UNSUPPORTED,
-                      "group '%s': backend shm needs all members on one host", g->name);
-  g->be = be;
-  g->backend = want;
-  return PAR_OK;
+  return par__error(PAR_ERR_UNSUPPORTED, "group '%s': no backend of this build can carry it: %s",
+                    g->name, why);
 }
 
 par_status par__group_create(par_world *w, const int *ranks, int n,
@@ -161,6 +138,7 @@ par_status par__group_create(par_world *w, const int *ranks, int n,
   g->is_world = is_world;
   g->timeout_s = opts->timeout_s > 0 ? opts->timeout_s : w->timeout_s;
   snprintf(g->name, sizeof g->name, "%s", opts->name ? opts->name : "group");
+  par__wait_policy_init(&g->wait, w->local_size);
   pthread_mutex_init(&g->mu, NULL);
   pthread_cond_init(&g->cv, NULL);
 
@@ -180,8 +158,14 @@ par_status par__group_create(par_world *w, const int *ranks, int n,
     par__group_free(g);
     return s;
   }
+  g->backend = g->be->id;
   PAR__LOG_DEBUG("group '%s' (%s): %d members, my index %d, backend %s", g->name, g->uid, n,
                  index, g->be->name);
+  PAR__LOG_DEBUG("group '%s': %d local ranks, %s: waiters spin %u times, yield %u times, then "
+                 "sleep",
+                 g->name, w->local_size,
+                 g->wait.oversubscribed ? "oversubscribed" : "not oversubscribed", g->wait.spin,
+                 g->wait.yields);
   *out = g;
   return PAR_OK;
 }
@@ -191,7 +175,7 @@ void par__group_free(par_group *g) {
   if (g->be) {
     /* Pending async work must not outlive the group: make it fail fast, then drain. */
     pthread_mutex_lock(&g->mu);
-    int pending = g->head != NULL || g->busy;
+    int pending = g->head != NULL || g->running;
     pthread_mutex_unlock(&g->mu);
     if (pending) par_group_abort(g);
     par__work_shutdown(g);

@@ -7,6 +7,7 @@
 #define PAR_COLL_GROUP_H
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 
 #include "bootstrap/bootstrap.h"
@@ -165,52 +166,18 @@ typedef struct par__p2p_state {
   _Alignas(16) unsigned char be[48];
 } par__p2p_state;
 
-typedef struct par__backend {
-  int version; /* 2 */
-  const char *name;
-  /* Collective over the members: joins (or creates) the group's transport. Sets g->be_state.
-   * Blocks at most until g->create_deadline. */
-  par_status (*group_init)(par_group *g);
-  /* Releases the transport. Not collective; never blocks on peers. */
-  void (*group_fini)(par_group *g);
-  /* Runs one collective to completion in this thread. Honours op->deadline and the group's
-   * abort flag. On error returns the status with a detail via par__error naming the op, the
-   * group and the rank waited on. */
-  par_status (*run)(par_group *g, par__op *op);
-  /* Progresses send/recv ops together (so two ranks that both send first cannot deadlock):
-   * ops to the same peer in the same direction move in issue order. Returns PAR_OK once at
-   * least one more op is done (ps[i].done), all are done, or *poke is non-zero (new ops were
-   * queued; the caller adds them and calls again); poke may be NULL. Honours deadlines and
-   * the abort flag like run(). */
-  par_status (*p2p)(par_group *g, par__op *ops, par__p2p_state *ps, int nops,
-                    _Atomic int *poke);
-  /* Wakes a thread of this process blocked in p2p() on this group, after *poke was set. */
-  void (*poke)(par_group *g);
-  /* Makes pending and later calls of every member fail with PAR_ERR_ABORTED. Called from any
-   * thread. */
-  void (*abort)(par_group *g);
-} par__backend;
-
-extern const par__backend par__shm_backend;
-extern const par__backend par__mpi_backend; /* only where built (PAR_HAVE_MPI) */
-
-/* The backend table: NULL where the backend is not built. */
-const par__backend *par__backend_get(par_backend b);
-
-/* ---------------------------------------------------------------------------------------- */
-/* Runtimes                                                                                 */
-/* ---------------------------------------------------------------------------------------- */
+/* The bit of an op kind in par__backend.ops. */
+#define PAR__OP_BIT(kind) (1u << (kind))
+#define PAR__OPS_ALL ((1u << PAR__OP_KIND_COUNT) - 1u)
 
 /*
  * A launcher's runtime that starts the world in place of the rendezvous store: MPI, under
- * mpirun, mpiexec or srun. The world then takes its rank, size and every rank's host id from
- * the runtime, and the runtime gives ranks that share a host a store of their own (on
- * loopback) for the shm backend to meet through. Groups that span hosts use its backend
- * under `auto`.
+ * mpirun, mpiexec or srun. It comes with a backend (par__backend.runtime). The world then
+ * takes its rank, size and every rank's host id from the runtime, and the runtime gives ranks
+ * that share a host a store of their own (on loopback) for the shm backend to meet through.
  */
 typedef struct par__runtime {
   const char *name;
-  par_backend cross_host; /* the backend of groups that span hosts, under auto */
   /* 1 when this world should come from the runtime: the process was started by its launcher
    * (or the program initialised it), and opts leave rank, size and store to the environment. */
   int (*detect)(const par_world_options *opts);
@@ -222,10 +189,63 @@ typedef struct par__runtime {
   void (*world_fini)(par_world *w);
 } par__runtime;
 
-extern const par__runtime par__mpi_runtime; /* only where built (PAR_HAVE_MPI) */
+/*
+ * A backend moves bytes between the members of a group, and nothing else: the group layer
+ * above it checks arguments, orders ops, refuses ops on aborted or broken groups, keeps the
+ * flight recorder, sets the waiting policy (par_group.wait) and words timeouts, lost peers
+ * and aborts (par__op_timed_out and friends). docs/internals.md has the checklist for adding
+ * one: a folder under src/backends/ and one line in src/coll/registry.c.
+ */
+typedef struct par__backend {
+  const char *name;
+  par_backend id;
+  unsigned ops;                /* the op kinds run() and p2p() take: PAR__OP_BIT(kind) each */
+  const par__runtime *runtime; /* the launcher runtime that comes with it; NULL: none */
+  /* PAR_OK when it can carry group g (where the members are, how the world started);
+   * otherwise PAR_ERR_UNSUPPORTED with a detail that says why. Not collective, never blocks
+   * on peers. `auto` takes the first backend of the registry that can. */
+  par_status (*can_serve)(par_group *g);
+  /* Collective over the members: joins (or creates) the group's transport. Sets g->be_state.
+   * Blocks at most until g->create_deadline. */
+  par_status (*group_init)(par_group *g);
+  /* Releases the transport. Not collective; never blocks on peers. */
+  void (*group_fini)(par_group *g);
+  /* Runs one collective with a count above 0 to completion in this thread, the members'
+   * agreement (par__desc) first. Honours op->deadline and the abort flags. On error returns
+   * the status with a detail naming the op, the group and the member waited on. */
+  par_status (*run)(par_group *g, par__op *op);
+  /* A barrier, or any collective of count 0: the members' agreement alone. */
+  par_status (*barrier)(par_group *g, par__op *op);
+  /* Progresses send/recv ops together (so two ranks that both send first cannot deadlock):
+   * ops to the same peer in the same direction move in issue order. Returns PAR_OK once at
+   * least one more op is done (ps[i].done), all are done, or *poke is non-zero (new ops were
+   * queued; the caller adds them and calls again); poke may be NULL. Honours deadlines and
+   * the abort flags like run(). */
+  par_status (*p2p)(par_group *g, par__op *ops, par__p2p_state *ps, int nops,
+                    _Atomic int *poke);
+  /* Wakes a thread of this process blocked in p2p() on this group, after *poke was set. */
+  void (*poke)(par_group *g);
+  /* Makes pending and later calls of every member fail with PAR_ERR_ABORTED. Called from any
+   * thread. */
+  void (*abort)(par_group *g);
+  /* Whether another member aborted the group: its index, g->n when the backend cannot tell
+   * which member, or -1 when none did. Cheap: read before every op. */
+  int (*aborted_by)(par_group *g);
+  /* World services, NULL where the backend has none. world_init makes its per-world state
+   * (par_world.be_world[id]) when a world is created, before any group; world_fini releases
+   * it when the world ends, after every group. alloc_mem and free_mem: memory that the
+   * members of a group on one host read in place (par_alloc, par_free; free_mem says
+   * PAR_ERR_INVALID for a pointer that is not the backend's). */
+  par_status (*world_init)(par_world *w);
+  void (*world_fini)(par_world *w);
+  par_status (*alloc_mem)(par_world *w, size_t bytes, void **out);
+  par_status (*free_mem)(par_world *w, void *p);
+} par__backend;
 
-/* The runtime this build has, or NULL. */
-const par__runtime *par__runtime_get(void);
+/* The backend with this id, or NULL where it is not built (registry.c). */
+const par__backend *par__backend_get(par_backend b);
+/* The built backends, in the order `auto` tries them: i from 0 until NULL. */
+const par__backend *par__backend_at(int i);
 
 /* ---------------------------------------------------------------------------------------- */
 /* World and group                                                                          */
@@ -252,23 +272,55 @@ struct par_world {
   par__created *created;      /* how many groups were made per member list, by hash */
   size_t ncreated, capcreated;
   char last_error[PAR__ERRLEN];
-  struct par__region *regions; /* par_alloc'ed memory: this rank's and peers' mapped (alloc.c) */
-  uint32_t next_region_id;
-  _Atomic int own_regions; /* this rank's live par_alloc regions: collectives skip the lookup at 0 */
-  pthread_mutex_t regions_mu;
+  void *be_world[PAR_BACKEND_COUNT]; /* each backend's per-world state (e.g. shm's par_alloc
+                                        regions), created by the backend, freed by world_fini */
 };
 
 /* ---------------------------------------------------------------------------------------- */
-/* Zero-copy regions (alloc.c)                                                              */
+/* Waiting (wait.c): one policy for every backend, and the words for waits that end badly     */
 /* ---------------------------------------------------------------------------------------- */
 
-/* Where a buffer lies in this rank's par_alloc'ed memory: region id (from 1) and offset.
- * Returns 0 (and id 0) when [p, p+len) is not wholly inside one region. Thread-safe. */
-int par__region_find(par_world *w, const void *p, size_t len, uint32_t *id, uint64_t *off);
-/* Maps region `id` of rank `rank` (on this host) and returns its base and size; mappings are
- * kept until the world is destroyed. Thread-safe. */
-par_status par__region_map(par_world *w, int rank, uint32_t id, char **base, size_t *size);
-void par__regions_free(par_world *w);
+/* A waiting thread spins `spin` times, then yields `yields` times, then sleeps (how it
+ * sleeps is the backend's: a futex, a condition variable), each step after a look at what it
+ * waits for. Set once per group from the host's load: spin while every local rank has a core
+ * of its own; otherwise give the core up almost at once, so 8 ranks on 2 cores progress. */
+typedef struct par__wait_policy {
+  unsigned spin, yields;
+  int oversubscribed; /* this host has more ranks of the job than cores */
+} par__wait_policy;
+
+void par__wait_policy_init(par__wait_policy *p, int local_size);
+
+/* One step of waiting before sleeping: spins or yields and returns 1, or returns 0 once the
+ * caller should sleep. *round counts the steps (start at 0). */
+static inline int par__wait_step(const par__wait_policy *p, unsigned *round) {
+  unsigned r = (*round)++;
+  if (r < p->spin) {
+    par__cpu_relax();
+    return 1;
+  }
+  if (r - p->spin < p->yields) {
+    sched_yield();
+    return 1;
+  }
+  return 0;
+}
+
+/* PAR_ERR_ABORTED when the group was aborted here or by a member (par__backend.aborted_by),
+ * naming the member when known; PAR_OK otherwise. Marks the group aborted here too, so that
+ * later ops fail the same way on every member. */
+par_status par__op_check_abort(par_group *g, const char *what, uint64_t seq);
+/* PAR_ERR_TIMEOUT for op `what` (number seq) after `waited` seconds, waiting for member
+ * `who` (-1: not known) whose state `why` adds to (may be NULL). */
+par_status par__op_timed_out(par_group *g, const char *what, uint64_t seq, double waited,
+                             int who, const char *why);
+/* PAR_ERR_PEER_LOST: member `who` is gone (`how`: e.g. "pid 123 exited"). */
+par_status par__op_peer_lost(par_group *g, const char *what, uint64_t seq, int who,
+                             const char *how);
+/* PAR_ERR_ABORTED: member `who` failed an earlier op, so the members are out of step. */
+par_status par__op_peer_failed(par_group *g, const char *what, uint64_t seq, int who);
+
+enum { PAR__RUNNING_NONE, PAR__RUNNING_ONE, PAR__RUNNING_P2P };
 
 struct par_group {
   par_world *world;
@@ -289,15 +341,16 @@ struct par_group {
   char broken_detail[PAR__ERRLEN];
   char last_error[PAR__ERRLEN];
 
-  /* Issue-order queue (work.c). */
+  par__wait_policy wait; /* how its backend waits (wait.c) */
+
+  /* Issue-order queue (work.c), guarded by mu. */
   pthread_mutex_t mu;
   pthread_cond_t cv;
   par_work *head, *tail;
-  int busy;     /* an op of this group is running (inline or in the worker) */
-  int stopping; /* the worker should exit once the queue is empty */
-  int has_worker;
-  int p2p_active; /* the worker is progressing a batch of send/recv ops */
-  _Atomic int poke; /* set when send/recv ops were queued behind an active batch */
+  int running;      /* PAR__RUNNING_*: what runs now, inline or in the worker */
+  int has_worker;   /* the worker thread exists; it exits once `stopping` and the queue is empty */
+  int stopping;
+  _Atomic int poke; /* send/recv ops were queued behind a running batch that takes them in */
   pthread_t worker;
   uint64_t seq;      /* collectives issued */
   uint64_t *p2p_seq; /* send/recv issued, per peer and direction: [2 * peer + (recv)] */
@@ -341,5 +394,7 @@ par_status par__submit_then(par_group *g, const par__op *op, par__then_fn then, 
                             void (*then_free)(void *), par_work **work);
 /* Stops the worker after draining the queue (pending ops fail fast if the group aborted). */
 void par__work_shutdown(par_group *g);
+/* 1 when the calling thread is the group's worker thread. */
+int par__work_in_worker(par_group *g);
 
 #endif /* PAR_COLL_GROUP_H */

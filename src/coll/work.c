@@ -14,18 +14,20 @@
 
 #define MAX_P2P_BATCH 64
 
-/* The status a queued op gets without running, or 0 when the group can run it. */
+/* The status an op gets without running -- the group was aborted (here or by a member) or
+ * is broken -- or PAR_OK when the group can run it. */
 static par_status refuse(par_group *g, const par__op *op) {
+  const char *what = par__op_kind_name(op->kind);
+  PAR_FORWARD_IF_ERROR(par__op_check_abort(g, what, op->seq));
   int broken = atomic_load(&g->broken);
-  if (atomic_load(&g->aborted))
-    return par__error(PAR_ERR_ABORTED, "%s on group '%s': the group was aborted",
-                      par__op_kind_name(op->kind), g->name);
   if (broken)
     return par__error(PAR_ERR_STATE,
                       "%s on group '%s': the group is broken by an earlier error (%s: %s); "
                       "destroy it",
-                      par__op_kind_name(op->kind), g->name, par_status_name((par_status)broken),
-                      g->broken_detail);
+                      what, g->name, par_status_name((par_status)broken), g->broken_detail);
+  PAR_RETURN_ERROR_IF(!(g->be->ops & PAR__OP_BIT(op->kind)), PAR_ERR_UNSUPPORTED,
+                      "%s on group '%s': backend %s does not do this op", what, g->name,
+                      g->be->name);
   return PAR_OK;
 }
 
@@ -66,13 +68,17 @@ static void number(par_group *g, par__op *op) {
     op->seq = ++g->seq;
 }
 
-/* Runs a collective in the calling thread. Called with g->busy held. */
+/* Runs a collective in the calling thread, with g->running set. An op that moves nothing
+ * (a barrier, a count of 0) is the members' agreement alone. */
 static void execute(par_group *g, par_work *w) {
   par__error_clear();
   par_status st = refuse(g, &w->op);
   if (st == PAR_OK) {
     start_op(w);
-    st = g->be->run(g, &w->op);
+    if (w->op.kind == PAR__BARRIER || w->op.count == 0)
+      st = g->be->barrier(g, &w->op);
+    else
+      st = g->be->run(g, &w->op);
   }
   settle(w, st); /* records the outcome in the flight recorder before a failure reports it */
   if (w->flight_pos) note_failure(g, st);
@@ -80,7 +86,7 @@ static void execute(par_group *g, par_work *w) {
 
 static void mark_done(par_group *g, par_work **ws, int n) {
   pthread_mutex_lock(&g->mu);
-  g->busy = 0;
+  g->running = PAR__RUNNING_NONE;
   for (int i = 0; i < n; i++) atomic_store_explicit(&ws[i]->done, 1, memory_order_release);
   pthread_cond_broadcast(&g->cv);
   pthread_mutex_unlock(&g->mu);
@@ -104,8 +110,9 @@ static void absorb_p2p(par_group *g, par_work **ws, par__op *ops, par__p2p_state
 /*
  * Runs send/recv ops together: the batch starts with the ops in `ws` and takes in further
  * send/recv ops queued behind it while it runs, so that a recv posted just before its matching
- * send still progresses with it. Ops finish as they complete. Called with g->mu held and
- * g->busy set; returns with g->mu held and g->busy cleared.
+ * send still progresses with it (`absorb`: the worker runs it; while it does, enqueue pokes
+ * it). Ops finish as they complete. Called with g->mu held and g->running set; returns with
+ * g->mu held and g->running cleared.
  */
 static void execute_p2p(par_group *g, par_work **ws, int n, int absorb) {
   par__op ops[MAX_P2P_BATCH];
@@ -115,8 +122,10 @@ static void execute_p2p(par_group *g, par_work **ws, int n, int absorb) {
     ops[i] = ws[i]->op;
     memset(&ps[i], 0, sizeof ps[i]);
   }
-  if (absorb) absorb_p2p(g, ws, ops, ps, &n);
-  g->p2p_active = absorb;
+  if (absorb) {
+    absorb_p2p(g, ws, ops, ps, &n);
+    g->running = PAR__RUNNING_P2P;
+  }
   while (n > 0) {
     atomic_store(&g->poke, 0);
     pthread_mutex_unlock(&g->mu);
@@ -144,8 +153,7 @@ static void execute_p2p(par_group *g, par_work **ws, int n, int absorb) {
     pthread_cond_broadcast(&g->cv);
     if (absorb) absorb_p2p(g, ws, ops, ps, &n);
   }
-  g->p2p_active = 0;
-  g->busy = 0;
+  g->running = PAR__RUNNING_NONE;
   pthread_cond_broadcast(&g->cv);
 }
 
@@ -155,13 +163,13 @@ static void *worker_main(void *arg) {
 
   pthread_mutex_lock(&g->mu);
   for (;;) {
-    if (!g->head || g->busy) {
+    if (!g->head || g->running) {
       if (g->stopping && !g->head) break;
       pthread_cond_wait(&g->cv, &g->mu);
       continue;
     }
     par_work *w = g->head;
-    g->busy = 1;
+    g->running = PAR__RUNNING_ONE;
     if (par__op_is_p2p(w->op.kind)) {
       execute_p2p(g, batch, 0, 1);
       continue;
@@ -197,7 +205,7 @@ static int enqueue(par_group *g, par_work *w) {
     g->head = w;
   g->tail = w;
   pthread_cond_broadcast(&g->cv);
-  if (g->p2p_active && par__op_is_p2p(w->op.kind) && g->head == w) {
+  if (g->running == PAR__RUNNING_P2P && par__op_is_p2p(w->op.kind) && g->head == w) {
     atomic_store(&g->poke, 1);
     return 1;
   }
@@ -254,8 +262,8 @@ par_status par__submit(par_group *g, const par__op *op, par_work **out) {
   par_work w;
   pthread_mutex_lock(&g->mu);
   work_init(&w, g, op);
-  if (!g->busy && !g->head) {
-    g->busy = 1;
+  if (!g->running && !g->head) {
+    g->running = PAR__RUNNING_ONE;
     number(g, &w.op);
     par_work *one = &w;
     if (par__op_is_p2p(w.op.kind)) {
@@ -295,8 +303,15 @@ void par__work_shutdown(par_group *g) {
   g->has_worker = 0;
   /* A blocking op of another thread may still be running inline. */
   pthread_mutex_lock(&g->mu);
-  while (g->busy) pthread_cond_wait(&g->cv, &g->mu);
+  while (g->running) pthread_cond_wait(&g->cv, &g->mu);
   pthread_mutex_unlock(&g->mu);
+}
+
+int par__work_in_worker(par_group *g) {
+  pthread_mutex_lock(&g->mu);
+  int in = g->has_worker && pthread_equal(pthread_self(), g->worker);
+  pthread_mutex_unlock(&g->mu);
+  return in;
 }
 
 /* ---------------------------------------------------------------------------------------- */

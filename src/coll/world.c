@@ -142,6 +142,15 @@ static par_status world_from_store(par_world *w, const par_world_options *opts,
   return world_connect(w, &who);
 }
 
+/* The runtime of a backend that started this process, or NULL. */
+static const par__runtime *find_runtime(const par_world_options *opts) {
+  for (int i = 0; par__backend_at(i); i++) {
+    const par__runtime *rt = par__backend_at(i)->runtime;
+    if (rt && rt->detect(opts)) return rt;
+  }
+  return NULL;
+}
+
 par_status par_world_create(const par_world_options *opts, par_world **out) {
   PAR_RETURN_ERROR_IF(!out, PAR_ERR_NULL, "par_world_create: out is NULL");
   *out = NULL;
@@ -151,21 +160,22 @@ par_status par_world_create(const par_world_options *opts, par_world **out) {
   par_world *w = calloc(1, sizeof *w);
   PAR_RETURN_ERROR_IF(!w, PAR_ERR_NOMEM, "par_world_create: out of memory");
   pthread_mutex_init(&w->mu, NULL);
-  pthread_mutex_init(&w->regions_mu, NULL);
   w->timeout_s = opts->timeout_s > 0 ? opts->timeout_s : par__env_get()->timeout_s;
   read_host_id(w->host_id, sizeof w->host_id);
 
   /* A runtime that started this process (MPI under mpirun) gives the world; else the store. */
-  const par__runtime *rt = par__runtime_get();
+  const par__runtime *rt = find_runtime(opts);
   const char *source = NULL;
   par_status s;
-  if (rt && rt->detect(opts)) {
+  if (rt) {
     w->rt = rt;
     source = rt->name;
     s = rt->world_init(w);
   } else {
     s = world_from_store(w, opts, &source);
   }
+  for (int i = 0; s >= 0 && par__backend_at(i); i++)
+    if (par__backend_at(i)->world_init) s = par__backend_at(i)->world_init(w);
   if (s >= 0) {
     par__log_set_rank(w->size > 1 ? w->rank : -1);
     int *all = malloc(sizeof(int) * (size_t)w->size);
@@ -213,8 +223,8 @@ void par_world_destroy(par_world *w) {
     free(w->host_ids);
   }
   free(w->created);
-  par__regions_free(w);
-  pthread_mutex_destroy(&w->regions_mu);
+  for (int i = 0; par__backend_at(i); i++)
+    if (par__backend_at(i)->world_fini) par__backend_at(i)->world_fini(w);
   if (w->rt) w->rt->world_fini(w);
   pthread_mutex_destroy(&w->mu);
   free(w);
@@ -262,3 +272,27 @@ int par_world_local_rank(const par_world *w) { return w ? w->local_rank : -1; }
 int par_world_local_size(const par_world *w) { return w ? w->local_size : -1; }
 par_group *par_world_group(par_world *w) { return w ? w->world_group : NULL; }
 const char *par_world_last_error(const par_world *w) { return w ? w->last_error : ""; }
+
+/* ---------------------------------------------------------------------------------------- */
+/* Memory the ranks of a host share: the first backend that offers it                       */
+/* ---------------------------------------------------------------------------------------- */
+
+par_status par_alloc(par_world *w, size_t bytes, void **out) {
+  PAR_RETURN_ERROR_IF(!w || !out, PAR_ERR_NULL, "par_alloc: %s is NULL", w ? "out" : "world");
+  *out = NULL;
+  PAR_RETURN_ERROR_IF(bytes == 0, PAR_ERR_INVALID, "par_alloc: size is 0");
+  for (int i = 0; par__backend_at(i); i++)
+    if (par__backend_at(i)->alloc_mem) return par__backend_at(i)->alloc_mem(w, bytes, out);
+  return par__error(PAR_ERR_UNSUPPORTED, "par_alloc: no backend of this build offers it");
+}
+
+par_status par_free(par_world *w, void *p) {
+  if (!p) return PAR_OK;
+  PAR_RETURN_ERROR_IF(!w, PAR_ERR_NULL, "par_free: world is NULL");
+  for (int i = 0; par__backend_at(i); i++) {
+    const par__backend *be = par__backend_at(i);
+    par_status s = be->free_mem ? be->free_mem(w, p) : PAR_ERR_INVALID;
+    if (s != PAR_ERR_INVALID) return s;
+  }
+  return par__error(PAR_ERR_INVALID, "par_free: %p was not returned by par_alloc", p);
+}

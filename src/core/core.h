@@ -80,6 +80,12 @@ int par__env_reading(void);
  * ranks must then give up their core early instead of spinning. */
 int par__oversubscribed(int local_size);
 
+/* The length of the step from `base` through elements [0, count), at most `per`; 0 at the
+ * end: for (size_t base = 0, m; (m = par__span(count, base, per)) > 0; base += m). */
+static inline size_t par__span(size_t count, size_t base, size_t per) {
+  return count - base < per ? count - base : per;
+}
+
 /* A pause for spin-wait loops. */
 static inline void par__cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)

@@ -85,6 +85,22 @@ static void list_names(const name_entry *table, size_t n, char *buf, size_t cap)
   }
 }
 
+/* The value of `name` in table, for parser `fn`; an unknown name is `status`, with the names
+ * that would have been accepted. */
+static par_status parse_name(const name_entry *table, size_t n, const char *fn, const char *what,
+                             par_status status, const char *name, const void *out, int *value) {
+  PAR_RETURN_ERROR_IF(name == NULL, PAR_ERR_NULL, "%s: name is NULL", fn);
+  PAR_RETURN_ERROR_IF(out == NULL, PAR_ERR_NULL, "%s: out is NULL", fn);
+  int i = find_name(table, n, name);
+  if (i < 0) {
+    char valid[256];
+    list_names(table, n, valid, sizeof valid);
+    return par__error(status, "unknown %s '%.64s' (valid: %s)", what, name, valid);
+  }
+  *value = table[i].value;
+  return PAR_OK;
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* Data types                                                                               */
 /* ---------------------------------------------------------------------------------------- */
@@ -110,15 +126,9 @@ const char *par_dtype_name(par_dtype dt) {
 }
 
 par_status par_dtype_parse(const char *name, par_dtype *out) {
-  PAR_RETURN_ERROR_IF(name == NULL, PAR_ERR_NULL, "par_dtype_parse: name is NULL");
-  PAR_RETURN_ERROR_IF(out == NULL, PAR_ERR_NULL, "par_dtype_parse: out is NULL");
-  int i = find_name(dtype_names, COUNT_OF(dtype_names), name);
-  if (i < 0) {
-    char valid[256];
-    list_names(dtype_names, COUNT_OF(dtype_names), valid, sizeof valid);
-    return par__error(PAR_ERR_DTYPE, "unknown dtype '%.64s' (valid: %s)", name, valid);
-  }
-  *out = (par_dtype)dtype_names[i].value;
+  int v = 0;
+  PAR_FORWARD_IF_ERROR(parse_name(dtype_names, COUNT_OF(dtype_names), "par_dtype_parse", "dtype", PAR_ERR_DTYPE, name, out, &v));
+  *out = (par_dtype)v;
   return PAR_OK;
 }
 
@@ -132,15 +142,9 @@ const char *par_op_name(par_op op) {
 }
 
 par_status par_op_parse(const char *name, par_op *out) {
-  PAR_RETURN_ERROR_IF(name == NULL, PAR_ERR_NULL, "par_op_parse: name is NULL");
-  PAR_RETURN_ERROR_IF(out == NULL, PAR_ERR_NULL, "par_op_parse: out is NULL");
-  int i = find_name(op_names, COUNT_OF(op_names), name);
-  if (i < 0) {
-    char valid[128];
-    list_names(op_names, COUNT_OF(op_names), valid, sizeof valid);
-    return par__error(PAR_ERR_OP, "unknown reduction op '%.64s' (valid: %s)", name, valid);
-  }
-  *out = (par_op)op_names[i].value;
+  int v = 0;
+  PAR_FORWARD_IF_ERROR(parse_name(op_names, COUNT_OF(op_names), "par_op_parse", "reduction op", PAR_ERR_OP, name, out, &v));
+  *out = (par_op)v;
   return PAR_OK;
 }
 
@@ -154,14 +158,8 @@ const char *par_backend_name(par_backend b) {
 }
 
 par_status par_backend_parse(const char *name, par_backend *out) {
-  PAR_RETURN_ERROR_IF(name == NULL, PAR_ERR_NULL, "par_backend_parse: name is NULL");
-  PAR_RETURN_ERROR_IF(out == NULL, PAR_ERR_NULL, "par_backend_parse: out is NULL");
-  int i = find_name(backend_names, COUNT_OF(backend_names), name);
-  if (i < 0) {
-    char valid[64];
-    list_names(backend_names, COUNT_OF(backend_names), valid, sizeof valid);
-    return par__error(PAR_ERR_INVALID, "unknown backend '%.64s' (valid: %s)", name, valid);
-  }
-  *out = (par_backend)backend_names[i].value;
+  int v = 0;
+  PAR_FORWARD_IF_ERROR(parse_name(backend_names, COUNT_OF(backend_names), "par_backend_parse", "backend", PAR_ERR_INVALID, name, out, &v));
+  *out = (par_backend)v;
   return PAR_OK;
 }

@@ -70,7 +70,6 @@ typedef struct mpi_state {
   MPI_Comm comm; /* collectives and send/recv */
   MPI_Comm ctrl; /* abort notices only, so they never mix with data */
   int n, me;
-  int spin, yields;    /* waiting policy: tests before yielding, yields before sleeping */
   int tag_base;        /* from the group's uid: a message of an older group is told apart */
   _Atomic int tainted; /* an op failed or was abandoned here, or a peer's notice came */
 
@@ -118,13 +117,16 @@ par_status par__mpi_wait(const mpi_waitctx *wc, MPI_Request *req, MPI_Status *st
  * a peer (or, with `starting`, a peer's op on it failed), PAR_ERR_TIMEOUT once the deadline
  * has passed, else PAR_OK. */
 par_status par__mpi_interrupted(const mpi_waitctx *wc, int starting);
-/* Sleeps a little (more as *round grows) unless poked or aborted meanwhile; `seen` is
- * st->wakeups read before the last test. */
-void par__mpi_backoff(mpi_state *st, unsigned *round, unsigned seen);
+/* Waits a step by the group's policy (spin, yield, then sleep a little longer each round)
+ * unless poked or aborted meanwhile; `seen` is st->wakeups read before the last test. */
+void par__mpi_backoff(par_group *g, unsigned *round, unsigned seen);
 /* Checks that this thread may call MPI at the level MPI provides (see docs/mpi.md). */
 par_status par__mpi_thread_ok(par_group *g, const char *what);
 
 par_status par__mpi_collective(par_group *g, mpi_state *st, const par__op *op);
+/* A barrier, or any op of count 0: the members' agreement alone (one exchange). */
+par_status par__mpi_barrier(par_group *g, mpi_state *st, const par__op *op);
+extern const par__runtime par__mpi_runtime;
 /* Sends every other member a notice (NOTICE_*) about this group, once per kind. */
 void par__mpi_notify(par_group *g, int notice);
 

@@ -208,8 +208,7 @@ static par_status reduce_any(coll *c, int root) {
   MPI_Op o;
   int nat = native(op, &t, &o);
   size_t per = step_elems(c, 1);
-  for (size_t base = 0; base < op->count; base += per) {
-    size_t m = op->count - base < per ? op->count - base : per;
+  for (size_t base = 0, m; (m = par__span(op->count, base, per)) > 0; base += m) {
     const char *i = in + base * c->es;
     char *d = out ? out + base * c->es : NULL;
     if (nat)
@@ -222,14 +221,20 @@ static par_status reduce_any(coll *c, int root) {
   return PAR_OK;
 }
 
-static par_status reduce_scatter(coll *c) {
+/*
+ * reduce_scatter (reduce) and alltoall: member j gets the j-th block of every member's input,
+ * a step at a time through staging (the n blocks' elements of the step, block j at j*m, and
+ * room for as many received) -- then reduces them in index order, or copies them out.
+ */
+static par_status blocks(coll *c, int reduce) {
   const par__op *op = c->op;
   size_t es = c->es, n = (size_t)c->n, per = step_elems(c, n);
   MPI_Datatype t;
   MPI_Op o;
-  int nat = native(op, &t, &o);
-  for (size_t base = 0; base < op->count; base += per) {
-    size_t m = op->count - base < per ? op->count - base : per, bytes = m * es;
+  int nat = reduce && native(op, &t, &o);
+  char *out = op->recvbuf;
+  for (size_t base = 0, m; (m = par__span(op->count, base, per)) > 0; base += m) {
+    size_t bytes = m * es;
     char *s = par__mpi_stage(c->st, 2 * n * bytes);
     if (!s) return PAR_ERR_NOMEM;
     char *rx = s + n * bytes;
@@ -241,12 +246,13 @@ static par_status reduce_scatter(coll *c) {
     else
       POST(c, MPI_Ialltoall(s, (int)bytes, MPI_BYTE, rx, (int)bytes, MPI_BYTE, c->st->comm, &req));
     PAR_FORWARD_IF_ERROR(par__mpi_wait(&c->wc, &req, MPI_STATUS_IGNORE));
-    char *out = (char *)op->recvbuf + base * es;
-    if (nat) {
-      memcpy(out, rx, bytes);
+    if (!reduce) {
+      for (size_t j = 0; j < n; j++) memcpy(out + (j * op->count + base) * es, rx + j * bytes, bytes);
+    } else if (nat) {
+      memcpy(out + base * es, rx, bytes);
     } else {
       for (size_t j = 0; j < n; j++) c->st->srcs[j] = rx + j * bytes;
-      par__reduce(out, c->st->srcs, c->n, m, op->dt, op->op, c->n);
+      par__reduce(out + base * es, c->st->srcs, c->n, m, op->dt, op->op, c->n);
     }
   }
   return PAR_OK;
@@ -259,8 +265,8 @@ static par_status reduce_scatter(coll *c) {
 static par_status allgather(coll *c) {
   const par__op *op = c->op;
   size_t es = c->es, n = (size_t)c->n, per = step_elems(c, n);
-  for (size_t base = 0; base < op->count; base += per) {
-    size_t m = op->count - base < per ? op->count - base : per, bytes = m * es;
+  for (size_t base = 0, m; (m = par__span(op->count, base, per)) > 0; base += m) {
+    size_t bytes = m * es;
     char *s = par__mpi_stage(c->st, n * bytes);
     if (!s) return PAR_ERR_NOMEM;
     memcpy(s + (size_t)c->me * bytes, (const char *)op->sendbuf + base * es, bytes);
@@ -278,8 +284,8 @@ static par_status broadcast(coll *c) {
   const par__op *op = c->op;
   size_t es = c->es, per = step_elems(c, 1);
   int am_root = op->root == c->me;
-  for (size_t base = 0; base < op->count; base += per) {
-    size_t m = op->count - base < per ? op->count - base : per, bytes = m * es;
+  for (size_t base = 0, m; (m = par__span(op->count, base, per)) > 0; base += m) {
+    size_t bytes = m * es;
     char *s = par__mpi_stage(c->st, bytes), *buf = (char *)op->recvbuf + base * es;
     if (!s) return PAR_ERR_NOMEM;
     if (am_root) memcpy(s, buf, bytes);
@@ -291,49 +297,38 @@ static par_status broadcast(coll *c) {
   return PAR_OK;
 }
 
-static par_status alltoall(coll *c) {
-  const par__op *op = c->op;
-  size_t es = c->es, n = (size_t)c->n, per = step_elems(c, n);
-  for (size_t base = 0; base < op->count; base += per) {
-    size_t m = op->count - base < per ? op->count - base : per, bytes = m * es;
-    char *s = par__mpi_stage(c->st, 2 * n * bytes);
-    if (!s) return PAR_ERR_NOMEM;
-    char *rx = s + n * bytes;
-    for (size_t j = 0; j < n; j++)
-      memcpy(s + j * bytes, (const char *)op->sendbuf + (j * op->count + base) * es, bytes);
-    MPI_Request req;
-    POST(c, MPI_Ialltoall(s, (int)bytes, MPI_BYTE, rx, (int)bytes, MPI_BYTE, c->st->comm, &req));
-    PAR_FORWARD_IF_ERROR(par__mpi_wait(&c->wc, &req, MPI_STATUS_IGNORE));
-    for (size_t j = 0; j < n; j++)
-      memcpy((char *)op->recvbuf + (j * op->count + base) * es, rx + j * bytes, bytes);
-  }
-  return PAR_OK;
+static coll coll_of(par_group *g, mpi_state *st, const par__op *op) {
+  return (coll){g,
+                st,
+                op,
+                {g, st, par__op_kind_name(op->kind), op->seq, op->deadline, op->timeout_s},
+                par_dtype_size(op->dt),
+                st->n,
+                st->me};
+}
+
+/* The exchange waits for every member. */
+par_status par__mpi_barrier(par_group *g, mpi_state *st, const par__op *op) {
+  coll c = coll_of(g, st, op);
+  return agree(&c);
 }
 
 par_status par__mpi_collective(par_group *g, mpi_state *st, const par__op *op) {
-  coll c = {g,
-            st,
-            op,
-            {g, st, par__op_kind_name(op->kind), op->seq, op->deadline, op->timeout_s},
-            par_dtype_size(op->dt),
-            st->n,
-            st->me};
+  coll c = coll_of(g, st, op);
   PAR_FORWARD_IF_ERROR(agree(&c));
-  if (op->kind == PAR__BARRIER) return PAR_OK; /* the exchange waited for every member */
-  if (op->count == 0) return PAR_OK;
   switch (op->kind) {
     case PAR__ALLREDUCE:
       return reduce_any(&c, -1);
     case PAR__REDUCE:
       return reduce_any(&c, op->root);
     case PAR__REDUCE_SCATTER:
-      return reduce_scatter(&c);
+      return blocks(&c, 1);
     case PAR__ALLGATHER:
       return allgather(&c);
     case PAR__BROADCAST:
       return broadcast(&c);
     case PAR__ALLTOALL:
-      return alltoall(&c);
+      return blocks(&c, 0);
     default:
       return par__error(PAR_ERR_INTERNAL, "mpi: op %s is not a collective",
                         par__op_kind_name(op->kind));

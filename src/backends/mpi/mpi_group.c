@@ -92,7 +92,7 @@ static par_status meet(par_group *g, MPI_Comm parent, int tag) {
                                      : "member 0 did not answer (not every member arrived)");
         break;
       }
-      par__mpi_backoff(st, &round, seen);
+      par__mpi_backoff(g, &round, seen);
     }
   }
   if (s < 0) {
@@ -139,14 +139,19 @@ static void mpi_fini(par_group *g) {
   g->be_state = NULL;
 }
 
-static par_status mpi_init(par_group *g) {
-  mpi_world *mw = par__mpi_world_of(g->world);
-  PAR_RETURN_ERROR_IF(!mw, PAR_ERR_UNSUPPORTED,
+/* Any group of a world that MPI started. */
+static par_status mpi_can_serve(par_group *g) {
+  PAR_RETURN_ERROR_IF(!par__mpi_world_of(g->world), PAR_ERR_UNSUPPORTED,
                       "group '%s': backend mpi needs a world started by MPI (mpirun, mpiexec "
                       "or srun, or a program that initialised MPI), but this world's ranks met "
                       "through the rendezvous store (parrun or torchrun): start the program "
                       "with mpirun, or choose backend shm",
                       g->name);
+  return PAR_OK;
+}
+
+static par_status mpi_init(par_group *g) {
+  mpi_world *mw = par__mpi_world_of(g->world);
   PAR_FORWARD_IF_ERROR(par__mpi_thread_ok(g, "creating the group"));
   mpi_state *st = calloc(1, sizeof *st);
   PAR_RETURN_ERROR_IF(!st, PAR_ERR_NOMEM, "mpi: out of memory");
@@ -162,12 +167,6 @@ static par_status mpi_init(par_group *g) {
     mpi_fini(g);
     return par__error(PAR_ERR_NOMEM, "mpi: out of memory");
   }
-  /* Spin while every local rank has a core; otherwise yield and sleep early. */
-  const par__env *env = par__env_get();
-  int oversubscribed = par__oversubscribed(g->world->local_size);
-  st->spin = env->spin >= 0 ? env->spin : oversubscribed ? 0 : 2000;
-  st->yields = oversubscribed ? 64 : 100;
-
   /* Tags of concurrent creations must differ (MPI's rule): derive one from the group's uid. */
   uint32_t h = uid_hash(g->uid);
   int tag = TAG_CREATE + (int)(h % 10000u);
@@ -484,7 +483,7 @@ static par_status mpi_p2p(par_group *g, par__op *ops, par__p2p_state *ps, int no
     mpi_waitctx wc = {g, st, what, op->seq, op->deadline, op->timeout_s};
     s = par__mpi_interrupted(&wc, 0);
     if (s < 0) break;
-    par__mpi_backoff(st, &round, seen);
+    par__mpi_backoff(g, &round, seen);
   }
   drop_pending(ops, ps, nops);
   return failed(g, s);
@@ -499,13 +498,29 @@ static par_status mpi_run(par_group *g, par__op *op) {
   return failed(g, par__mpi_collective(g, g->be_state, op));
 }
 
+static par_status mpi_barrier(par_group *g, par__op *op) {
+  PAR_FORWARD_IF_ERROR(precheck(g, op));
+  return failed(g, par__mpi_barrier(g, g->be_state, op));
+}
+
+/* The member whose abort notice came. */
+static int mpi_aborted_by(par_group *g) {
+  mpi_state *st = g->be_state;
+  return st ? atomic_load(&st->abort_from) - 1 : -1;
+}
+
 const par__backend par__mpi_backend = {
-    .version = 2,
     .name = "mpi",
+    .id = PAR_BACKEND_MPI,
+    .ops = PAR__OPS_ALL,
+    .runtime = &par__mpi_runtime,
+    .can_serve = mpi_can_serve,
     .group_init = mpi_init,
     .group_fini = mpi_fini,
     .run = mpi_run,
+    .barrier = mpi_barrier,
     .p2p = mpi_p2p,
     .poke = mpi_poke,
     .abort = mpi_abort,
+    .aborted_by = mpi_aborted_by,
 };

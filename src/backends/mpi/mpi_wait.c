@@ -66,41 +66,18 @@ par_status par__mpi_interrupted(const mpi_waitctx *wc, int starting) {
   par_group *g = wc->g;
   mpi_state *st = wc->st;
   if (!atomic_load(&st->abort_from) && st->notice_rx != MPI_REQUEST_NULL) take_notices(g, st);
-  int from = atomic_load(&st->abort_from);
-  if (from)
-    return par__error(PAR_ERR_ABORTED,
-                      "%s on group '%s' (op #%llu): the group was aborted by member %d (rank "
-                      "%d)",
-                      wc->what, g->name, (unsigned long long)wc->seq, from - 1, g->ranks[from - 1]);
-  if (atomic_load(&g->aborted))
-    return par__error(PAR_ERR_ABORTED, "%s on group '%s' (op #%llu): the group was aborted",
-                      wc->what, g->name, (unsigned long long)wc->seq);
-  from = atomic_load(&st->failed_from);
-  if (starting && from)
-    return par__error(PAR_ERR_ABORTED,
-                      "%s on group '%s' (op #%llu): an earlier op failed on member %d (rank "
-                      "%d), so the group is out of step and was given up; destroy it",
-                      wc->what, g->name, (unsigned long long)wc->seq, from - 1, g->ranks[from - 1]);
+  PAR_FORWARD_IF_ERROR(par__op_check_abort(g, wc->what, wc->seq));
+  int from = atomic_load(&st->failed_from);
+  if (starting && from) return par__op_peer_failed(g, wc->what, wc->seq, from - 1);
   if (par__now() >= wc->deadline)
-    return par__error(PAR_ERR_TIMEOUT,
-                      "%s on group '%s' (op #%llu) timed out after %.3g s: not every member "
-                      "has joined it (mpi backend)",
-                      wc->what, g->name, (unsigned long long)wc->seq, wc->timeout_s);
+    return par__op_timed_out(g, wc->what, wc->seq, wc->timeout_s, -1, NULL);
   return PAR_OK;
 }
 
-void par__mpi_backoff(mpi_state *st, unsigned *round, unsigned seen) {
-  unsigned r = (*round)++;
-  if (r < (unsigned)st->spin) {
-    par__cpu_relax();
-    return;
-  }
-  r -= (unsigned)st->spin;
-  if (r < (unsigned)st->yields) {
-    sched_yield();
-    return;
-  }
-  r -= (unsigned)st->yields;
+void par__mpi_backoff(par_group *g, unsigned *round, unsigned seen) {
+  if (par__wait_step(&g->wait, round)) return;
+  mpi_state *st = g->be_state;
+  unsigned r = *round - 1 - g->wait.spin - g->wait.yields;
   double s = SLEEP_MIN_S * (double)(1u << (r < 6 ? r : 6));
   if (s > SLEEP_MAX_S) s = SLEEP_MAX_S;
   struct timespec ts;
@@ -139,16 +116,14 @@ par_status par__mpi_wait(const mpi_waitctx *wc, MPI_Request *req, MPI_Status *st
       wc->st->stage_cap = 0;
       return s;
     }
-    par__mpi_backoff(wc->st, &round, seen);
+    par__mpi_backoff(wc->g, &round, seen);
   }
 }
 
 par_status par__mpi_thread_ok(par_group *g, const char *what) {
   int lv = par__mpi_thread_level();
   if (lv >= MPI_THREAD_MULTIPLE) return PAR_OK;
-  pthread_mutex_lock(&g->mu);
-  int in_worker = g->has_worker && pthread_equal(pthread_self(), g->worker);
-  pthread_mutex_unlock(&g->mu);
+  int in_worker = par__work_in_worker(g);
   if (lv == MPI_THREAD_SERIALIZED) {
     /* par serialises its own calls; but its worker thread may overlap the program's calls,
      * unless the program leaves MPI to par. */

@@ -304,7 +304,6 @@ static void world_fini(par_world *w) {
 
 const par__runtime par__mpi_runtime = {
     .name = "MPI",
-    .cross_host = PAR_BACKEND_MPI,
     .detect = detect,
     .world_init = world_init,
     .world_fini = world_fini,

@@ -104,25 +104,27 @@ static int laggard(shm_state *st, const shm_waitctx *wc, int who) {
   return who;
 }
 
+/* The note a timeout adds about the member waited for, or NULL. */
+static const char *state_note(shm_state *st, int j) {
+  return peer_state(st, j) == 'T' ? "whose process is stopped" : NULL;
+}
+
+/* Member j's process is gone. */
+static par_status lost(shm_state *st, const shm_waitctx *wc, int j) {
+  char how[32];
+  snprintf(how, sizeof how, "pid %d", (int)atomic_load(&st->ctrl[j].pid));
+  return par__op_peer_lost(wc->g, wc->what, wc->seq, j, how);
+}
+
 par_status par__shm_wait(shm_state *st, const shm_waitctx *wc, shm_pred pred, const void *arg) {
   int who = pred(st, arg);
   if (who < 0) return PAR_OK;
-  for (int i = 0; i < st->spin; i++) {
-    par__cpu_relax();
+  par_group *g = wc->g;
+  for (unsigned round = 0; par__wait_step(&g->wait, &round);)
     if ((who = pred(st, arg)) < 0) return PAR_OK;
-  }
-  for (int i = 0; i < st->yields; i++) {
-    sched_yield();
-    if ((who = pred(st, arg)) < 0) return PAR_OK;
-  }
   double start = par__now(), next_check = start + 0.5;
   for (;;) {
-    par_group *g = wc->g;
-    if (atomic_load(&st->hdr->abort) || atomic_load(&g->aborted)) {
-      atomic_store(&g->aborted, 1); /* later ops on this member fail the same way */
-      return par__error(PAR_ERR_ABORTED, "%s on group '%s' (op #%llu): the group was aborted",
-                        wc->what, g->name, (unsigned long long)wc->seq);
-    }
+    PAR_FORWARD_IF_ERROR(par__op_check_abort(g, wc->what, wc->seq));
     int bell = wc->own_bell ? st->me : who;
     shm_ctrl *c = &st->ctrl[bell];
     atomic_fetch_add(&c->sleepers, 1);
@@ -144,21 +146,13 @@ par_status par__shm_wait(shm_state *st, const shm_waitctx *wc, shm_pred pred, co
     if (who < 0) return PAR_OK;
     if (now >= wc->deadline) {
       int b = laggard(st, wc, who);
-      return par__error(PAR_ERR_TIMEOUT,
-                        "%s on group '%s' (op #%llu) timed out after %.3g s waiting for member "
-                        "%d (rank %d%s)",
-                        wc->what, g->name, (unsigned long long)wc->seq, now - start, b,
-                        g->ranks[b], peer_state(st, b) == 'T' ? ", whose process is stopped" : "");
+      return par__op_timed_out(g, wc->what, wc->seq, now - start, b, state_note(st, b));
     }
     if (now >= next_check) {
       next_check = now + 0.5;
       int b = laggard(st, wc, who);
       if (!peer_dead(st, b)) b = b != who && peer_dead(st, who) ? who : -1;
-      if (b >= 0)
-        return par__error(PAR_ERR_PEER_LOST,
-                          "%s on group '%s' (op #%llu): member %d (rank %d, pid %d) died",
-                          wc->what, g->name, (unsigned long long)wc->seq, b, g->ranks[b],
-                          (int)atomic_load(&st->ctrl[b].pid));
+      if (b >= 0) return lost(st, wc, b);
     }
   }
 }
@@ -308,10 +302,16 @@ static int pred_cma(shm_state *st, const void *arg) {
   return -1;
 }
 
-/* Every member probes every other and publishes whether it could read them all; single copy
- * is used only when all could, so that all members take the same paths. By default not when
- * the host has more ranks than cores: there it was measured slower than the segment's
- * pipeline at every size (docs/PERFORMANCE.md); PAR_SHM_CMA=1 turns it on anyway. */
+/*
+ * Single copy is a property of the group, agreed once when it is created. Every member probes
+ * every other (reads and writes back its pid) and publishes whether it could reach them all;
+ * each then turns single copy on only if all could. Invariant: st->cma is the same on every
+ * member, so an op's choice between single copy and the segment (par__shm_collective), which
+ * depends only on st->cma and the op's size, is the same on every member -- members never
+ * disagree on the path, which would deadlock them. By default it is off when the host has
+ * more ranks than cores: there it was measured slower than the segment's pipeline at every
+ * size (docs/PERFORMANCE.md); PAR_SHM_CMA=1 turns it on anyway.
+ */
 static par_status cma_agree(par_group *g, shm_state *st) {
   int want = par__env_get()->shm_cma;
   int ok = st->n > 1 && (want > 0 || (want < 0 && !par__oversubscribed(g->world->local_size)));
@@ -458,11 +458,11 @@ static void shm_fini(par_group *g) {
   if (st->base) munmap(st->base, st->size);
   if (!st->unlinked && st->me == 0 && st->n > 1) shm_unlink(st->name);
   free(st->srcs);
-  free(st->zsrc);
-  free(st->zdst);
-  free(st->zinplace);
-  free(st->asrc);
-  free(st->adst);
+  free(st->bufs.src);
+  free(st->bufs.dst);
+  free(st->bufs.inplace);
+  free(st->bufs.asrc);
+  free(st->bufs.adst);
   free(st);
   g->be_state = NULL;
 }
@@ -475,23 +475,19 @@ static par_status shm_init(par_group *g) {
   st->me = g->index;
   atomic_store(&st->sleeping_on, -1);
   st->srcs = calloc((size_t)g->n, sizeof(void *));
-  st->zsrc = calloc((size_t)g->n, sizeof(char *));
-  st->zdst = calloc((size_t)g->n, sizeof(char *));
-  st->zinplace = calloc((size_t)g->n, 1);
-  st->asrc = calloc((size_t)g->n, sizeof(uint64_t));
-  st->adst = calloc((size_t)g->n, sizeof(uint64_t));
-  if (!st->srcs || !st->zsrc || !st->zdst || !st->zinplace || !st->asrc || !st->adst) {
+  shm_bufs *b = &st->bufs;
+  b->src = calloc((size_t)g->n, sizeof(char *));
+  b->dst = calloc((size_t)g->n, sizeof(char *));
+  b->inplace = calloc((size_t)g->n, 1);
+  b->asrc = calloc((size_t)g->n, sizeof(uint64_t));
+  b->adst = calloc((size_t)g->n, sizeof(uint64_t));
+  if (!st->srcs || !b->src || !b->dst || !b->inplace || !b->asrc || !b->adst) {
     shm_fini(g);
     return par__error(PAR_ERR_NOMEM, "shm: out of memory");
   }
   const par__env *env = par__env_get();
-  int oversubscribed = par__oversubscribed(g->world->local_size);
   st->check = env->check;
-  st->spin = env->spin >= 0 ? env->spin : oversubscribed ? 0 : 20000;
-  st->yields = oversubscribed ? 16 : 0;
-  PAR__LOG_DEBUG("shm: group '%s': %d local ranks, %s", g->name, g->world->local_size,
-                 oversubscribed ? "oversubscribed: waiters yield and sleep"
-                                : "not oversubscribed: waiters spin first");
+
   snprintf(st->name, sizeof st->name, "/par-%s-%s", g->world->job_id, g->uid);
   if (st->n == 1) st->unlinked = 1;
 
@@ -544,22 +540,32 @@ static par_status shm_init(par_group *g) {
   return PAR_OK;
 }
 
-/* A member's abort reaches everyone: no op starts on a group that any member aborted. */
-static par_status check_abort(par_group *g, shm_state *st, const par__op *op) {
-  if (!atomic_load(&st->hdr->abort)) return PAR_OK;
-  atomic_store(&g->aborted, 1);
-  return par__error(PAR_ERR_ABORTED, "%s on group '%s' (op #%llu): the group was aborted",
-                    par__op_kind_name(op->kind), g->name, (unsigned long long)op->seq);
+/* ---------------------------------------------------------------------------------------- */
+/* The vtable                                                                               */
+/* ---------------------------------------------------------------------------------------- */
+
+/* Every member must be on this host: the segment is one host's memory. */
+static par_status shm_can_serve(par_group *g) {
+  for (int i = 0; i < g->n; i++) {
+    const char *id;
+    PAR_FORWARD_IF_ERROR(par__world_host_id(g->world, g->ranks[i], &id));
+    PAR_RETURN_ERROR_IF(strcmp(id, g->world->host_id) != 0, PAR_ERR_UNSUPPORTED,
+                        "backend shm needs all members on one host, and rank %d is on another",
+                        g->ranks[i]);
+  }
+  return PAR_OK;
 }
 
 static par_status shm_run(par_group *g, par__op *op) {
-  PAR_FORWARD_IF_ERROR(check_abort(g, g->be_state, op));
   return par__shm_collective(g, g->be_state, op);
+}
+
+static par_status shm_barrier(par_group *g, par__op *op) {
+  return par__shm_barrier(g, g->be_state, op);
 }
 
 static par_status shm_p2p(par_group *g, par__op *ops, par__p2p_state *ps, int nops,
                           _Atomic int *poke) {
-  PAR_FORWARD_IF_ERROR(check_abort(g, g->be_state, &ops[0]));
   return par__shm_p2p(g, g->be_state, ops, ps, nops, poke);
 }
 
@@ -572,18 +578,30 @@ static void shm_poke(par_group *g) {
 
 static void shm_abort(par_group *g) {
   shm_state *st = g->be_state;
-  if (!st || !st->hdr) return;
-  atomic_store(&st->hdr->abort, 1);
-  ring_all(st);
+  if (st && st->hdr) par__shm_abort(st);
+}
+
+/* The segment's flag does not say which member set it. */
+static int shm_aborted_by(par_group *g) {
+  shm_state *st = g->be_state;
+  return st && st->hdr && atomic_load_explicit(&st->hdr->abort, memory_order_relaxed) ? g->n : -1;
 }
 
 const par__backend par__shm_backend = {
-    .version = 2,
     .name = "shm",
+    .id = PAR_BACKEND_SHM,
+    .ops = PAR__OPS_ALL,
+    .can_serve = shm_can_serve,
     .group_init = shm_init,
     .group_fini = shm_fini,
     .run = shm_run,
+    .barrier = shm_barrier,
     .p2p = shm_p2p,
     .poke = shm_poke,
     .abort = shm_abort,
+    .aborted_by = shm_aborted_by,
+    .alloc_mem = par__shm_alloc,
+    .free_mem = par__shm_free,
+    .world_init = par__shm_world_init,
+    .world_fini = par__shm_world_fini,
 };

@@ -92,6 +92,27 @@ typedef struct shm_chan {
   _Alignas(SHM_LINE) _Atomic uint64_t acked; /* written by the receiver */
 } shm_chan;
 
+/* What the members published about their buffers in an op's first round, read by every
+ * member: zero copy (par_alloc'ed buffers, mapped) and single copy (addresses for
+ * process_vm_readv). The storage for n members lives in shm_state; the algorithms that use it
+ * take it as an argument. */
+typedef struct shm_bufs {
+  const char **src;       /* per member: its input, mapped, when it is par_alloc'ed */
+  const char **dst;       /* per member: its output, mapped, when it is par_alloc'ed */
+  unsigned char *inplace; /* per member: its op is in place */
+  uint64_t *asrc, *adst;  /* per member: its input and output addresses, in its own memory */
+  int nsend, nrecv;       /* members whose input / output is par_alloc'ed */
+  int usable;             /* members whose input can be read in place all along */
+} shm_bufs;
+
+/* Every member's input and output are par_alloc'ed. */
+static inline int shm_bufs_all(const shm_bufs *b, int n) { return b->nsend == n && b->nrecv == n; }
+/* Nothing published yet (ops too small for zero copy read no entry). */
+static inline void shm_bufs_clear(shm_bufs *b, int n) {
+  for (int j = 0; j < n; j++) b->src[j] = b->dst[j] = NULL, b->inplace[j] = 0;
+  b->nsend = b->nrecv = b->usable = 0;
+}
+
 typedef struct shm_state {
   shm_header *hdr;
   char *base;
@@ -103,13 +124,9 @@ typedef struct shm_state {
   uint64_t epoch;          /* my last posted epoch; equal on all members between ops */
   uint64_t round;          /* rounds run so far; its parity picks the data set */
   uint64_t prev_round_end; /* epoch at the end of the previous round */
-  int spin, yields;        /* waiting policy */
   _Atomic int sleeping_on; /* the bell this process's waiting thread sleeps on, or -1 */
   const void **srcs;       /* n pointers, scratch for reductions */
-  const char **zsrc;       /* per member: its input, mapped, when it is par_alloc'ed */
-  const char **zdst;       /* per member: its output, mapped, when it is par_alloc'ed */
-  unsigned char *zinplace; /* per member: its op is in place */
-  uint64_t *asrc, *adst;   /* per member: its input and output addresses, in its own memory */
+  shm_bufs bufs;           /* the members' buffers in the running op (shm_coll.c) */
   int cma;                 /* every member can read every other's memory (process_vm_readv) */
   int check;               /* PAR_CHECK=1: members compare op numbers too */
 } shm_state;
@@ -178,8 +195,22 @@ void par__shm_layout(shm_header *h, int n, size_t chunk);
  * the `mapped` bytes. PAR_ERR_PROTOCOL with a detail otherwise. */
 par_status par__shm_header_check(const shm_header *h, size_t mapped, int n);
 
+/* par_alloc'ed memory (shm_alloc.c): the world's regions, this rank's and peers' mapped. */
+par_status par__shm_world_init(par_world *w);
+void par__shm_world_fini(par_world *w);
+par_status par__shm_alloc(par_world *w, size_t bytes, void **out);
+par_status par__shm_free(par_world *w, void *p);
+/* Where a buffer lies in this rank's par_alloc'ed memory: region id (from 1) and offset.
+ * Returns 0 (and id 0) when [p, p+len) is not wholly inside one region. Thread-safe. */
+int par__shm_region_find(par_world *w, const void *p, size_t len, uint32_t *id, uint64_t *off);
+/* Maps region `id` of rank `rank` (on this host) and returns its base and size; mappings are
+ * kept until the owner frees the region (or the world ends). Thread-safe. */
+par_status par__shm_region_map(par_world *w, int rank, uint32_t id, char **base, size_t *size);
+
 /* Collectives (shm_coll.c) and point-to-point (shm_p2p.c). */
 par_status par__shm_collective(par_group *g, shm_state *st, const par__op *op);
+/* A barrier, or any op of count 0: the first round alone, so the members still agree. */
+par_status par__shm_barrier(par_group *g, shm_state *st, const par__op *op);
 par_status par__shm_p2p(par_group *g, shm_state *st, par__op *ops, par__p2p_state *ps, int nops,
                         _Atomic int *poke);
 

@@ -107,16 +107,11 @@ static par_status first_wait(shm_state *st, const shm_waitctx *wc, int s, uint64
 /* ctrl line, with the op's first post); readers then take those contributions in place.   */
 /* Every decision below depends only on what all members published, so all take the same    */
 /* path. A member whose input is read in place must not return before the readers are done: */
-/* such ops end with one more synchronisation.                                              */
+/* such ops end with one more synchronisation (zc_finish).                                  */
 /* ---------------------------------------------------------------------------------------- */
 
 enum { ZC_SEND_ID, ZC_SEND_OFF, ZC_RECV_ID, ZC_RECV_OFF, ZC_FLAGS, ZC_SEND_ADDR, ZC_RECV_ADDR };
 #define ZC_INPLACE 1u
-
-typedef struct zc_info {
-  int nsend, nrecv; /* members whose input / output is par_alloc'ed */
-  int usable;       /* members whose input can be read in place all along (not in place) */
-} zc_info;
 
 static void zc_publish(const shm_waitctx *wc, shm_state *st, const par__op *op, int s,
                        size_t sbytes, size_t rbytes) {
@@ -124,9 +119,9 @@ static void zc_publish(const shm_waitctx *wc, shm_state *st, const par__op *op, 
   uint32_t id;
   uint64_t off;
   memset(z, 0, sizeof st->ctrl[st->me].zc[s]);
-  if (par__region_find(wc->g->world, op->sendbuf, sbytes, &id, &off))
+  if (par__shm_region_find(wc->g->world, op->sendbuf, sbytes, &id, &off))
     z[ZC_SEND_ID] = id, z[ZC_SEND_OFF] = off;
-  if (rbytes && par__region_find(wc->g->world, op->recvbuf, rbytes, &id, &off))
+  if (rbytes && par__shm_region_find(wc->g->world, op->recvbuf, rbytes, &id, &off))
     z[ZC_RECV_ID] = id, z[ZC_RECV_OFF] = off;
   if (op->sendbuf == op->recvbuf) z[ZC_FLAGS] |= ZC_INPLACE;
   z[ZC_SEND_ADDR] = (uint64_t)(uintptr_t)op->sendbuf;
@@ -137,7 +132,8 @@ static par_status zc_map(const shm_waitctx *wc, int j, uint64_t id, uint64_t off
                          const char **out) {
   char *base;
   size_t size;
-  PAR_FORWARD_IF_ERROR(par__region_map(wc->g->world, wc->g->ranks[j], (uint32_t)id, &base, &size));
+  PAR_FORWARD_IF_ERROR(
+      par__shm_region_map(wc->g->world, wc->g->ranks[j], (uint32_t)id, &base, &size));
   PAR_RETURN_ERROR_IF(off > size || bytes > size - off, PAR_ERR_PROTOCOL,
                       "%s on group '%s': rank %d published a buffer outside its allocation",
                       wc->what, wc->g->name, wc->g->ranks[j]);
@@ -146,47 +142,49 @@ static par_status zc_map(const shm_waitctx *wc, int j, uint64_t id, uint64_t off
 }
 
 /*
- * Reads what every member published in round parity s (after waiting for all of them) and
- * maps their buffers. A peer's buffer may be mapped only if this op reads it: its owner may
- * free it (unlinking its file) as soon as the op returns there, and only ops that read a
- * buffer in place end with the synchronisation that keeps the owner in. `lazy` (reduce rounds,
- * which end with it only when some input is read in place) maps just the inputs of members
- * not in place, and every buffer only when all inputs and outputs are published (the op then
- * takes allreduce_zc, which ends with it).
+ * Reads what every member published in round parity s (after waiting for all of them) into
+ * b and maps their buffers. A peer's buffer may be mapped only if this op reads it: its owner
+ * may free it (unlinking its file) as soon as the op returns there, and only ops that read a
+ * buffer in place end with the synchronisation that keeps the owner in. `lazy` (reduce
+ * rounds, which end with it only when some input is read in place) maps just the inputs of
+ * members not in place, and every buffer only when all inputs and outputs are published (the
+ * op then takes allreduce_zc, which ends with it).
  */
 static par_status zc_resolve(const shm_waitctx *wc, shm_state *st, const par__op *op, int s,
-                             size_t sbytes, size_t rbytes, int lazy, zc_info *zi) {
-  memset(zi, 0, sizeof *zi);
+                             size_t sbytes, size_t rbytes, int lazy, shm_bufs *b) {
+  b->nsend = b->nrecv = b->usable = 0;
   for (int j = 0; j < st->n; j++) {
     const uint64_t *z = st->ctrl[j].zc[s];
-    st->zsrc[j] = st->zdst[j] = NULL;
-    st->zinplace[j] = (z[ZC_FLAGS] & ZC_INPLACE) != 0;
-    st->asrc[j] = z[ZC_SEND_ADDR];
-    st->adst[j] = z[ZC_RECV_ADDR];
-    zi->nsend += z[ZC_SEND_ID] != 0;
-    zi->usable += z[ZC_SEND_ID] && !st->zinplace[j];
-    zi->nrecv += z[ZC_RECV_ID] != 0;
+    b->src[j] = b->dst[j] = NULL;
+    b->inplace[j] = (z[ZC_FLAGS] & ZC_INPLACE) != 0;
+    b->asrc[j] = z[ZC_SEND_ADDR];
+    b->adst[j] = z[ZC_RECV_ADDR];
+    b->nsend += z[ZC_SEND_ID] != 0;
+    b->usable += z[ZC_SEND_ID] && !b->inplace[j];
+    b->nrecv += z[ZC_RECV_ID] != 0;
   }
-  int every = !lazy || (zi->nsend == st->n && zi->nrecv == st->n);
+  int every = !lazy || shm_bufs_all(b, st->n);
   for (int j = 0; j < st->n; j++) {
     const uint64_t *z = st->ctrl[j].zc[s];
-    if (z[ZC_SEND_ID] && (every || !st->zinplace[j])) {
+    if (z[ZC_SEND_ID] && (every || !b->inplace[j])) {
       if (j == st->me)
-        st->zsrc[j] = op->sendbuf;
+        b->src[j] = op->sendbuf;
       else
-        PAR_FORWARD_IF_ERROR(zc_map(wc, j, z[ZC_SEND_ID], z[ZC_SEND_OFF], sbytes, &st->zsrc[j]));
+        PAR_FORWARD_IF_ERROR(zc_map(wc, j, z[ZC_SEND_ID], z[ZC_SEND_OFF], sbytes, &b->src[j]));
     }
     if (z[ZC_RECV_ID] && every) {
       if (j == st->me)
-        st->zdst[j] = op->recvbuf;
+        b->dst[j] = op->recvbuf;
       else
-        PAR_FORWARD_IF_ERROR(zc_map(wc, j, z[ZC_RECV_ID], z[ZC_RECV_OFF], rbytes, &st->zdst[j]));
+        PAR_FORWARD_IF_ERROR(zc_map(wc, j, z[ZC_RECV_ID], z[ZC_RECV_OFF], rbytes, &b->dst[j]));
     }
   }
   return PAR_OK;
 }
 
-static int zc_usable(shm_state *st, int j) { return st->zsrc[j] && !st->zinplace[j]; }
+/* Member j's input can be read in place all along: par_alloc'ed, and not overwritten by its
+ * own output (in place). */
+static int zc_usable(const shm_bufs *b, int j) { return b->src[j] && !b->inplace[j]; }
 
 /* The last synchronisation of an op that read some member's buffer in place. */
 static par_status zc_finish(shm_state *st, const shm_waitctx *wc) {
@@ -201,72 +199,103 @@ static par_status zc_finish(shm_state *st, const shm_waitctx *wc) {
 /* Reductions: allreduce, reduce (to a root), reduce_scatter                                */
 /* ---------------------------------------------------------------------------------------- */
 
-/* Every input and output par_alloc'ed: member i reduces its share of the elements straight
- * from the inputs into its own output, then copies the other shares from their owners'
- * outputs. Works in place: a member's share is written only by itself, and read by the others
- * only after everyone has reduced. */
-static par_status allreduce_zc(shm_state *st, const shm_waitctx *wc, const par__op *op) {
+/* Copies member j's reduced share [lo, hi) of the elements (from its output, `from`) into
+ * this member's output, for every j but this one: the all-gather half of an all-reduce. */
+typedef par_status (*share_read_fn)(shm_state *st, const shm_waitctx *wc, const shm_bufs *b,
+                                    int j, size_t off, void *dst, size_t len);
+
+static par_status gather_shares(shm_state *st, const shm_waitctx *wc, const par__op *op,
+                                const shm_bufs *b, share_read_fn read) {
+  size_t es = par_dtype_size(op->dt), lo, hi;
+  char *out = op->recvbuf;
+  for (int k = 1; k < st->n; k++) {
+    int j = (st->me + k) % st->n;
+    share(op->count, es, st->n, j, &lo, &hi);
+    if (hi > lo) PAR_FORWARD_IF_ERROR(read(st, wc, b, j, lo * es, out + lo * es, (hi - lo) * es));
+  }
+  return PAR_OK;
+}
+
+/* Reads from member j's mapped output. */
+static par_status mapped_out_read(shm_state *st, const shm_waitctx *wc, const shm_bufs *b, int j,
+                                  size_t off, void *dst, size_t len) {
+  (void)st, (void)wc;
+  put(big_out(len), dst, b->dst[j] + off, len);
+  return PAR_OK;
+}
+
+/*
+ * All-reduce with every input and output par_alloc'ed (b resolved, all mapped): member i
+ * reduces its share of the elements straight from the inputs into its own output, then
+ * copies the other shares from their owners' outputs. Works in place: a member's share is
+ * written only by itself, and read by the others only after everyone has reduced.
+ */
+static par_status allreduce_zc(shm_state *st, const shm_waitctx *wc, const par__op *op,
+                               const shm_bufs *b) {
   size_t es = par_dtype_size(op->dt), lo, hi;
   char *out = op->recvbuf;
   int s;
   PAR_FORWARD_IF_ERROR(round_begin(st, wc, 1, &s));
   share(op->count, es, st->n, st->me, &lo, &hi);
-  if (!st->zinplace[st->me] || st->me == 0) {
-    for (int j = 0; j < st->n; j++) st->srcs[j] = st->zsrc[j] + lo * es;
+  if (!b->inplace[st->me] || st->me == 0) {
+    for (int j = 0; j < st->n; j++) st->srcs[j] = b->src[j] + lo * es;
     if (hi > lo) par__reduce(out + lo * es, st->srcs, st->n, hi - lo, op->dt, op->op, st->n);
   } else {
     /* The output is my input src[me]: only src[0] may alias the output, so reduce through the
      * segment's result area chunk by chunk. */
     size_t per = st->hdr->chunk / es;
     char *tmp = shm_area(st, st->me, s, 1);
-    for (size_t b = lo; b < hi; b += per) {
-      size_t m = hi - b < per ? hi - b : per;
-      for (int j = 0; j < st->n; j++) st->srcs[j] = st->zsrc[j] + b * es;
+    for (size_t c = lo; c < hi; c += per) {
+      size_t m = hi - c < per ? hi - c : per;
+      for (int j = 0; j < st->n; j++) st->srcs[j] = b->src[j] + c * es;
       par__reduce(tmp, st->srcs, st->n, m, op->dt, op->op, st->n);
-      memcpy(out + b * es, tmp, m * es);
+      memcpy(out + c * es, tmp, m * es);
     }
   }
   PAR_FORWARD_IF_ERROR(par__shm_wait_all(st, wc, post_next(st)));
   round_end(st);
-  for (int k = 1; k < st->n; k++) {
-    int j = (st->me + k) % st->n;
-    share(op->count, es, st->n, j, &lo, &hi);
-    if (hi > lo) put(big_out(op->count * es), out + lo * es, st->zdst[j] + lo * es, (hi - lo) * es);
-  }
+  PAR_FORWARD_IF_ERROR(gather_shares(st, wc, op, b, mapped_out_read));
   return zc_finish(st, wc);
 }
 
 /* ---------------------------------------------------------------------------------------- */
 /* Single copy: when every member can read every other's memory (shm.c probes it when the    */
-/* group is created), large ops read peers' buffers where they lie -- mapped when par_alloc'ed, */
-/* with process_vm_readv otherwise -- instead of copying them through the segment first. The */
-/* first round publishes the buffers; every op ends with a synchronisation after which no     */
-/* member reads another's buffers.                                                           */
+/* group is created, and turns it on only when every member could: cma_agree), large ops     */
+/* read peers' buffers where they lie -- mapped when par_alloc'ed, with process_vm_readv     */
+/* otherwise -- instead of copying them through the segment first. The first round publishes */
+/* the buffers. Invariant: every op ends with a synchronisation (zc_finish) after which no   */
+/* member reads, or writes into, another's buffers; so a member may return, and reuse or     */
+/* free its buffers, once that synchronisation is done.                                     */
 /* ---------------------------------------------------------------------------------------- */
 
 /* Copies len bytes at byte offset off of member j's input (out == 0) or output (out == 1). */
-static par_status peer_read(shm_state *st, const shm_waitctx *wc, int j, int out, size_t off,
-                            void *dst, size_t len) {
-  const char *mapped = st->zsrc[j];
-  if (out) mapped = st->zdst[j] ? st->zdst[j] : st->zinplace[j] ? st->zsrc[j] : NULL;
+static par_status peer_read(shm_state *st, const shm_waitctx *wc, const shm_bufs *b, int j,
+                            int out, size_t off, void *dst, size_t len) {
+  const char *mapped = b->src[j];
+  if (out) mapped = b->dst[j] ? b->dst[j] : b->inplace[j] ? b->src[j] : NULL;
   if (mapped) {
     memcpy(dst, mapped + off, len);
     return PAR_OK;
   }
-  return par__shm_cma_read(st, wc, j, dst, (out ? st->adst[j] : st->asrc[j]) + off, len);
+  return par__shm_cma_read(st, wc, j, dst, (out ? b->adst[j] : b->asrc[j]) + off, len);
 }
 
-/* The first round: everyone publishes its buffers and learns everyone else's. A local copy
- * that needs nobody else (len > 0) is done once the members agree. */
+static par_status peer_out_read(shm_state *st, const shm_waitctx *wc, const shm_bufs *b, int j,
+                                size_t off, void *dst, size_t len) {
+  return peer_read(st, wc, b, j, 1, off, dst, len);
+}
+
+/* The first round: everyone publishes its buffers and learns everyone else's (into b). A
+ * local copy that needs nobody else (len > 0) is done once the members agree. */
 static par_status sc_publish(shm_state *st, const shm_waitctx *wc, const par__op *op,
-                             size_t sbytes, size_t rbytes, zc_info *zi, void *dst,
+                             size_t sbytes, size_t rbytes, shm_bufs *b, void *dst,
                              const void *src, size_t len) {
   int s;
   PAR_FORWARD_IF_ERROR(first_round(st, wc, op, &s));
   zc_publish(wc, st, op, s, sbytes, rbytes);
   PAR_FORWARD_IF_ERROR(first_wait(st, wc, s, post_next(st)));
   if (len) memcpy(dst, src, len); /* only once the members agree: the output is theirs */
-  par_status r = zc_resolve(wc, st, op, s, sbytes, rbytes, 0, zi);
+  par_status r = zc_resolve(wc, st, op, s, sbytes, rbytes, 0, b);
   round_end(st);
   if (r < 0) par__shm_abort(st); /* the others are about to use this member's buffers */
   return r;
@@ -279,11 +308,11 @@ static par_status sc_publish(shm_state *st, const shm_waitctx *wc, const par__op
  * shares from their owners' outputs. In place works too: member i writes only its own share,
  * which the others read from its output only after the synchronisation.
  */
-static par_status allreduce_sc(shm_state *st, const shm_waitctx *wc, const par__op *op) {
+static par_status allreduce_sc(shm_state *st, const shm_waitctx *wc, const par__op *op,
+                               shm_bufs *b) {
   size_t es = par_dtype_size(op->dt), bytes = op->count * es, lo, hi;
-  zc_info zi;
-  PAR_FORWARD_IF_ERROR(sc_publish(st, wc, op, bytes, bytes, &zi, NULL, NULL, 0));
-  if (zi.nsend == st->n && zi.nrecv == st->n) return allreduce_zc(st, wc, op);
+  PAR_FORWARD_IF_ERROR(sc_publish(st, wc, op, bytes, bytes, b, NULL, NULL, 0));
+  if (shm_bufs_all(b, st->n)) return allreduce_zc(st, wc, op, b);
   const char *in = op->sendbuf;
   char *out = op->recvbuf;
   int s, inplace = op->sendbuf == op->recvbuf;
@@ -294,44 +323,39 @@ static par_status allreduce_sc(shm_state *st, const shm_waitctx *wc, const par__
   size_t per = 2 * st->hdr->chunk / es / (size_t)st->n / unit * unit;
   char *tmp = shm_area(st, st->me, s, 0);
   share(op->count, es, st->n, st->me, &lo, &hi);
-  for (size_t b = lo; b < hi; b += per) {
-    size_t m = hi - b < per ? hi - b : per;
+  for (size_t c = lo; c < hi; c += per) {
+    size_t m = hi - c < per ? hi - c : per;
     for (int j = 0; j < st->n; j++) {
       char *slot = tmp + (size_t)j * per * es;
       if (j != st->me) {
-        PAR_FORWARD_IF_ERROR(peer_read(st, wc, j, 0, b * es, slot, m * es));
+        PAR_FORWARD_IF_ERROR(peer_read(st, wc, b, j, 0, c * es, slot, m * es));
         st->srcs[j] = slot;
       } else if (inplace && j != 0) {
-        memcpy(slot, in + b * es, m * es); /* only src[0] may alias the output */
+        memcpy(slot, in + c * es, m * es); /* only src[0] may alias the output */
         st->srcs[j] = slot;
       } else {
-        st->srcs[j] = in + b * es;
+        st->srcs[j] = in + c * es;
       }
     }
-    par__reduce(out + b * es, st->srcs, st->n, m, op->dt, op->op, st->n);
+    par__reduce(out + c * es, st->srcs, st->n, m, op->dt, op->op, st->n);
   }
   PAR_FORWARD_IF_ERROR(par__shm_wait_all(st, wc, post_next(st)));
   round_end(st);
-  for (int k = 1; k < st->n; k++) {
-    int j = (st->me + k) % st->n;
-    share(op->count, es, st->n, j, &lo, &hi);
-    if (hi > lo)
-      PAR_FORWARD_IF_ERROR(peer_read(st, wc, j, 1, lo * es, out + lo * es, (hi - lo) * es));
-  }
+  PAR_FORWARD_IF_ERROR(gather_shares(st, wc, op, b, peer_out_read));
   return zc_finish(st, wc);
 }
 
 /* All-gather: everyone copies each member's input straight into its block of the output. */
-static par_status allgather_sc(shm_state *st, const shm_waitctx *wc, const par__op *op) {
+static par_status allgather_sc(shm_state *st, const shm_waitctx *wc, const par__op *op,
+                               shm_bufs *b) {
   size_t bytes = op->count * par_dtype_size(op->dt);
   const char *in = op->sendbuf;
   char *out = op->recvbuf;
   char *mine = out + (size_t)st->me * bytes;
-  zc_info zi;
-  PAR_FORWARD_IF_ERROR(sc_publish(st, wc, op, bytes, 0, &zi, mine, in, mine != in ? bytes : 0));
+  PAR_FORWARD_IF_ERROR(sc_publish(st, wc, op, bytes, 0, b, mine, in, mine != in ? bytes : 0));
   for (int k = 1; k < st->n; k++) {
     int j = (st->me + k) % st->n;
-    PAR_FORWARD_IF_ERROR(peer_read(st, wc, j, 0, 0, out + (size_t)j * bytes, bytes));
+    PAR_FORWARD_IF_ERROR(peer_read(st, wc, b, j, 0, 0, out + (size_t)j * bytes, bytes));
   }
   return zc_finish(st, wc);
 }
@@ -341,12 +365,12 @@ static par_status allgather_sc(shm_state *st, const shm_waitctx *wc, const par__
  * part but its own, and the root writes part j into member j's buffer meanwhile, so the root
  * copies as much as each reader instead of waiting (on 2 ranks each copies half).
  */
-static par_status broadcast_parts(shm_state *st, const shm_waitctx *wc, const par__op *op) {
+static par_status broadcast_parts(shm_state *st, const shm_waitctx *wc, const par__op *op,
+                                  shm_bufs *b) {
   size_t es = par_dtype_size(op->dt), bytes = op->count * es, lo, hi;
   int root = op->root;
   char *buf = op->recvbuf;
-  zc_info zi;
-  PAR_FORWARD_IF_ERROR(sc_publish(st, wc, op, bytes, 0, &zi, NULL, NULL, 0));
+  PAR_FORWARD_IF_ERROR(sc_publish(st, wc, op, bytes, 0, b, NULL, NULL, 0));
   for (int k = 1; k < st->n; k++) {
     /* The root writes part j into member j; the others read from the root every part but
      * their own, the root's included. */
@@ -354,19 +378,26 @@ static par_status broadcast_parts(shm_state *st, const shm_waitctx *wc, const pa
     share(op->count, es, st->n, j, &lo, &hi);
     if (hi == lo) continue;
     if (root == st->me) /* (even into a par_alloc'ed buffer: peers map those read-only) */
-      PAR_FORWARD_IF_ERROR(par__shm_gate_write(st, wc, j, op->seq, st->asrc[j] + lo * es,
+      PAR_FORWARD_IF_ERROR(par__shm_gate_write(st, wc, j, op->seq, b->asrc[j] + lo * es,
                                                buf + lo * es, (hi - lo) * es));
     else
-      PAR_FORWARD_IF_ERROR(peer_read(st, wc, root, 0, lo * es, buf + lo * es, (hi - lo) * es));
+      PAR_FORWARD_IF_ERROR(peer_read(st, wc, b, root, 0, lo * es, buf + lo * es, (hi - lo) * es));
   }
   return zc_finish(st, wc);
 }
 
-/* The root writes into the others' buffers: each keeps its gate open while it is in the op. */
-static par_status broadcast_sc(shm_state *st, const shm_waitctx *wc, const par__op *op) {
-  if (op->root == st->me) return broadcast_parts(st, wc, op);
+/*
+ * The root writes into the others' buffers, which is safe only while their owners are in the
+ * op. Invariant (the gate, shm.h): a non-root member opens its gate before its first post of
+ * the op publishes its buffer, and closes it before it returns, however it returns; the root
+ * writes each piece only while holding the gate open, so no byte lands in a buffer whose
+ * owner has left the op.
+ */
+static par_status broadcast_sc(shm_state *st, const shm_waitctx *wc, const par__op *op,
+                               shm_bufs *b) {
+  if (op->root == st->me) return broadcast_parts(st, wc, op, b);
   par__shm_gate_open(st, op->seq);
-  par_status s = broadcast_parts(st, wc, op);
+  par_status s = broadcast_parts(st, wc, op, b);
   par__shm_gate_close(st, op->root, op->seq);
   return s;
 }
@@ -387,95 +418,162 @@ static par_status reduce_tiny(shm_state *st, const shm_waitctx *wc, const par__o
 }
 
 /*
- * Allreduce and reduce in rounds of a chunk per member. `direct`: everyone publishes its chunk
- * and every reader combines all of them itself (one synchronisation per round; its own
- * contribution comes from its input, still in cache). Otherwise reduce-scatter plus
- * all-gather inside the round: member i reduces 1/n of it and the readers copy the n results.
- * Members with par_alloc'ed inputs skip the copy into the segment.
+ * Opens a round of a chunked reduction over elements [base, base + m): begins it (the op's
+ * first round: publishing the description and, with zero copy, the buffers), stages this
+ * member's elements into its input area -- all but [keep_lo, keep_hi) of the round, which it
+ * reduces itself straight from its input, and none when the others read its input in place
+ * -- posts, and waits for everyone (first round: and compares the descriptions, and resolves
+ * the published buffers into b). Returns the round's set in *set.
  */
-static par_status reduce_rounds(shm_state *st, const shm_waitctx *wc, const par__op *op, int all,
-                                int direct) {
-  size_t es = par_dtype_size(op->dt), per = st->hdr->chunk / es, bytes = op->count * es;
-  const char *in = op->sendbuf;
-  char *out = op->recvbuf;
-  int reader = all || op->root == st->me, inplace = op->sendbuf == op->recvbuf;
-  int zc = bytes >= SHM_ZC_MIN, big = big_out(bytes);
-  zc_info zi = {0, 0, 0};
-  for (size_t base = 0; base < op->count; base += per) {
-    size_t m = op->count - base < per ? op->count - base : per, lo, hi;
-    int s, first = base == 0;
-    PAR_FORWARD_IF_ERROR(first ? first_round(st, wc, op, &s) : round_begin(st, wc, 1, &s));
-    if (first && zc) zc_publish(wc, st, op, s, bytes, all ? bytes : 0);
-    int in_place_read = !zc              ? 0
-                        : first ? st->ctrl[st->me].zc[s][ZC_SEND_ID] && !inplace
-                                : zc_usable(st, st->me);
-    if (!in_place_read) {
-      char *area = shm_area(st, st->me, s, 0);
-      if (direct) {
-        memcpy(area, in + base * es, m * es);
-      } else {
-        /* My own share is reduced by me alone, straight from my input: not copied. */
-        share(m, es, st->n, st->me, &lo, &hi);
-        memcpy(area, in + base * es, lo * es);
-        memcpy(area + hi * es, in + (base + hi) * es, (m - hi) * es);
-      }
-    }
-    uint64_t e = post_next(st);
-    PAR_FORWARD_IF_ERROR(first ? first_wait(st, wc, s, e) : par__shm_wait_all(st, wc, e));
-    if (first && zc) {
-      PAR_FORWARD_IF_ERROR(zc_resolve(wc, st, op, s, bytes, all ? bytes : 0, 1, &zi));
-      if (all && zi.nsend == st->n && zi.nrecv == st->n) {
-        round_end(st);
-        return allreduce_zc(st, wc, op);
-      }
-    }
-    for (int j = 0; j < st->n; j++)
-      st->srcs[j] = zc && zc_usable(st, j) ? st->zsrc[j] + base * es : shm_area(st, j, s, 0);
+static par_status reduce_open(shm_state *st, const shm_waitctx *wc, const par__op *op,
+                              shm_bufs *b, size_t base, size_t m, size_t keep_lo, size_t keep_hi,
+                              int *set) {
+  size_t es = par_dtype_size(op->dt), bytes = op->count * es;
+  int first = base == 0, all = op->kind == PAR__ALLREDUCE, zc = bytes >= SHM_ZC_MIN;
+  int s;
+  PAR_FORWARD_IF_ERROR(first ? first_round(st, wc, op, &s) : round_begin(st, wc, 1, &s));
+  if (first && zc) zc_publish(wc, st, op, s, bytes, all ? bytes : 0);
+  int read_in_place = !zc      ? 0
+                      : first ? st->ctrl[st->me].zc[s][ZC_SEND_ID] && op->sendbuf != op->recvbuf
+                              : zc_usable(b, st->me);
+  if (!read_in_place) {
+    const char *in = (const char *)op->sendbuf + base * es;
+    char *area = shm_area(st, st->me, s, 0);
+    memcpy(area, in, keep_lo * es);
+    memcpy(area + keep_hi * es, in + keep_hi * es, (m - keep_hi) * es);
+  }
+  uint64_t e = post_next(st);
+  *set = s;
+  if (!first) return par__shm_wait_all(st, wc, e);
+  PAR_FORWARD_IF_ERROR(first_wait(st, wc, s, e));
+  return zc ? zc_resolve(wc, st, op, s, bytes, all ? bytes : 0, 1, b) : PAR_OK;
+}
 
-    if (direct) {
-      if (reader) {
-        if (!inplace) st->srcs[st->me] = in + base * es;
-        par__reduce(out + base * es, st->srcs, st->n, m, op->dt, op->op, st->n);
-      }
+/* The members' contributions to a round over elements from `base` in set s: in place where
+ * readable, else their input areas. */
+static void reduce_sources(shm_state *st, const shm_bufs *b, int s, size_t base, size_t es) {
+  for (int j = 0; j < st->n; j++)
+    st->srcs[j] = zc_usable(b, j) ? b->src[j] + base * es : shm_area(st, j, s, 0);
+}
+
+/* The first round found every input and output par_alloc'ed: allreduce_zc takes over. */
+static int reduce_goes_zc(shm_state *st, const par__op *op, const shm_bufs *b) {
+  return op->kind == PAR__ALLREDUCE && shm_bufs_all(b, st->n);
+}
+
+/*
+ * All-reduce and reduce, direct: in each round of a chunk per member everyone publishes its
+ * chunk and every reader combines all of them itself -- one synchronisation per round, and a
+ * reader's own contribution comes from its input, still in cache. For small ops, and for 2
+ * members, where reduce-scatter would only add a synchronisation.
+ */
+static par_status reduce_direct(shm_state *st, const shm_waitctx *wc, const par__op *op,
+                                shm_bufs *b) {
+  size_t es = par_dtype_size(op->dt), per = st->hdr->chunk / es;
+  int reader = op->kind == PAR__ALLREDUCE || op->root == st->me;
+  shm_bufs_clear(b, st->n);
+  for (size_t base = 0, m; (m = par__span(op->count, base, per)) > 0; base += m) {
+    int s;
+    PAR_FORWARD_IF_ERROR(reduce_open(st, wc, op, b, base, m, m, m, &s));
+    if (base == 0 && reduce_goes_zc(st, op, b)) {
       round_end(st);
-      continue;
+      return allreduce_zc(st, wc, op, b);
     }
+    if (reader) {
+      reduce_sources(st, b, s, base, es);
+      if (op->sendbuf != op->recvbuf) st->srcs[st->me] = (const char *)op->sendbuf + base * es;
+      par__reduce((char *)op->recvbuf + base * es, st->srcs, st->n, m, op->dt, op->op, st->n);
+    }
+    round_end(st);
+  }
+  return b->usable ? zc_finish(st, wc) : PAR_OK;
+}
 
+/*
+ * All-reduce and reduce as reduce-scatter plus all-gather inside each round of a chunk per
+ * member: member i reduces its 1/n share of the round (its own contribution straight from
+ * its input, so it never stages that share) into its result area, and the readers copy the
+ * n results out once each is posted.
+ */
+static par_status reduce_split(shm_state *st, const shm_waitctx *wc, const par__op *op,
+                               shm_bufs *b) {
+  size_t es = par_dtype_size(op->dt), per = st->hdr->chunk / es;
+  int reader = op->kind == PAR__ALLREDUCE || op->root == st->me;
+  int big = big_out(op->count * es);
+  char *out = op->recvbuf;
+  shm_bufs_clear(b, st->n);
+  for (size_t base = 0, m; (m = par__span(op->count, base, per)) > 0; base += m) {
+    size_t lo, hi;
+    int s;
     share(m, es, st->n, st->me, &lo, &hi);
-    for (int j = 0; j < st->n; j++) st->srcs[j] = (const char *)st->srcs[j] + lo * es;
-    st->srcs[st->me] = in + (base + lo) * es;
+    PAR_FORWARD_IF_ERROR(reduce_open(st, wc, op, b, base, m, lo, hi, &s));
+    if (base == 0 && reduce_goes_zc(st, op, b)) {
+      round_end(st);
+      return allreduce_zc(st, wc, op, b);
+    }
+    reduce_sources(st, b, s, base + lo, es);
+    for (int j = 0; j < st->n; j++)
+      if (!zc_usable(b, j)) st->srcs[j] = (const char *)st->srcs[j] + lo * es;
+    st->srcs[st->me] = (const char *)op->sendbuf + (base + lo) * es;
     if (hi > lo)
       par__reduce(shm_area(st, st->me, s, 1), st->srcs, st->n, hi - lo, op->dt, op->op, st->n);
     uint64_t done = post_next(st);
-    if (reader)
-      for (int k = 0; k < st->n; k++) {
-        int j = (st->me + k) % st->n;
-        share(m, es, st->n, j, &lo, &hi);
-        if (hi == lo) continue;
-        PAR_FORWARD_IF_ERROR(par__shm_wait_one(st, wc, j, done));
-        put(big, out + (base + lo) * es, shm_area(st, j, s, 1), (hi - lo) * es);
-      }
+    for (int k = 0; reader && k < st->n; k++) {
+      int j = (st->me + k) % st->n;
+      share(m, es, st->n, j, &lo, &hi);
+      if (hi == lo) continue;
+      PAR_FORWARD_IF_ERROR(par__shm_wait_one(st, wc, j, done));
+      put(big, out + (base + lo) * es, shm_area(st, j, s, 1), (hi - lo) * es);
+    }
     round_end(st);
   }
-  return zi.usable ? zc_finish(st, wc) : PAR_OK;
+  return b->usable ? zc_finish(st, wc) : PAR_OK;
 }
 
-static par_status reduce_scatter(shm_state *st, const shm_waitctx *wc, const par__op *op) {
-  size_t es = par_dtype_size(op->dt), per = st->hdr->chunk / (es * (size_t)st->n);
+/*
+ * Opens a round of an op that gives member j the j-th block of every input (reduce_scatter,
+ * alltoall): begins it (the first round: publishing the description), stages elements
+ * [base, base + m) of each of this member's n blocks into its input area, block j at j*m,
+ * and posts. The first round also waits for everyone and compares the descriptions; later
+ * rounds leave the waiting to the caller (*e: the epoch to wait for).
+ */
+static par_status blocks_open(shm_state *st, const shm_waitctx *wc, const par__op *op,
+                              size_t base, size_t m, int *set, uint64_t *e) {
+  size_t es = par_dtype_size(op->dt);
   const char *in = op->sendbuf;
+  int first = base == 0;
+  PAR_FORWARD_IF_ERROR(first ? first_round(st, wc, op, set) : round_begin(st, wc, 1, set));
+  char *mine = shm_area(st, st->me, *set, 0);
+  for (int j = 0; j < st->n; j++)
+    memcpy(mine + (size_t)j * m * es, in + ((size_t)j * op->count + base) * es, m * es);
+  *e = post_next(st);
+  return first ? first_wait(st, wc, *set, *e) : PAR_OK;
+}
+
+/*
+ * reduce_scatter (reduce) and alltoall: member i takes the i-th block of every member's
+ * input, round by round -- reduced in index order once everyone has posted, or copied from
+ * each member as soon as it has.
+ */
+static par_status blocks(shm_state *st, const shm_waitctx *wc, const par__op *op, int reduce) {
+  size_t es = par_dtype_size(op->dt), per = st->hdr->chunk / (es * (size_t)st->n);
   char *out = op->recvbuf;
-  for (size_t base = 0; base < op->count; base += per) {
-    size_t m = op->count - base < per ? op->count - base : per;
-    int s, first = base == 0;
-    PAR_FORWARD_IF_ERROR(first ? first_round(st, wc, op, &s) : round_begin(st, wc, 1, &s));
-    char *mine = shm_area(st, st->me, s, 0);
-    for (int j = 0; j < st->n; j++)
-      memcpy(mine + (size_t)j * m * es, in + ((size_t)j * op->count + base) * es, m * es);
-    uint64_t e = post_next(st);
-    PAR_FORWARD_IF_ERROR(first ? first_wait(st, wc, s, e) : par__shm_wait_all(st, wc, e));
-    for (int j = 0; j < st->n; j++)
-      st->srcs[j] = shm_area(st, j, s, 0) + (size_t)st->me * m * es;
-    par__reduce(out + base * es, st->srcs, st->n, m, op->dt, op->op, st->n);
+  for (size_t base = 0, m; (m = par__span(op->count, base, per)) > 0; base += m) {
+    int s;
+    uint64_t e;
+    PAR_FORWARD_IF_ERROR(blocks_open(st, wc, op, base, m, &s, &e));
+    if (reduce) {
+      PAR_FORWARD_IF_ERROR(par__shm_wait_all(st, wc, e));
+      for (int j = 0; j < st->n; j++)
+        st->srcs[j] = shm_area(st, j, s, 0) + (size_t)st->me * m * es;
+      par__reduce(out + base * es, st->srcs, st->n, m, op->dt, op->op, st->n);
+    }
+    for (int k = 0; !reduce && k < st->n; k++) {
+      int j = (st->me + k) % st->n;
+      PAR_FORWARD_IF_ERROR(par__shm_wait_one(st, wc, j, e));
+      memcpy(out + ((size_t)j * op->count + base) * es,
+             shm_area(st, j, s, 0) + (size_t)st->me * m * es, m * es);
+    }
     round_end(st);
   }
   return PAR_OK;
@@ -485,14 +583,13 @@ static par_status reduce_scatter(shm_state *st, const shm_waitctx *wc, const par
 /* Data movement: allgather, broadcast, alltoall, barrier                                   */
 /* ---------------------------------------------------------------------------------------- */
 
-static par_status allgather(shm_state *st, const shm_waitctx *wc, const par__op *op) {
+static par_status allgather(shm_state *st, const shm_waitctx *wc, const par__op *op, shm_bufs *b) {
   size_t es = par_dtype_size(op->dt), per = st->hdr->chunk / es, bytes = op->count * es;
   const char *in = op->sendbuf;
   char *out = op->recvbuf;
   int zc = bytes >= SHM_ZC_MIN, big = big_out(bytes * (size_t)st->n), whole = 0;
-  zc_info zi = {0, 0, 0};
-  for (size_t base = 0; base < op->count; base += per) {
-    size_t m = op->count - base < per ? op->count - base : per;
+  shm_bufs_clear(b, st->n);
+  for (size_t base = 0, m; (m = par__span(op->count, base, per)) > 0; base += m) {
     int s, first = base == 0;
     PAR_FORWARD_IF_ERROR(first ? first_round(st, wc, op, &s) : round_begin(st, wc, 1, &s));
     if (first && zc) zc_publish(wc, st, op, s, bytes, 0);
@@ -500,16 +597,16 @@ static par_status allgather(shm_state *st, const shm_waitctx *wc, const par__op 
      * it can always be read in place. */
     int mine_zc = !zc    ? 0
                   : first ? st->ctrl[st->me].zc[s][ZC_SEND_ID] != 0
-                          : st->zsrc[st->me] != NULL;
+                          : b->src[st->me] != NULL;
     if (!mine_zc) memcpy(shm_area(st, st->me, s, 0), in + base * es, m * es);
     uint64_t e = post_next(st);
     if (first) PAR_FORWARD_IF_ERROR(first_wait(st, wc, s, e));
     if (first && zc) {
-      PAR_FORWARD_IF_ERROR(zc_resolve(wc, st, op, s, bytes, 0, 0, &zi));
+      PAR_FORWARD_IF_ERROR(zc_resolve(wc, st, op, s, bytes, 0, 0, b));
       /* Every source in place: everything in this one round, unless the output is large:
        * then the readers keep to the rounds, so that a block one of them brings into the
        * cache is still there for the others. */
-      whole = zi.nsend == st->n && !big;
+      whole = b->nsend == st->n && !big;
       if (whole) m = op->count - base;
     }
     for (int k = 0; k < st->n; k++) {
@@ -520,22 +617,21 @@ static par_status allgather(shm_state *st, const shm_waitctx *wc, const par__op 
         continue;
       }
       PAR_FORWARD_IF_ERROR(par__shm_wait_one(st, wc, j, e));
-      put(big, dst, zc && st->zsrc[j] ? st->zsrc[j] + base * es : shm_area(st, j, s, 0), m * es);
+      put(big, dst, zc && b->src[j] ? b->src[j] + base * es : shm_area(st, j, s, 0), m * es);
     }
     round_end(st);
     if (whole) break;
   }
-  return zi.nsend ? zc_finish(st, wc) : PAR_OK;
+  return b->nsend ? zc_finish(st, wc) : PAR_OK;
 }
 
-static par_status broadcast(shm_state *st, const shm_waitctx *wc, const par__op *op) {
+static par_status broadcast(shm_state *st, const shm_waitctx *wc, const par__op *op, shm_bufs *b) {
   size_t es = par_dtype_size(op->dt), per = st->hdr->chunk / es, bytes = op->count * es;
   char *buf = op->recvbuf;
   int root = op->root, am_root = root == st->me, root_zc = 0, big = big_out(bytes);
   /* With the root's buffer in place, small messages are copied whole; large ones in rounds,
    * so that the readers share what one of them brings into the cache. */
-  for (size_t base = 0; base < op->count; base += per) {
-    size_t m = op->count - base < per ? op->count - base : per;
+  for (size_t base = 0, m; (m = par__span(op->count, base, per)) > 0; base += m) {
     int s, first = base == 0;
     PAR_FORWARD_IF_ERROR(first ? first_round(st, wc, op, &s) : round_begin(st, wc, am_root, &s));
     if (first && am_root && bytes >= SHM_ZC_MIN) {
@@ -549,13 +645,13 @@ static par_status broadcast(shm_state *st, const shm_waitctx *wc, const par__op 
       PAR_FORWARD_IF_ERROR(par__shm_wait_one(st, wc, root, e));
       if (first && bytes >= SHM_ZC_MIN && st->ctrl[root].zc[s][ZC_SEND_ID]) {
         PAR_FORWARD_IF_ERROR(zc_map(wc, root, st->ctrl[root].zc[s][ZC_SEND_ID],
-                                    st->ctrl[root].zc[s][ZC_SEND_OFF], bytes, &st->zsrc[root]));
+                                    st->ctrl[root].zc[s][ZC_SEND_OFF], bytes, &b->src[root]));
         root_zc = 1;
       }
       if (root_zc && !big)
-        memcpy(buf, st->zsrc[root], bytes);
+        memcpy(buf, b->src[root], bytes);
       else
-        put(big, buf + base * es, root_zc ? st->zsrc[root] + base * es : shm_area(st, root, s, 0),
+        put(big, buf + base * es, root_zc ? b->src[root] + base * es : shm_area(st, root, s, 0),
             m * es);
     }
     round_end(st);
@@ -564,42 +660,18 @@ static par_status broadcast(shm_state *st, const shm_waitctx *wc, const par__op 
   return root_zc ? zc_finish(st, wc) : PAR_OK;
 }
 
-static par_status alltoall(shm_state *st, const shm_waitctx *wc, const par__op *op) {
-  size_t es = par_dtype_size(op->dt), per = st->hdr->chunk / (es * (size_t)st->n);
-  const char *in = op->sendbuf;
-  char *out = op->recvbuf;
-  for (size_t base = 0; base < op->count; base += per) {
-    size_t m = op->count - base < per ? op->count - base : per;
-    int s, first = base == 0;
-    PAR_FORWARD_IF_ERROR(first ? first_round(st, wc, op, &s) : round_begin(st, wc, 1, &s));
-    char *mine = shm_area(st, st->me, s, 0);
-    for (int j = 0; j < st->n; j++)
-      memcpy(mine + (size_t)j * m * es, in + ((size_t)j * op->count + base) * es, m * es);
-    uint64_t e = post_next(st);
-    if (first) PAR_FORWARD_IF_ERROR(first_wait(st, wc, s, e));
-    for (int k = 0; k < st->n; k++) {
-      int j = (st->me + k) % st->n;
-      PAR_FORWARD_IF_ERROR(par__shm_wait_one(st, wc, j, e));
-      memcpy(out + ((size_t)j * op->count + base) * es,
-             shm_area(st, j, s, 0) + (size_t)st->me * m * es, m * es);
-    }
-    round_end(st);
-  }
-  return PAR_OK;
-}
-
-/* Barrier, and any op of count 0: the first round alone, so members still agree. */
-static par_status barrier(shm_state *st, const shm_waitctx *wc, const par__op *op) {
+par_status par__shm_barrier(par_group *g, shm_state *st, const par__op *op) {
+  shm_waitctx wc = {g, par__op_kind_name(op->kind), op->seq, op->deadline, 0};
   int s;
-  PAR_FORWARD_IF_ERROR(first_round(st, wc, op, &s));
-  PAR_FORWARD_IF_ERROR(first_wait(st, wc, s, post_next(st)));
+  PAR_FORWARD_IF_ERROR(first_round(st, &wc, op, &s));
+  PAR_FORWARD_IF_ERROR(first_wait(st, &wc, s, post_next(st)));
   round_end(st);
   return PAR_OK;
 }
 
 par_status par__shm_collective(par_group *g, shm_state *st, const par__op *op) {
   shm_waitctx wc = {g, par__op_kind_name(op->kind), op->seq, op->deadline, 0};
-  if (op->kind == PAR__BARRIER || op->count == 0) return barrier(st, &wc, op);
+  shm_bufs *b = &st->bufs;
   size_t bytes = op->count * par_dtype_size(op->dt);
   switch (op->kind) {
     case PAR__ALLREDUCE:
@@ -607,21 +679,22 @@ par_status par__shm_collective(par_group *g, shm_state *st, const par__op *op) {
       int all = op->kind == PAR__ALLREDUCE;
       if (bytes <= SHM_TINY_MAX) return reduce_tiny(st, &wc, op, all);
       if (all && st->cma && bytes >= SHM_CMA_REDUCE_MIN && bytes <= SHM_CMA_REDUCE_MAX)
-        return allreduce_sc(st, &wc, op);
-      int direct = st->n <= 2 || (bytes <= SHM_SMALL_MAX && bytes <= st->hdr->chunk);
-      return reduce_rounds(st, &wc, op, all, direct);
+        return allreduce_sc(st, &wc, op, b);
+      if (st->n <= 2 || (bytes <= SHM_SMALL_MAX && bytes <= st->hdr->chunk))
+        return reduce_direct(st, &wc, op, b);
+      return reduce_split(st, &wc, op, b);
     }
     case PAR__REDUCE_SCATTER:
-      return reduce_scatter(st, &wc, op);
+      return blocks(st, &wc, op, 1);
     case PAR__ALLGATHER:
       if (st->cma && bytes >= SHM_CMA_MOVE_MIN && bytes <= SHM_CMA_MOVE_MAX)
-        return allgather_sc(st, &wc, op);
-      return allgather(st, &wc, op);
+        return allgather_sc(st, &wc, op, b);
+      return allgather(st, &wc, op, b);
     case PAR__BROADCAST:
-      if (st->cma && bytes >= SHM_CMA_MOVE_MIN) return broadcast_sc(st, &wc, op);
-      return broadcast(st, &wc, op);
+      if (st->cma && bytes >= SHM_CMA_MOVE_MIN) return broadcast_sc(st, &wc, op, b);
+      return broadcast(st, &wc, op, b);
     case PAR__ALLTOALL:
-      return alltoall(st, &wc, op);
+      return blocks(st, &wc, op, 0);
     default:
       return par__error(PAR_ERR_INTERNAL, "shm: op %s is not a collective",
                         par__op_kind_name(op->kind));

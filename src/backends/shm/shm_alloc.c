@@ -1,5 +1,6 @@
 /*
- * alloc.c -- par_alloc / par_free: memory that the other ranks on this host can read directly.
+ * shm_alloc.c -- the shm backend's par_alloc / par_free: memory that the other ranks on this
+ * host can read directly. The world holds the backend's list of regions (be_world[shm]).
  * Each allocation is its own shared-memory file named after the job, the owner's rank and a
  * per-rank id, so a peer can map it from the (rank, id) pair a collective publishes; the
  * shared-memory backend then reads contributions in place instead of copying them through the
@@ -15,30 +16,46 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "coll/group.h"
+#include "backends/shm/shm.h"
 
-typedef struct par__region {
-  struct par__region *next;
+typedef struct shm_region {
+  struct shm_region *next;
   int rank; /* owner */
   uint32_t id;
   char *base;
   size_t size;
   char name[96];
-} par__region;
+} shm_region;
+
+/* This world's regions: this rank's own and peers' it has mapped. */
+typedef struct shm_world {
+  pthread_mutex_t mu; /* guards regions and next_id */
+  shm_region *regions;
+  uint32_t next_id;
+  _Atomic int own; /* this rank's live regions: collectives skip the lookup at 0 */
+} shm_world;
+
+static shm_world *world_of(par_world *w) { return w->be_world[PAR_BACKEND_SHM]; }
+
+par_status par__shm_world_init(par_world *w) {
+  shm_world *sw = calloc(1, sizeof *sw);
+  PAR_RETURN_ERROR_IF(!sw, PAR_ERR_NOMEM, "shm: out of memory");
+  pthread_mutex_init(&sw->mu, NULL);
+  w->be_world[PAR_BACKEND_SHM] = sw;
+  return PAR_OK;
+}
 
 static void region_name(par_world *w, int rank, uint32_t id, char *out, size_t cap) {
   snprintf(out, cap, "/par-%s-m%d.%u", w->job_id, rank, id);
 }
 
-par_status par_alloc(par_world *w, size_t bytes, void **out) {
-  PAR_RETURN_ERROR_IF(!w || !out, PAR_ERR_NULL, "par_alloc: %s is NULL", w ? "out" : "world");
-  *out = NULL;
-  PAR_RETURN_ERROR_IF(bytes == 0, PAR_ERR_INVALID, "par_alloc: size is 0");
-  par__region *r = calloc(1, sizeof *r);
+par_status par__shm_alloc(par_world *w, size_t bytes, void **out) {
+  shm_world *sw = world_of(w);
+  shm_region *r = calloc(1, sizeof *r);
   PAR_RETURN_ERROR_IF(!r, PAR_ERR_NOMEM, "par_alloc: out of memory");
-  pthread_mutex_lock(&w->regions_mu);
-  r->id = ++w->next_region_id;
-  pthread_mutex_unlock(&w->regions_mu);
+  pthread_mutex_lock(&sw->mu);
+  r->id = ++sw->next_id;
+  pthread_mutex_unlock(&sw->mu);
   r->rank = w->rank;
   r->size = bytes;
   region_name(w, w->rank, r->id, r->name, sizeof r->name);
@@ -68,47 +85,48 @@ par_status par_alloc(par_world *w, size_t bytes, void **out) {
     return par__error(PAR_ERR_NOMEM, "par_alloc: cannot map %zu bytes: %s", bytes, strerror(e));
   }
   r->base = p;
-  pthread_mutex_lock(&w->regions_mu);
-  r->next = w->regions;
-  w->regions = r;
-  pthread_mutex_unlock(&w->regions_mu);
-  atomic_fetch_add(&w->own_regions, 1);
+  pthread_mutex_lock(&sw->mu);
+  r->next = sw->regions;
+  sw->regions = r;
+  pthread_mutex_unlock(&sw->mu);
+  atomic_fetch_add(&sw->own, 1);
   *out = p;
   return PAR_OK;
 }
 
-par_status par_free(par_world *w, void *p) {
-  if (!p) return PAR_OK;
-  PAR_RETURN_ERROR_IF(!w, PAR_ERR_NULL, "par_free: world is NULL");
-  pthread_mutex_lock(&w->regions_mu);
-  par__region **pp = &w->regions;
+par_status par__shm_free(par_world *w, void *p) {
+  shm_world *sw = world_of(w);
+  pthread_mutex_lock(&sw->mu);
+  shm_region **pp = &sw->regions;
   while (*pp && !((*pp)->rank == w->rank && (*pp)->base == p)) pp = &(*pp)->next;
-  par__region *r = *pp;
+  shm_region *r = *pp;
   if (r) *pp = r->next;
-  pthread_mutex_unlock(&w->regions_mu);
+  pthread_mutex_unlock(&sw->mu);
   PAR_RETURN_ERROR_IF(!r, PAR_ERR_INVALID, "par_free: %p was not returned by par_alloc", p);
-  atomic_fetch_sub(&w->own_regions, 1);
+  atomic_fetch_sub(&sw->own, 1);
   munmap(r->base, r->size);
   shm_unlink(r->name);
   free(r);
   return PAR_OK;
 }
 
-int par__region_find(par_world *w, const void *p, size_t len, uint32_t *id, uint64_t *off) {
+int par__shm_region_find(par_world *w, const void *p, size_t len, uint32_t *id,
+                         uint64_t *off) {
+  shm_world *sw = world_of(w);
   *id = 0;
   *off = 0;
   /* Every collective asks: without a par_alloc'ed buffer it costs one load, not a lock. */
-  if (!p || !atomic_load_explicit(&w->own_regions, memory_order_relaxed)) return 0;
+  if (!p || !atomic_load_explicit(&sw->own, memory_order_relaxed)) return 0;
   const char *c = p;
-  pthread_mutex_lock(&w->regions_mu);
-  for (par__region *r = w->regions; r; r = r->next)
+  pthread_mutex_lock(&sw->mu);
+  for (shm_region *r = sw->regions; r; r = r->next)
     if (r->rank == w->rank && c >= r->base && c - r->base <= (ptrdiff_t)r->size &&
         len <= r->size - (size_t)(c - r->base)) {
       *id = r->id;
       *off = (uint64_t)(c - r->base);
       break;
     }
-  pthread_mutex_unlock(&w->regions_mu);
+  pthread_mutex_unlock(&sw->mu);
   return *id != 0;
 }
 
@@ -118,11 +136,11 @@ int par__region_find(par_world *w, const void *p, size_t len, uint32_t *id, uint
  * a buffer only after every op that used it returned there, and every op that reads a peer's
  * buffer in place ends with a synchronisation after the reads, so nobody here still reads it.
  * Called when a new buffer of that rank is mapped: the mappings kept stay bounded by the
- * buffers the owner holds, plus one. Called with regions_mu held.
+ * buffers the owner holds, plus one. Called with sw->mu held.
  */
-static void forget_freed(par_world *w, int rank) {
-  for (par__region **pp = &w->regions; *pp;) {
-    par__region *r = *pp;
+static void forget_freed(par_world *w, shm_world *sw, int rank) {
+  for (shm_region **pp = &sw->regions; *pp;) {
+    shm_region *r = *pp;
     int gone = 0;
     if (r->rank == rank && r->rank != w->rank) {
       int fd = shm_open(r->name, O_RDONLY, 0);
@@ -139,18 +157,20 @@ static void forget_freed(par_world *w, int rank) {
   }
 }
 
-par_status par__region_map(par_world *w, int rank, uint32_t id, char **base, size_t *size) {
-  pthread_mutex_lock(&w->regions_mu);
-  for (par__region *r = w->regions; r; r = r->next)
+par_status par__shm_region_map(par_world *w, int rank, uint32_t id, char **base,
+                               size_t *size) {
+  shm_world *sw = world_of(w);
+  pthread_mutex_lock(&sw->mu);
+  for (shm_region *r = sw->regions; r; r = r->next)
     if (r->rank == rank && r->id == id) {
       *base = r->base;
       *size = r->size;
-      pthread_mutex_unlock(&w->regions_mu);
+      pthread_mutex_unlock(&sw->mu);
       return PAR_OK;
     }
-  pthread_mutex_unlock(&w->regions_mu);
+  pthread_mutex_unlock(&sw->mu);
 
-  par__region *r = calloc(1, sizeof *r);
+  shm_region *r = calloc(1, sizeof *r);
   PAR_RETURN_ERROR_IF(!r, PAR_ERR_NOMEM, "out of memory");
   r->rank = rank;
   r->id = id;
@@ -173,24 +193,28 @@ par_status par__region_map(par_world *w, int rank, uint32_t id, char **base, siz
     return par__error(PAR_ERR_SYSTEM, "cannot map rank %d's buffer: %s", rank, strerror(e));
   }
   r->base = p;
-  pthread_mutex_lock(&w->regions_mu);
-  forget_freed(w, rank);
-  r->next = w->regions;
-  w->regions = r;
-  pthread_mutex_unlock(&w->regions_mu);
+  pthread_mutex_lock(&sw->mu);
+  forget_freed(w, sw, rank);
+  r->next = sw->regions;
+  sw->regions = r;
+  pthread_mutex_unlock(&sw->mu);
   *base = r->base;
   *size = r->size;
   return PAR_OK;
 }
 
-void par__regions_free(par_world *w) {
-  par__region *r = w->regions;
+void par__shm_world_fini(par_world *w) {
+  shm_world *sw = world_of(w);
+  if (!sw) return;
+  shm_region *r = sw->regions;
   while (r) {
-    par__region *next = r->next;
+    shm_region *next = r->next;
     munmap(r->base, r->size);
     if (r->rank == w->rank) shm_unlink(r->name);
     free(r);
     r = next;
   }
-  w->regions = NULL;
+  pthread_mutex_destroy(&sw->mu);
+  free(sw);
+  w->be_world[PAR_BACKEND_SHM] = NULL;
 }
