@@ -324,8 +324,7 @@ par_status par__store_server_start(const char *bind_host, int port, const char *
     goto fail_free;
   }
   int bp = 0;
-  st = open_listener(bind_host, port, &srv->listen_fd, &bp);
-  if (st < 0) goto fail_free;
+  PAR_FORWARD_IF_ERROR_GOTO(open_listener(bind_host, port, &srv->listen_fd, &bp), st, fail_free);
   if (pipe2(srv->wake, O_CLOEXEC | O_NONBLOCK) != 0) {
     st = par__error(PAR_ERR_SYSTEM, "store: pipe failed: %s", strerror(errno));
     goto fail_close_listener;

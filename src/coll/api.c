@@ -1,7 +1,8 @@
 /*
  * api.c -- the collective entry points. Each checks its arguments once, here at the edge,
  * with a message that says what was wrong, then hands a par__op to the issue-order queue.
- * Argument errors leave the group usable; transport errors break it (see work.c).
+ * Ops built elsewhere (the tensor ops) come in through par__issue, so every op is checked
+ * here. Argument errors leave the group usable; transport errors break it (see work.c).
  */
 #include <stdint.h>
 #include <string.h>
@@ -13,16 +14,6 @@ const char *par__op_kind_name(par__op_kind k) {
       "allreduce", "allgather", "reduce_scatter", "broadcast", "reduce",
       "alltoall",  "barrier",   "send",           "recv"};
   return (unsigned)k < PAR__OP_KIND_COUNT ? names[k] : "unknown op";
-}
-
-/* Copies the thread's error detail into the group's last error and returns s. */
-static par_status finish(par_group *g, par_status s) {
-  if (s < 0 && g) {
-    pthread_mutex_lock(&g->mu);
-    par__error_copy(g->last_error);
-    pthread_mutex_unlock(&g->mu);
-  }
-  return s;
 }
 
 static int overlaps(const void *a, size_t alen, const void *b, size_t blen) {
@@ -149,15 +140,23 @@ static par_status validate(par_group *g, const par__op *op) {
   }
 }
 
-static par_status issue(par_group *g, par__op *op, int async, par_work **work) {
+par_status par__issue(par_group *g, par__op *op, par__then_fn then, void *ctx,
+                      void (*then_free)(void *), par_work **work) {
   PAR_RETURN_ERROR_IF(!g, PAR_ERR_NULL, "%s: group is NULL", par__op_kind_name(op->kind));
-  if (async && !work)
-    return finish(g, par__error(PAR_ERR_NULL, "%s_async on group '%s': work pointer is NULL",
-                                par__op_kind_name(op->kind), g->name));
   if (work) *work = NULL;
-  par_status s = validate(g, op);
-  if (s < 0) return finish(g, s);
-  return finish(g, par__submit(g, op, async ? work : NULL));
+  par_status s;
+  PAR_FORWARD_IF_ERROR_GOTO(validate(g, op), s, keep);
+  s = then ? par__submit_then(g, op, then, ctx, then_free, work) : par__submit(g, op, work);
+keep:
+  return par__error_keep(g->last_error, &g->mu, s);
+}
+
+static par_status issue(par_group *g, par__op *op, int async, par_work **work) {
+  if (g && async && !work)
+    return par__error_keep(g->last_error, &g->mu,
+                           par__error(PAR_ERR_NULL, "%s_async on group '%s': work pointer is NULL",
+                                      par__op_kind_name(op->kind), g->name));
+  return par__issue(g, op, NULL, NULL, NULL, async ? work : NULL);
 }
 
 #define OP(...) (par__op){__VA_ARGS__}

@@ -144,19 +144,15 @@ par_status par__group_create(par_world *w, const int *ranks, int n,
 
   uint64_t h = hash_ranks(ranks, n);
   uint32_t count = 0;
-  par_status s = next_creation(w, h, &count);
-  if (s >= 0) {
-    snprintf(g->uid, sizeof g->uid, "%016llx.%u", (unsigned long long)h, count);
-    s = choose_backend(g, opts->backend);
-  }
-  if (s >= 0) {
-    g->create_deadline = par__now() + g->timeout_s;
-    s = g->be->group_init(g);
-    if (s < 0) g->be = NULL;
-  }
+  par_status s;
+  PAR_FORWARD_IF_ERROR_GOTO(next_creation(w, h, &count), s, fail_free);
+  snprintf(g->uid, sizeof g->uid, "%016llx.%u", (unsigned long long)h, count);
+  PAR_FORWARD_IF_ERROR_GOTO(choose_backend(g, opts->backend), s, fail_free);
+  g->create_deadline = par__now() + g->timeout_s;
+  s = g->be->group_init(g);
   if (s < 0) {
-    par__group_free(g);
-    return s;
+    g->be = NULL; /* nothing of the backend's to release */
+    goto fail_free;
   }
   g->backend = g->be->id;
   PAR__LOG_DEBUG("group '%s' (%s): %d members, my index %d, backend %s", g->name, g->uid, n,
@@ -168,6 +164,10 @@ par_status par__group_create(par_world *w, const int *ranks, int n,
                  g->wait.yields);
   *out = g;
   return PAR_OK;
+
+fail_free:
+  par__group_free(g);
+  return s;
 }
 
 void par__group_free(par_group *g) {
@@ -191,19 +191,11 @@ void par__group_free(par_group *g) {
 par_status par_group_create(par_world *w, const int *ranks, int n, const par_group_options *opts,
                             par_group **out) {
   PAR_RETURN_ERROR_IF(!w, PAR_ERR_NULL, "par_group_create: world is NULL");
-  if (!out) {
-    par_status s = par__error(PAR_ERR_NULL, "par_group_create: out is NULL");
-    par__error_copy(w->last_error);
-    return s;
-  }
+  if (!out)
+    return par__error_keep(w->last_error, &w->mu,
+                           par__error(PAR_ERR_NULL, "par_group_create: out is NULL"));
   *out = NULL;
-  par_status s = par__group_create(w, ranks, n, opts, 0, out);
-  if (s < 0) {
-    pthread_mutex_lock(&w->mu);
-    par__error_copy(w->last_error);
-    pthread_mutex_unlock(&w->mu);
-  }
-  return s;
+  return par__error_keep(w->last_error, &w->mu, par__group_create(w, ranks, n, opts, 0, out));
 }
 
 void par_group_destroy(par_group *g) {
@@ -229,12 +221,10 @@ const char *par_group_last_error(const par_group *g) { return g ? g->last_error 
 
 par_status par_group_set_timeout(par_group *g, double timeout_s) {
   PAR_RETURN_ERROR_IF(!g, PAR_ERR_NULL, "par_group_set_timeout: group is NULL");
-  if (!(timeout_s > 0)) {
-    par_status s = par__error(PAR_ERR_INVALID, "par_group_set_timeout: timeout %g must be > 0",
-                              timeout_s);
-    par__error_copy(g->last_error);
-    return s;
-  }
+  if (!(timeout_s > 0))
+    return par__error_keep(g->last_error, &g->mu,
+                           par__error(PAR_ERR_INVALID,
+                                      "par_group_set_timeout: timeout %g must be > 0", timeout_s));
   pthread_mutex_lock(&g->mu);
   g->timeout_s = timeout_s;
   pthread_mutex_unlock(&g->mu);

@@ -392,6 +392,12 @@ par_status par__submit(par_group *g, const par__op *op, par_work **work);
 /* Async submit with a continuation (see par__then_fn); then_free may be NULL. */
 par_status par__submit_then(par_group *g, const par__op *op, par__then_fn then, void *ctx,
                             void (*then_free)(void *), par_work **work);
+/* The API edge (api.c): checks op as every collective's is checked, then submits it, blocking
+ * when work is NULL, else async with the continuation `then` (NULL: none; ctx stays the
+ * caller's on failure); an error's detail is kept on the group. Ops built outside api.c
+ * (tensor ops) come in here, never straight to par__submit. */
+par_status par__issue(par_group *g, par__op *op, par__then_fn then, void *ctx,
+                      void (*then_free)(void *), par_work **work);
 /* Stops the worker after draining the queue (pending ops fail fast if the group aborted). */
 void par__work_shutdown(par_group *g);
 /* 1 when the calling thread is the group's worker thread. */

@@ -190,8 +190,9 @@ par_status par_world_create(const par_world_options *opts, par_world **out) {
     }
   }
   if (s < 0) {
+    /* Keep the reason: tearing down what was made may record details of its own. */
     char detail[PAR__ERRLEN];
-    par__error_copy(detail);
+    par__error_keep(detail, NULL, s);
     par_world_destroy(w);
     return par__error(s, "%s", detail);
   }

@@ -5,6 +5,7 @@
 #ifndef PAR_CORE_H
 #define PAR_CORE_H
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -16,17 +17,37 @@
 /* ---------------------------------------------------------------------------------------- */
 
 /* Every internal function that fails records a one-line detail in a thread-local buffer and
- * returns the status. The API edge copies that detail into the handle's last-error string. */
+ * returns the status. The API edge keeps that detail on the handle (par__error_keep). */
 #define PAR__ERRLEN 512
 
-/* Records the formatted detail (printf-style) and returns s. */
-par_status par__error(par_status s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Records the formatted detail (printf-style) and returns s. At debug log level it also logs
+ * "error PAR_ERR_X at src/dir/file.c:LINE: detail", naming where the error was raised; the
+ * detail itself never carries the place. */
+#define par__error(s, ...) par__error_at(__FILE__, __LINE__, (s), __VA_ARGS__)
+par_status par__error_at(const char *file, int line, par_status s, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 /* The detail recorded by the last par__error on this thread ("" if none). */
 const char *par__error_detail(void);
 /* Clears this thread's detail. */
 void par__error_clear(void);
-/* Copies this thread's detail into dst (size PAR__ERRLEN). */
+/* Copies this thread's detail into dst (size PAR__ERRLEN). Prefer par__error_keep. */
 void par__error_copy(char *dst);
+
+/*
+ * The locking rule for a handle's last-error string (par_world, par_group, par_mesh:
+ * `last_error`): it is written only through par__error_keep, with `mu` the mutex that guards
+ * the handle (w->mu, g->mu, the mesh's mu), so concurrent failures never interleave their
+ * copies; par_*_last_error reads it without the lock, since it is meant for the thread whose
+ * call on the handle just failed, and par.h's threading rules keep other calls off the handle
+ * meanwhile. A local buffer (a detail kept across a cleanup that may fail too) passes mu NULL.
+ * Returns s, so an error path reads `return par__error_keep(g->last_error, &g->mu, s);`;
+ * inline, so the success path costs one compare.
+ */
+void par__error_store(char *dst, pthread_mutex_t *mu);
+static inline par_status par__error_keep(char *dst, pthread_mutex_t *mu, par_status s) {
+  if (s < 0) par__error_store(dst, mu);
+  return s;
+}
 
 #define PAR_RETURN_ERROR_IF(cond, status, ...)                                                 \
   do {                                                                                         \
@@ -37,6 +58,13 @@ void par__error_copy(char *dst);
   do {                                                                                         \
     par_status par__fwd_s = (expr);                                                            \
     if (par__fwd_s < 0) return par__fwd_s;                                                     \
+  } while (0)
+
+/* Stores the status of expr in s and jumps to the cleanup label when it is an error (NCCL's
+ * NCCLCHECKGOTO): `PAR_FORWARD_IF_ERROR_GOTO(map(...), s, fail_close);`. */
+#define PAR_FORWARD_IF_ERROR_GOTO(expr, s, label)                                              \
+  do {                                                                                         \
+    if (((s) = (expr)) < 0) goto label;                                                        \
   } while (0)
 
 /* ---------------------------------------------------------------------------------------- */

@@ -31,12 +31,20 @@ const char *par_status_string(par_status s) {
   return "unknown status";
 }
 
-par_status par__error(par_status s, const char *fmt, ...) {
+/* "src/coll/api.c" from the compiler's full path of the file, for the debug line. */
+static const char *source_path(const char *file) {
+  const char *p = file, *hit = NULL;
+  while ((p = strstr(p, "/src/")) != NULL) hit = ++p;
+  return hit ? hit : file;
+}
+
+par_status par__error_at(const char *file, int line, par_status s, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(tls_detail, sizeof tls_detail, fmt, ap);
   va_end(ap);
-  PAR__LOG_DEBUG("error %s: %s", par_status_name(s), tls_detail);
+  PAR__LOG_DEBUG("error %s at %s:%d: %s", par_status_name(s), source_path(file), line,
+                 tls_detail);
   return s;
 }
 
@@ -45,5 +53,11 @@ const char *par__error_detail(void) { return tls_detail; }
 void par__error_clear(void) { tls_detail[0] = '\0'; }
 
 void par__error_copy(char *dst) { memcpy(dst, tls_detail, PAR__ERRLEN); }
+
+void par__error_store(char *dst, pthread_mutex_t *mu) {
+  if (mu) pthread_mutex_lock(mu);
+  memcpy(dst, tls_detail, PAR__ERRLEN);
+  if (mu) pthread_mutex_unlock(mu);
+}
 
 const char *par_last_error(void) { return tls_detail; }

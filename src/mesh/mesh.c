@@ -41,16 +41,6 @@ struct par_mesh {
   char last_error[PAR__ERRLEN];
 };
 
-/* Records the thread's error detail on the mesh and returns s. */
-static par_status finish(par_mesh *m, par_status s) {
-  if (s < 0 && m) {
-    pthread_mutex_lock(&m->mu);
-    par__error_copy(m->last_error);
-    pthread_mutex_unlock(&m->mu);
-  }
-  return s;
-}
-
 /* ---------------------------------------------------------------------------------------- */
 /* Groups                                                                                   */
 /* ---------------------------------------------------------------------------------------- */
@@ -109,11 +99,8 @@ static par_status create_group(par_mesh *m, par_dims dims, par_backend backend, 
 
   int *ranks = malloc(sizeof(int) * (size_t)size);
   PAR_RETURN_ERROR_IF(!ranks, PAR_ERR_NOMEM, "mesh: out of memory for %d ranks", size);
-  par_status s = par_layout_group_ranks(l, dims, id, ranks);
-  if (s < 0) {
-    free(ranks);
-    return s;
-  }
+  par_status s;
+  PAR_FORWARD_IF_ERROR_GOTO(par_layout_group_ranks(l, dims, id, ranks), s, fail_free);
 
   char dims_name[PAR_LAYOUT_MAX_DIMS * PAR_LAYOUT_NAME_MAX], name[64];
   par_layout_format_dims(l, dims, dims_name, sizeof dims_name);
@@ -128,7 +115,7 @@ static par_status create_group(par_mesh *m, par_dims dims, par_backend backend, 
   free(ranks);
   if (s < 0) {
     char detail[PAR__ERRLEN];
-    par__error_copy(detail);
+    par__error_keep(detail, NULL, s);
     return par__error(s, "mesh: creating group %s (%d members) failed: %s", name, size, detail);
   }
   int expect_index = par_layout_group_index(l, dims, m->rank);
@@ -141,6 +128,10 @@ static par_status create_group(par_mesh *m, par_dims dims, par_backend backend, 
   s = add_group(m, dims, g, 1);
   if (s < 0) par_group_destroy(g);
   if (s >= 0 && out) *out = g;
+  return s;
+
+fail_free:
+  free(ranks);
   return s;
 }
 
@@ -193,17 +184,14 @@ static par_status mesh_build(par_world *world, const par_layout *l, const par_ba
   for (int i = 0; i < l->ndims; i++) m->coords[i] = par_layout_coord(l, m->rank, i);
   m->pp_dim = par_layout_find(l, "pp");
 
-  par_status s = agree(world, l, backends);
-  if (s >= 0) s = add_group(m, (1u << l->ndims) - 1, par_world_group(world), 0);
-  for (int i = 0; i < l->ndims && s >= 0; i++)
-    s = create_group(m, 1u << i, backends ? backends[i] : PAR_BACKEND_AUTO, timeout_s, NULL);
-  if (s < 0) {
-    /* Keep the reason: tearing down the groups made so far may record details of its own. */
-    char detail[PAR__ERRLEN];
-    par__error_copy(detail);
-    par_mesh_destroy(m);
-    return par__error(s, "%s", detail);
-  }
+  par_status s;
+  PAR_FORWARD_IF_ERROR_GOTO(agree(world, l, backends), s, fail_destroy);
+  PAR_FORWARD_IF_ERROR_GOTO(add_group(m, (1u << l->ndims) - 1, par_world_group(world), 0), s,
+                            fail_destroy);
+  for (int i = 0; i < l->ndims; i++)
+    PAR_FORWARD_IF_ERROR_GOTO(
+        create_group(m, 1u << i, backends ? backends[i] : PAR_BACKEND_AUTO, timeout_s, NULL), s,
+        fail_destroy);
 
   if (parallel) {
     snprintf(m->describe, sizeof m->describe,
@@ -221,6 +209,14 @@ static par_status mesh_build(par_world *world, const par_layout *l, const par_ba
   if (m->rank == 0) PAR__LOG_INFO("%s", m->describe);
   *out = m;
   return PAR_OK;
+
+fail_destroy: {
+  /* Keep the reason: tearing down the groups made so far may record details of its own. */
+  char detail[PAR__ERRLEN];
+  par__error_keep(detail, NULL, s);
+  par_mesh_destroy(m);
+  return par__error(s, "%s", detail);
+}
 }
 
 par_status par_mesh_create(par_world *world, const par_mesh_options *opts, par_mesh **out) {
@@ -318,7 +314,7 @@ par_status par_mesh_group(par_mesh *mesh, const char *dims, par_group_info *out)
                    "par_mesh_group: the group over \"%.60s\" does not exist yet; create it with "
                    "par_mesh_group_create",
                    dims);
-  if (s < 0) return finish(mesh, s);
+  if (s < 0) return par__error_keep(mesh->last_error, &mesh->mu, s);
   return par_group_info_get(g, out);
 }
 
@@ -337,7 +333,7 @@ par_status par_mesh_group_create(par_mesh *mesh, const char *dims, const par_gro
       s = create_group(mesh, set, opts->backend,
                        opts->timeout_s > 0 ? opts->timeout_s : mesh->timeout_s, &g);
   }
-  if (s < 0) return finish(mesh, s);
+  if (s < 0) return par__error_keep(mesh->last_error, &mesh->mu, s);
   return par_group_info_get(g, out);
 }
 

@@ -6,7 +6,7 @@
  * flat buffers the collectives take. When a tensor's memory already has the layout the
  * collective needs, it is used in place; otherwise the data goes through a packed temporary,
  * and what comes back is scattered into the caller's strides afterwards. For the async forms
- * that scatter runs as a continuation of the work (par__submit_then), in the thread that
+ * that scatter runs as a continuation of the work (par__issue), in the thread that
  * completes the op and before the work counts as done, so par_work_wait returns with the
  * result in place: the async gather delivers its output.
  */
@@ -30,10 +30,10 @@ typedef struct tdesc {
   DLDataType dl;
 } tdesc;
 
-/* Copies the thread's detail into the group's last error and returns s (as api.c does). */
+/* Keeps the detail of a tensor check's error on the group (when there is one) and returns s;
+ * errors of the op itself are kept by par__issue. */
 static par_status finish(par_group *g, par_status s) {
-  if (s < 0 && g) par__error_copy(g->last_error);
-  return s;
+  return g ? par__error_keep(g->last_error, &g->mu, s) : s;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -352,11 +352,12 @@ static par_status staging_scatter(void *p) {
   return PAR_OK;
 }
 
-/* Issues `op` async with the staging as its continuation (which it then owns). */
-static par_status submit_staged(par_group *g, const par__op *op, staging *c, par_work **work) {
-  par_status s = par__submit_then(g, op, staging_scatter, c, staging_free, work);
+/* Issues `op` async, checked as every op is, with the staging as its continuation (which it
+ * then owns). */
+static par_status issue_staged(par_group *g, par__op *op, staging *c, par_work **work) {
+  par_status s = par__issue(g, op, staging_scatter, c, staging_free, work);
   if (s < 0) staging_free(c); /* not handed over on failure */
-  return finish(g, s);
+  return s;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -452,23 +453,23 @@ par_status par_tensor_gather_async(par_group *group, const DLTensor *in, int dim
   if (!stage) return par_allgather_async(group, sendbuf, recvbuf, block, PAR_U8, work);
   par__op op = {
       .kind = PAR__ALLGATHER, .sendbuf = sendbuf, .recvbuf = recvbuf, .count = block, .dt = PAR_U8};
-  return submit_staged(group, &op, stage, work);
+  return issue_staged(group, &op, stage, work);
 }
 
 /* ---------------------------------------------------------------------------------------- */
 /* Reduce                                                                                   */
 /* ---------------------------------------------------------------------------------------- */
 
-/* Checks a reduce. *buf is where the all-reduce runs in place: the tensor's own block when it
+/* Checks a reduce's tensor (the reduction op is checked with the all-reduce, by par__issue or
+ * par_allreduce). *buf is where the all-reduce runs in place: the tensor's own block when it
  * is dense, else a packed copy in *stage. */
-static par_status reduce_plan(par_group *g, const DLTensor *t_in, par_op op, const char *fn,
-                              void **buf, par_dtype *dt, size_t *count, staging **stage) {
+static par_status reduce_plan(par_group *g, const DLTensor *t_in, const char *fn, void **buf,
+                              par_dtype *dt, size_t *count, staging **stage) {
   tdesc t;
   *stage = NULL;
   PAR_RETURN_ERROR_IF(!g, PAR_ERR_NULL, "%s: group is NULL", fn);
   PAR_FORWARD_IF_ERROR(check_tensor(t_in, fn, "t", &t));
   PAR_FORWARD_IF_ERROR(par_dtype_from_dlpack(t.dl, dt));
-  PAR_RETURN_ERROR_IF(!par__op_valid(op), PAR_ERR_OP, "%s: invalid op %d", fn, (int)op);
   PAR_FORWARD_IF_ERROR(check_writable(&t, fn, "t"));
   *count = t.count;
   if (is_dense(&t)) {
@@ -486,7 +487,7 @@ par_status par_tensor_reduce(par_group *group, DLTensor *t, par_op op) {
   par_dtype dt;
   size_t count = 0;
   staging *stage;
-  par_status s = reduce_plan(group, t, op, "par_tensor_reduce", &buf, &dt, &count, &stage);
+  par_status s = reduce_plan(group, t, "par_tensor_reduce", &buf, &dt, &count, &stage);
   if (s < 0) return finish(group, s);
   s = par_allreduce(group, buf, buf, count, dt, op);
   if (s >= 0 && stage) s = staging_scatter(stage);
@@ -502,10 +503,10 @@ par_status par_tensor_reduce_async(par_group *group, DLTensor *t, par_op op, par
   par_dtype dt;
   size_t count = 0;
   staging *stage;
-  par_status s = reduce_plan(group, t, op, fn, &buf, &dt, &count, &stage);
+  par_status s = reduce_plan(group, t, fn, &buf, &dt, &count, &stage);
   if (s < 0) return finish(group, s);
   if (!stage) return par_allreduce_async(group, buf, buf, count, dt, op, work);
   par__op o = {
       .kind = PAR__ALLREDUCE, .sendbuf = buf, .recvbuf = buf, .count = count, .dt = dt, .op = op};
-  return submit_staged(group, &o, stage, work);
+  return issue_staged(group, &o, stage, work);
 }

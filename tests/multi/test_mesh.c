@@ -549,6 +549,15 @@ static void test_tensor_errors(par_group *g) {
   EXPECT_MSG(par_last_error(), "has no par dtype");
   DLTensor tf = tensor(buf, DT_F32, 2, shape, NULL);
   EXPECT_STATUS(PAR_ERR_OP, par_tensor_reduce(g, &tf, (par_op)42));
+  EXPECT_MSG(par_group_last_error(g), "allreduce on group", "invalid op 42");
+  /* A tensor with gaps goes through a packed temporary, async as a continuation: its op is
+   * checked there too, by the same checks as every collective, and no work is made. */
+  int64_t gaps[2] = {6, 1};
+  DLTensor tg = tensor(buf, DT_F32, 2, shape, gaps);
+  w = (par_work *)&w;
+  EXPECT_STATUS(PAR_ERR_OP, par_tensor_reduce_async(g, &tg, (par_op)42, &w));
+  EXPECT_TRUE(w == NULL, "no work handle after an error");
+  EXPECT_MSG(par_group_last_error(g), "allreduce on group", "invalid op 42");
   par_dtype pd;
   CHECK(NULL, par_dtype_from_dlpack(DT_BF16, &pd));
   EXPECT_INT(PAR_BF16, pd);

@@ -318,12 +318,88 @@ static void test_split_views(void **state) {
                       "supported");
 }
 
+/* Tensor ops reach the queue only through the collectives' own checks: a reduction op that
+ * the tensor checks pass on is refused by the all-reduce's, on every path (dense or staged
+ * through a packed temporary, blocking or async), before any byte moves. A tensor op that
+ * submitted by hand would run the staged async case (with one member, a copy) and succeed. */
+static void test_tensor_ops_are_checked(void **state) {
+  (void)state;
+  par_group *g = par_world_group(world);
+  float data[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+  int64_t shape[1] = {4}, gaps[1] = {2};
+  DLTensor dense, strided;
+  memset(&dense, 0, sizeof dense);
+  dense.data = data;
+  dense.device.device_type = kDLCPU;
+  dense.ndim = 1;
+  dense.dtype = (DLDataType){kDLFloat, 32, 1};
+  dense.shape = shape;
+  strided = dense;
+  strided.strides = gaps; /* every other element: not dense, so staged */
+  const char *want = "allreduce on group 'world': invalid op 42";
+  DLTensor *cases[2] = {&dense, &strided};
+  for (int c = 0; c < 2; c++) {
+    par_work *w = (par_work *)&w;
+    assert_int_equal(par_tensor_reduce_async(g, cases[c], (par_op)42, &w), PAR_ERR_OP);
+    assert_null(w);
+    assert_string_equal(par_group_last_error(g), want);
+    assert_int_equal(par_tensor_reduce(g, cases[c], (par_op)42), PAR_ERR_OP);
+    assert_string_equal(par_group_last_error(g), want);
+  }
+  for (int i = 0; i < 8; i++) assert_true(data[i] == (float)(i + 1));
+
+  /* A tensor check's own error is kept on the group too, with its own message. */
+  DLTensor none = dense;
+  none.data = NULL;
+  par_work *w = NULL;
+  assert_int_equal(par_tensor_gather_async(g, &none, 0, &strided, &w), PAR_ERR_NULL);
+  assert_string_equal(par_group_last_error(g), "par_tensor_gather_async: in has NULL data");
+  assert_string_equal(par_last_error(), "par_tensor_gather_async: in has NULL data");
+
+  /* The group still works, on the staged async path. */
+  assert_int_equal(par_tensor_reduce_async(g, &strided, PAR_SUM, &w), PAR_OK);
+  assert_int_equal(par_work_wait(w, 10.0), PAR_OK);
+  par_work_free(w);
+  for (int i = 0; i < 8; i++) assert_true(data[i] == (float)(i + 1));
+}
+
+/* At debug level an error's log line names where it was raised; the detail a user reads does
+ * not carry the place. */
+static char debug_line[1200];
+static void keep_error_line(par_log_level level, const char *line, void *ctx) {
+  (void)ctx;
+  if (level == PAR_LOG_DEBUG && strstr(line, "error PAR_ERR_"))
+    snprintf(debug_line, sizeof debug_line, "%s", line);
+}
+
+static void test_error_names_its_place(void **state) {
+  (void)state;
+  par_log_level was = par_log_level_get();
+  par_set_log_handler(keep_error_line, NULL);
+  par_set_log_level(PAR_LOG_DEBUG);
+  DLTensor v;
+  int64_t vs[1], vst[1];
+  par_status s = par_tensor_split(par_world_group(world), NULL, 0, &v, vs, vst);
+  par_set_log_handler(NULL, NULL);
+  par_set_log_level(was);
+  assert_int_equal(s, PAR_ERR_NULL);
+  assert_string_equal(par_last_error(), "par_tensor_split: in is NULL");
+  const char *at = strstr(debug_line, "error PAR_ERR_NULL at src/mesh/tensor.c:");
+  assert_non_null(at);
+  char *end;
+  long line = strtol(at + strlen("error PAR_ERR_NULL at src/mesh/tensor.c:"), &end, 10);
+  assert_true(line > 0);
+  assert_string_equal(end, ": par_tensor_split: in is NULL");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_default_mesh),
       cmocka_unit_test(test_mesh_handles),
       cmocka_unit_test(test_random_gather_and_reduce),
       cmocka_unit_test(test_split_views),
+      cmocka_unit_test(test_tensor_ops_are_checked),
+      cmocka_unit_test(test_error_names_its_place),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -310,14 +310,33 @@ static pid_t spawn_rank(pid_t pgid, const char *path, char **argv, char **env, i
 }
 
 /* ---------------------------------------------------------------------------------------- */
-/* Main                                                                                     */
+/* The job: options, setup and launch                                                       */
 /* ---------------------------------------------------------------------------------------- */
+
+/* What parrun was asked to run (parse_args). */
+typedef struct options {
+  int n;
+  double timeout_s; /* 0: none */
+  int bind;         /* pin rank r to the (r mod C)-th allowed CPU */
+  char **prog_argv; /* PROGRAM and its arguments */
+} options;
+
+/* What every rank is started with. */
+typedef struct launch {
+  char *path; /* PROGRAM, resolved before any fork */
+  char token[33], job_id[9];
+  par__store_server *srv;
+  int port, master_port;
+  int devnull, stdin_ok, width;
+  int cpus[CPU_SETSIZE], ncpus, job_cpus; /* ncpus 0: no pinning */
+} launch;
 
 typedef struct job {
   int n;
   rank_proc *ranks;
   pid_t pgid;
   double t0;
+  double timeout_s, deadline; /* --timeout, and when it runs out (INFINITY: never) */
   job_state state;
   int exit_code;
   int alive;
@@ -366,10 +385,8 @@ static void reap(job *j) {
   }
 }
 
-static int parse_args(int argc, char **argv, int *n, double *timeout, int *bind,
-                      int *prog_index) {
-  *n = 0;
-  *timeout = 0;
+static int parse_args(int argc, char **argv, options *o) {
+  *o = (options){.bind = 1};
   int i = 1;
   for (; i < argc; i++) {
     const char *a = argv[i], *val = NULL;
@@ -394,7 +411,7 @@ static int parse_args(int argc, char **argv, int *n, double *timeout, int *bind,
         fprintf(stderr, "parrun: --bind-to '%s' is not core or none\n", b);
         return -1;
       }
-      *bind = !strcmp(b, "core");
+      o->bind = !strcmp(b, "core");
       continue;
     }
     if (is_n || is_t) {
@@ -418,17 +435,17 @@ static int parse_args(int argc, char **argv, int *n, double *timeout, int *bind,
         fprintf(stderr, "parrun: -n '%s' is not a rank count in 1..%d\n", val, MAX_RANKS);
         return -1;
       }
-      *n = (int)v;
+      o->n = (int)v;
     } else {
       double v = strtod(val, &end);
       if (end == val || *end || !(v > 0) || v > 1e9) {
         fprintf(stderr, "parrun: --timeout '%s' is not a positive number of seconds\n", val);
         return -1;
       }
-      *timeout = v;
+      o->timeout_s = v;
     }
   }
-  if (*n == 0) {
+  if (o->n == 0) {
     fprintf(stderr, "parrun: -n N is required (see parrun --help)\n");
     return -1;
   }
@@ -436,223 +453,312 @@ static int parse_args(int argc, char **argv, int *n, double *timeout, int *bind,
     fprintf(stderr, "parrun: no program given (see parrun --help)\n");
     return -1;
   }
-  *prog_index = i;
+  o->prog_argv = argv + i;
   return 0;
 }
 
-int main(int argc, char **argv) {
-  int n, prog_index, bind = 1;
-  double timeout_s;
-  if (parse_args(argc, argv, &n, &timeout_s, &bind, &prog_index) != 0) return 2;
-  const char *prog = argv[prog_index];
-
-  int exec_err;
-  char *path = resolve_program(prog, &exec_err);
-  if (!path) {
-    fprintf(stderr, "parrun: cannot run %s: %s\n", prog, strerror(exec_err));
+/* PROGRAM's path, the job's token and id. Returns parrun's exit code on failure, else 0. */
+static int prepare(const options *o, launch *l) {
+  const char *prog = o->prog_argv[0];
+  int err;
+  l->path = resolve_program(prog, &err);
+  if (!l->path) {
+    fprintf(stderr, "parrun: cannot run %s: %s\n", prog, strerror(err));
     return 127;
   }
-
-  char token[33], job_id[9];
-  if (random_hex(token, 16) != 0 || random_hex(job_id, 4) != 0) {
+  if (random_hex(l->token, 16) != 0 || random_hex(l->job_id, 4) != 0) {
     fprintf(stderr, "parrun: cannot read /dev/urandom: %s\n", strerror(errno));
     return 1;
   }
+  return 0;
+}
 
-  /* The store thread must never take our signals: block them while it is created (it
-   * inherits the mask), then route them to the self-pipe. */
-  sigset_t handled, old;
+static const int handled_sigs[] = {SIGCHLD, SIGINT, SIGTERM, SIGHUP};
+#define NHANDLED (sizeof handled_sigs / sizeof handled_sigs[0])
+
+/* The store thread must never take our signals: they stay blocked while it is created (it
+ * inherits the mask), and route_signals sends them to the self-pipe afterwards. */
+static void block_signals(sigset_t *old) {
+  sigset_t handled;
   sigemptyset(&handled);
-  int sigs[] = {SIGCHLD, SIGINT, SIGTERM, SIGHUP};
-  for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++) sigaddset(&handled, sigs[i]);
-  sigprocmask(SIG_BLOCK, &handled, &old);
-  par__store_server *srv = NULL;
-  int port = 0;
-  if (par__store_server_start("127.0.0.1", 0, token, &srv, &port) != PAR_OK) {
+  for (size_t i = 0; i < NHANDLED; i++) sigaddset(&handled, handled_sigs[i]);
+  sigprocmask(SIG_BLOCK, &handled, old);
+}
+
+/* The rendezvous store, the job id in it, and a free port for MASTER_PORT. */
+static int start_store(launch *l) {
+  if (par__store_server_start("127.0.0.1", 0, l->token, &l->srv, &l->port) != PAR_OK) {
     fprintf(stderr, "parrun: cannot start the rendezvous store: %s\n", par__error_detail());
     return 1;
   }
-  if (publish_job_id(port, token, job_id) != 0) {
+  if (publish_job_id(l->port, l->token, l->job_id) != 0) {
     fprintf(stderr, "parrun: cannot publish the job id in the store: %s\n", par__error_detail());
     return 1;
   }
-  int master_port = free_port();
-  if (master_port < 0) {
+  l->master_port = free_port();
+  if (l->master_port < 0) {
     fprintf(stderr, "parrun: cannot find a free port for MASTER_PORT: %s\n", strerror(errno));
     return 1;
   }
+  return 0;
+}
+
+static int route_signals(const sigset_t *old) {
   if (pipe2(sig_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
     fprintf(stderr, "parrun: pipe: %s\n", strerror(errno));
     return 1;
   }
   struct sigaction sa = {.sa_handler = on_signal, .sa_flags = SA_RESTART | SA_NOCLDSTOP};
   sigemptyset(&sa.sa_mask);
-  for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++) sigaction(sigs[i], &sa, NULL);
+  for (size_t i = 0; i < NHANDLED; i++) sigaction(handled_sigs[i], &sa, NULL);
   signal(SIGPIPE, SIG_IGN); /* a closed stdout must not kill the launcher mid-job */
-  sigprocmask(SIG_SETMASK, &old, NULL);
+  sigprocmask(SIG_SETMASK, old, NULL);
+  return 0;
+}
 
-  job j = {.n = n, .state = RUNNING, .kill_at = INFINITY, .drain_until = INFINITY};
-  j.ranks = calloc((size_t)n, sizeof *j.ranks);
-  int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
-  if (!j.ranks || devnull < 0) {
+/* The job's table of ranks, and what each rank is started with besides the store. */
+static int job_init(job *j, launch *l, const options *o) {
+  *j = (job){.n = o->n, .state = RUNNING, .kill_at = INFINITY, .drain_until = INFINITY};
+  j->ranks = calloc((size_t)o->n, sizeof *j->ranks);
+  l->devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (!j->ranks || l->devnull < 0) {
     fprintf(stderr, "parrun: out of memory or no /dev/null\n");
     return 1;
   }
   /* A rank reading a terminal from a background process group would be stopped (SIGTTIN):
    * rank 0 gets stdin only when it is a pipe or file. */
-  int stdin_ok = !isatty(0);
-  int width = snprintf(NULL, 0, "%d", n - 1);
-  j.t0 = par__now();
+  l->stdin_ok = !isatty(0);
+  l->width = snprintf(NULL, 0, "%d", o->n - 1);
+  j->t0 = par__now();
+  j->timeout_s = o->timeout_s;
+  j->deadline = o->timeout_s > 0 ? j->t0 + o->timeout_s : INFINITY;
 
   /* The CPUs we may use, in order: rank r goes on the (r mod ncpus)-th. With more ranks than
    * CPUs that spreads them evenly (measured: a steadier and faster 8-rank job on 2 cores
    * than the kernel's placement, docs/parrun.md). Their number also goes to the ranks
    * (PAR_CPUS): a pinned rank sees one CPU, and a container's host may have many more than
    * the job may use, yet the library must know whether the ranks outnumber the cores. */
-  int cpus[CPU_SETSIZE], ncpus = 0;
   cpu_set_t allowed;
+  l->ncpus = 0;
   if (sched_getaffinity(0, sizeof allowed, &allowed) == 0)
     for (int c = 0; c < CPU_SETSIZE; c++)
-      if (CPU_ISSET(c, &allowed)) cpus[ncpus++] = c;
-  int job_cpus = ncpus;
-  if (!bind) ncpus = 0;
+      if (CPU_ISSET(c, &allowed)) l->cpus[l->ncpus++] = c;
+  l->job_cpus = l->ncpus;
+  if (!o->bind) l->ncpus = 0;
+  return 0;
+}
 
-  int launch_failed = 0;
-  for (int r = 0; r < n; r++) {
-    int op[2] = {-1, -1}, ep[2] = {-1, -1};
-    size_t owned_from = 0;
-    char **env = build_env(r, n, port, master_port, token, job_id, job_cpus, &owned_from);
-    if (!env || pipe2(op, O_CLOEXEC) != 0 || pipe2(ep, O_CLOEXEC) != 0) {
-      fprintf(stderr, "parrun: cannot prepare rank %d: %s\n", r, strerror(errno));
-      for (int k = 0; k < 2; k++) {
-        if (op[k] >= 0) close(op[k]);
-        if (ep[k] >= 0) close(ep[k]);
-      }
-      free_env(env, owned_from);
-      launch_failed = 1;
-      j.exit_code = 1;
-      break;
+/* Starts rank r with its pipes. Returns 0, or parrun's exit code when it could not. */
+static int launch_rank(job *j, const launch *l, char **prog_argv, int r) {
+  int op[2] = {-1, -1}, ep[2] = {-1, -1};
+  size_t owned_from = 0;
+  char **env = build_env(r, j->n, l->port, l->master_port, l->token, l->job_id, l->job_cpus,
+                         &owned_from);
+  if (!env || pipe2(op, O_CLOEXEC) != 0 || pipe2(ep, O_CLOEXEC) != 0) {
+    fprintf(stderr, "parrun: cannot prepare rank %d: %s\n", r, strerror(errno));
+    for (int k = 0; k < 2; k++) {
+      if (op[k] >= 0) close(op[k]);
+      if (ep[k] >= 0) close(ep[k]);
     }
-    pid_t pid = spawn_rank(j.pgid, path, argv + prog_index, env, devnull, r == 0 && stdin_ok, op,
-                           ep, ncpus ? cpus[r % ncpus] : -1, &exec_err);
-    close(op[1]);
-    close(ep[1]);
     free_env(env, owned_from);
-    if (pid < 0) {
-      close(op[0]);
-      close(ep[0]);
-      if (pid == -1)
-        fprintf(stderr, "parrun: cannot run %s: %s\n", prog, strerror(exec_err));
-      else
-        fprintf(stderr, "parrun: cannot start rank %d: %s\n", r, strerror(exec_err));
-      launch_failed = 1;
-      j.exit_code = pid == -1 ? 127 : 1;
-      break;
-    }
-    if (j.pgid == 0) j.pgid = pid;
-    fcntl(op[0], F_SETFL, O_NONBLOCK);
-    fcntl(ep[0], F_SETFL, O_NONBLOCK);
-    j.ranks[r].pid = pid;
-    pr_stream_init(&j.ranks[r].out, op[0], 1, r, width);
-    pr_stream_init(&j.ranks[r].err, ep[0], 2, r, width);
-    j.alive++;
-  }
-  free(path);
-  close(devnull);
-  for (int r = launch_failed ? 0 : n; r < n; r++)
-    if (!j.ranks[r].pid) j.ranks[r].done = 1, j.ranks[r].out.fd = j.ranks[r].err.fd = -1;
-  if (launch_failed) {
-    j.state = STOPPING;
-    stop_job(&j, SIGTERM);
-  }
-
-  double deadline = timeout_s > 0 ? j.t0 + timeout_s : INFINITY;
-  struct pollfd *pf = calloc((size_t)(2 * n + 1), sizeof *pf);
-  if (!pf) {
-    stop_job(&j, SIGKILL);
     return 1;
   }
-  for (;;) {
-    int open_streams = 0;
-    pf[0] = (struct pollfd){.fd = sig_pipe[0], .events = POLLIN};
-    for (int r = 0; r < n; r++) {
-      pf[1 + 2 * r] = (struct pollfd){.fd = j.ranks[r].out.fd, .events = POLLIN};
-      pf[2 + 2 * r] = (struct pollfd){.fd = j.ranks[r].err.fd, .events = POLLIN};
-      open_streams += (j.ranks[r].out.fd >= 0) + (j.ranks[r].err.fd >= 0);
+  int exec_err;
+  pid_t pid = spawn_rank(j->pgid, l->path, prog_argv, env, l->devnull, r == 0 && l->stdin_ok,
+                         op, ep, l->ncpus ? l->cpus[r % l->ncpus] : -1, &exec_err);
+  close(op[1]);
+  close(ep[1]);
+  free_env(env, owned_from);
+  if (pid < 0) {
+    close(op[0]);
+    close(ep[0]);
+    if (pid == -1)
+      fprintf(stderr, "parrun: cannot run %s: %s\n", prog_argv[0], strerror(exec_err));
+    else
+      fprintf(stderr, "parrun: cannot start rank %d: %s\n", r, strerror(exec_err));
+    return pid == -1 ? 127 : 1;
+  }
+  if (j->pgid == 0) j->pgid = pid;
+  fcntl(op[0], F_SETFL, O_NONBLOCK);
+  fcntl(ep[0], F_SETFL, O_NONBLOCK);
+  j->ranks[r].pid = pid;
+  pr_stream_init(&j->ranks[r].out, op[0], 1, r, l->width);
+  pr_stream_init(&j->ranks[r].err, ep[0], 2, r, l->width);
+  j->alive++;
+  return 0;
+}
+
+/* Starts the ranks in order; when one cannot be started, the job stops with that code. */
+static void launch_ranks(job *j, launch *l, char **prog_argv) {
+  int failed = 0;
+  for (int r = 0; r < j->n && !failed; r++) {
+    int code = launch_rank(j, l, prog_argv, r);
+    if (code != 0) {
+      failed = 1;
+      j->exit_code = code;
     }
-    if (j.alive == 0 && open_streams == 0) break;
-    double now = par__now();
-    if (j.alive == 0 && j.drain_until == INFINITY) j.drain_until = now + DRAIN_S;
-    if (now >= j.drain_until) {
-      /* Something the ranks started still holds their output open: end it. */
-      if (j.pgid > 0) kill(-j.pgid, SIGKILL);
-      for (int r = 0; r < n; r++) {
-        pr_stream_read(&j.ranks[r].out);
-        pr_stream_read(&j.ranks[r].err);
-        pr_stream_close(&j.ranks[r].out);
-        pr_stream_close(&j.ranks[r].err);
+  }
+  free(l->path);
+  l->path = NULL;
+  close(l->devnull);
+  if (!failed) return;
+  for (int r = 0; r < j->n; r++)
+    if (!j->ranks[r].pid) j->ranks[r].done = 1, j->ranks[r].out.fd = j->ranks[r].err.fd = -1;
+  j->state = STOPPING;
+  stop_job(j, SIGTERM);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Watching: one poll() over the self-pipe and every rank's stdout and stderr               */
+/* ---------------------------------------------------------------------------------------- */
+
+/* Fills the poll set (closed streams have fd -1, which poll skips); returns how many streams
+ * are still open. */
+static int fill_poll_set(const job *j, struct pollfd *pf) {
+  int open_streams = 0;
+  pf[0] = (struct pollfd){.fd = sig_pipe[0], .events = POLLIN};
+  for (int r = 0; r < j->n; r++) {
+    pf[1 + 2 * r] = (struct pollfd){.fd = j->ranks[r].out.fd, .events = POLLIN};
+    pf[2 + 2 * r] = (struct pollfd){.fd = j->ranks[r].err.fd, .events = POLLIN};
+    open_streams += (j->ranks[r].out.fd >= 0) + (j->ranks[r].err.fd >= 0);
+  }
+  return open_streams;
+}
+
+/* Something the ranks started still holds their output open after they all exited: end it,
+ * keeping what it wrote so far. */
+static void end_leftovers(job *j) {
+  if (j->pgid > 0) kill(-j->pgid, SIGKILL);
+  for (int r = 0; r < j->n; r++) {
+    pr_stream_read(&j->ranks[r].out);
+    pr_stream_read(&j->ranks[r].err);
+    pr_stream_close(&j->ranks[r].out);
+    pr_stream_close(&j->ranks[r].err);
+  }
+}
+
+/* The job's timeout and the SIGKILL after the grace period; returns poll's wait in ms until
+ * the next of them (-1: none). */
+static int run_timers(job *j, double now) {
+  if (j->state == RUNNING && now >= j->deadline) {
+    fprintf(stderr, "parrun: job timed out after %g s; stopping all %d rank%s\n", j->timeout_s,
+            j->alive, j->alive == 1 ? "" : "s");
+    j->state = STOPPING;
+    j->exit_code = 124;
+    stop_job(j, SIGTERM);
+  }
+  if (now >= j->kill_at) {
+    stop_job(j, SIGKILL);
+    j->kill_at = INFINITY;
+  }
+  double next = j->drain_until;
+  if (j->state == RUNNING && j->deadline < next) next = j->deadline;
+  if (j->kill_at < next) next = j->kill_at;
+  return next == INFINITY ? -1 : (int)fmin(ceil((next - now) * 1000.0), 3.6e6);
+}
+
+/* Signals that reached parrun, through the self-pipe: the first that is not SIGCHLD stops
+ * the job with 128 + its number; each is forwarded to the ranks; SIGCHLD reaps. */
+static void take_signals(job *j) {
+  unsigned char sigbuf[64];
+  ssize_t got;
+  int chld = 0;
+  while ((got = read(sig_pipe[0], sigbuf, sizeof sigbuf)) > 0)
+    for (ssize_t k = 0; k < got; k++) {
+      if (sigbuf[k] == SIGCHLD) {
+        chld = 1;
+        continue;
       }
+      char name[32];
+      if (j->state == RUNNING) {
+        fprintf(stderr, "parrun: got %s; forwarding it to all ranks\n",
+                sig_name(sigbuf[k], name, sizeof name));
+        j->state = STOPPING;
+        j->exit_code = 128 + sigbuf[k];
+      }
+      stop_job(j, sigbuf[k]);
+    }
+  if (chld) reap(j);
+}
+
+/* Runs until every rank has exited and its output is drained: forwards output, signals and
+ * the first failure (reap). Returns -1 when it cannot even start (no memory). */
+static int watch(job *j) {
+  struct pollfd *pf = calloc((size_t)(2 * j->n + 1), sizeof *pf);
+  if (!pf) {
+    stop_job(j, SIGKILL);
+    return -1;
+  }
+  for (;;) {
+    int open_streams = fill_poll_set(j, pf);
+    if (j->alive == 0 && open_streams == 0) break;
+    double now = par__now();
+    if (j->alive == 0 && j->drain_until == INFINITY) j->drain_until = now + DRAIN_S;
+    if (now >= j->drain_until) {
+      end_leftovers(j);
       break;
     }
-    if (j.state == RUNNING && now >= deadline) {
-      fprintf(stderr, "parrun: job timed out after %g s; stopping all %d rank%s\n", timeout_s,
-              j.alive, j.alive == 1 ? "" : "s");
-      j.state = STOPPING;
-      j.exit_code = 124;
-      stop_job(&j, SIGTERM);
-    }
-    if (now >= j.kill_at) {
-      stop_job(&j, SIGKILL);
-      j.kill_at = INFINITY;
-    }
-    double next = j.drain_until;
-    if (j.state == RUNNING && deadline < next) next = deadline;
-    if (j.kill_at < next) next = j.kill_at;
-    int wait_ms = next == INFINITY ? -1 : (int)fmin(ceil((next - now) * 1000.0), 3.6e6);
-    int rc = poll(pf, (nfds_t)(2 * n + 1), wait_ms);
+    int rc = poll(pf, (nfds_t)(2 * j->n + 1), run_timers(j, now));
     if (rc < 0 && errno != EINTR) {
       fprintf(stderr, "parrun: poll: %s\n", strerror(errno));
-      stop_job(&j, SIGKILL);
-      j.exit_code = 1;
+      stop_job(j, SIGKILL);
+      j->exit_code = 1;
       break;
     }
     if (rc <= 0) continue;
-    if (pf[0].revents & POLLIN) {
-      unsigned char sigbuf[64];
-      ssize_t got;
-      int chld = 0;
-      while ((got = read(sig_pipe[0], sigbuf, sizeof sigbuf)) > 0)
-        for (ssize_t k = 0; k < got; k++) {
-          if (sigbuf[k] == SIGCHLD) {
-            chld = 1;
-            continue;
-          }
-          char name[32];
-          if (j.state == RUNNING) {
-            fprintf(stderr, "parrun: got %s; forwarding it to all ranks\n",
-                    sig_name(sigbuf[k], name, sizeof name));
-            j.state = STOPPING;
-            j.exit_code = 128 + sigbuf[k];
-          }
-          stop_job(&j, sigbuf[k]);
-        }
-      if (chld) reap(&j);
-    }
-    for (int r = 0; r < n; r++) {
-      if (pf[1 + 2 * r].revents) pr_stream_read(&j.ranks[r].out);
-      if (pf[2 + 2 * r].revents) pr_stream_read(&j.ranks[r].err);
+    if (pf[0].revents & POLLIN) take_signals(j);
+    for (int r = 0; r < j->n; r++) {
+      if (pf[1 + 2 * r].revents) pr_stream_read(&j->ranks[r].out);
+      if (pf[2 + 2 * r].revents) pr_stream_read(&j->ranks[r].err);
     }
   }
-
-  /* Ranks still running here (only after a poll failure) are killed and collected. */
-  for (int r = 0; r < n; r++)
-    if (!j.ranks[r].done && j.ranks[r].pid > 0) {
-      kill(j.ranks[r].pid, SIGKILL);
-      waitpid(j.ranks[r].pid, NULL, 0);
-    }
-  par__store_server_stop(srv);
-  remove_job_shm(job_id);
   free(pf);
-  free(j.ranks);
+  return 0;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Ending                                                                                   */
+/* ---------------------------------------------------------------------------------------- */
+
+/* Ranks still running here (only after a poll failure) are killed and collected. */
+static void collect(job *j) {
+  for (int r = 0; r < j->n; r++)
+    if (!j->ranks[r].done && j->ranks[r].pid > 0) {
+      kill(j->ranks[r].pid, SIGKILL);
+      waitpid(j->ranks[r].pid, NULL, 0);
+    }
+}
+
+/* The store, the job's shared-memory segments (ranks killed mid-job leave theirs), the table. */
+static void clean_up(job *j, launch *l) {
+  par__store_server_stop(l->srv);
+  remove_job_shm(l->job_id);
+  free(j->ranks);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Main                                                                                     */
+/* ---------------------------------------------------------------------------------------- */
+
+/* The phases. Exit codes: the first failed rank's (128 + signal for a signal), 124 on
+ * --timeout, 128 + signal when parrun was signalled, 2 for usage, 127 when PROGRAM cannot
+ * run, 1 when parrun itself cannot start the job. */
+int main(int argc, char **argv) {
+  options o;
+  if (parse_args(argc, argv, &o) != 0) return 2;
+  launch l = {.devnull = -1};
+  int rc = prepare(&o, &l);
+  if (rc != 0) return rc;
+
+  sigset_t old;
+  block_signals(&old);
+  if ((rc = start_store(&l)) != 0 || (rc = route_signals(&old)) != 0) return rc;
+
+  job j;
+  if (job_init(&j, &l, &o) != 0) return 1;
+  launch_ranks(&j, &l, o.prog_argv);
+  if (watch(&j) != 0) return 1;
+  collect(&j);
+  clean_up(&j, &l);
   return j.exit_code;
 }
