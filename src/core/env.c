@@ -3,6 +3,7 @@
  * A malformed value falls back to the default with a warning: the environment is advice and
  * must never stop a job that has valid code-level options.
  */
+#include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -31,7 +32,9 @@ static _Thread_local int reading; /* env_read's own calls (parsers log errors) s
 int par__parse_size(const char *v, size_t min, size_t max, size_t *out) {
   if (!v || *v < '0' || *v > '9') return -1; /* strtoull would take "-1", " 1" and "+1" */
   char *end;
+  errno = 0;
   unsigned long long c = strtoull(v, &end, 10);
+  if (errno == ERANGE) return -1; /* strtoull saturates: "99999999999999999999" is not 2^64-1 */
   unsigned shift = 0;
   if (*end == 'K' || *end == 'k') shift = 10, end++;
   else if (*end == 'M' || *end == 'm') shift = 20, end++;
