@@ -48,7 +48,7 @@ int par__parse_size(const char *v, size_t min, size_t max, size_t *out) {
 /* A threshold variable: 0 or unset means "derived from the machine" (par__tuning). */
 static void read_threshold(const char *name, size_t *field) {
   /* As large as any buffer can be: a threshold above every size turns a path off. */
-  const size_t most = sizeof(size_t) > 4 ? (size_t)1 << 40 : (size_t)1 << 30;
+  const size_t most = SIZE_MAX > (1ull << 40) ? (size_t)(1ull << 40) : (size_t)1 << 30;
   const char *v = getenv(name);
   if (v && *v && par__parse_size(v, 0, most, field) < 0) warn_later(name, v);
 }
@@ -100,9 +100,13 @@ static void env_read(void) {
     }
     if (!found) warn_later("PAR_CHECK", v);
   }
-  if ((v = getenv("PAR_SHM_CHUNK")) && *v &&
-      par__parse_size(v, 4096, (size_t)64 << 20, &env.shm_chunk) < 0)
-    warn_later("PAR_SHM_CHUNK", v);
+  if ((v = getenv("PAR_SHM_CHUNK")) && *v) {
+    size_t c = 0; /* 0: derived, like the other sizes; else 4K to 64M */
+    if (par__parse_size(v, 0, (size_t)64 << 20, &c) == 0 && (c == 0 || c >= 4096))
+      env.shm_chunk = c;
+    else
+      warn_later("PAR_SHM_CHUNK", v);
+  }
   read_threshold("PAR_SHM_SMALL_MAX", &env.shm_small_max);
   read_threshold("PAR_SHM_BIG_OUT", &env.shm_big_out);
   read_threshold("PAR_SHM_CMA_REDUCE_MIN", &env.shm_cma_reduce_min);

@@ -211,8 +211,8 @@ static void test_environment(void **state) {
   setenv("PAR_SHM_CMA_REDUCE_MIN", "0", 1); /* 0: derived, no warning */
   setenv("PAR_SHM_SMALL_MAX", "abc", 1);
   setenv("PAR_SHM_CMA_REDUCE_MAX", "-1", 1);
-  setenv("PAR_SHM_CMA_MOVE_MIN", "99999999999999999999M", 1);
   setenv("PAR_SHM_CHUNK", "1K", 1); /* below its 4K minimum */
+  setenv("PAR_SHM_CMA_MOVE_MIN", "99999999999999999999M", 1);
   par_set_log_handler(capture, NULL);
 
   const par__env *env = par__env_get();
