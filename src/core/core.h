@@ -119,10 +119,10 @@ typedef struct par__machine {
   size_t l1d, l2, l3;
   int l2_shared_by, l3_shared_by;
   par__fact_from l1d_from, l2_from, l3_from;
-  int cpus;           /* par__job_cpus(): what the job may use on this host */
-  int cpus_affinity;  /* CPUs in this process's affinity mask (sched_getaffinity); 0 unknown */
-  int avx2, avx512;   /* usable: the CPU has it and the OS saves its registers; avx512: F+BW */
-  char model[64];     /* /proc/cpuinfo "model name", else the CPUID brand, else "unknown" */
+  int cpus;          /* par__job_cpus(): what the job may use on this host */
+  int cpus_affinity; /* CPUs in this process's affinity mask (sched_getaffinity); 0 unknown */
+  int avx2, avx512;  /* usable: the CPU has it and the OS saves its registers; avx512: F+BW */
+  char model[64];    /* /proc/cpuinfo "model name", else the CPUID brand, else "unknown" */
 } par__machine;
 
 /* This host's facts, read once (sysfs, then CPUID for what sysfs lacks, then defaults).
@@ -153,9 +153,9 @@ typedef struct par__tuning {
   size_t big_out;        /* outputs from this size are written with par__copy_out */
   size_t cma_reduce_min; /* single-copy all-reduce, whole message: window [min, max] */
   size_t cma_reduce_max;
-  size_t cma_move_min;   /* single-copy all-gather (per member) and broadcast: from min */
-  size_t cma_move_max;   /* all-gather per member: up to max (broadcast has none) */
-  unsigned from_env;     /* PAR__TUNE_* bits: the value came from its PAR_SHM_* variable */
+  size_t cma_move_min; /* single-copy all-gather (per member) and broadcast: from min */
+  size_t cma_move_max; /* all-gather per member: up to max (broadcast has none) */
+  unsigned from_env;   /* PAR__TUNE_* bits: the value came from its PAR_SHM_* variable */
 } par__tuning;
 
 enum {

@@ -36,8 +36,10 @@ int par__parse_size(const char *v, size_t min, size_t max, size_t *out) {
   unsigned long long c = strtoull(v, &end, 10);
   if (errno == ERANGE) return -1; /* strtoull saturates: "99999999999999999999" is not 2^64-1 */
   unsigned shift = 0;
-  if (*end == 'K' || *end == 'k') shift = 10, end++;
-  else if (*end == 'M' || *end == 'm') shift = 20, end++;
+  if (*end == 'K' || *end == 'k')
+    shift = 10, end++;
+  else if (*end == 'M' || *end == 'm')
+    shift = 20, end++;
   if (*end != '\0' || c > (SIZE_MAX >> shift)) return -1; /* garbage after, or overflow */
   c <<= shift;
   if (c < min || c > max) return -1;
@@ -143,8 +145,11 @@ static void env_read(void) {
 int par__env_reading(void) { return reading; }
 
 const par__env *par__env_get(void) {
-  static const par__env defaults = {.log_level = PAR_LOG_INFO, .timeout_s = 300.0,
-                                    .backend = PAR_BACKEND_AUTO, .spin = -1, .shm_cma = -1};
+  static const par__env defaults = {.log_level = PAR_LOG_INFO,
+                                    .timeout_s = 300.0,
+                                    .backend = PAR_BACKEND_AUTO,
+                                    .spin = -1,
+                                    .shm_cma = -1};
   if (reading) return &defaults;
   pthread_once(&env_once, env_read);
   /* Logged after the once-block: par__log reads the level through this function. */

@@ -59,9 +59,12 @@ static size_t parse_cache_size(const char *s) {
   char *end;
   unsigned long long v = strtoull(s, &end, 10);
   unsigned shift = 0;
-  if (*end == 'K' || *end == 'k') shift = 10, end++;
-  else if (*end == 'M' || *end == 'm') shift = 20, end++;
-  else if (*end == 'G' || *end == 'g') shift = 30, end++;
+  if (*end == 'K' || *end == 'k')
+    shift = 10, end++;
+  else if (*end == 'M' || *end == 'm')
+    shift = 20, end++;
+  else if (*end == 'G' || *end == 'g')
+    shift = 30, end++;
   if (*end != '\0' || v == 0 || v > (CACHE_MAX >> shift)) return 0;
   return (size_t)(v << shift);
 }
@@ -80,8 +83,10 @@ static int count_cpu_list(const char *s) {
     if (b < a || b - a >= SHARED_MAX) return 0;
     n += b - a + 1;
     if (n > SHARED_MAX) return 0;
-    if (*end == ',') end++;
-    else if (*end != '\0') return 0;
+    if (*end == ',')
+      end++;
+    else if (*end != '\0')
+      return 0;
     s = end;
   }
   return (int)n;
@@ -172,8 +177,8 @@ static void cpuid_caches(unsigned leaf, par__machine *m) {
     __cpuid_count(leaf, i, a, b, c, d);
     unsigned type = a & 31, level = (a >> 5) & 7;
     if (type == 0) break;
-    size_t size = (size_t)((b >> 22) + 1) * (((b >> 12) & 0x3ff) + 1) * ((b & 0xfff) + 1) *
-                  ((size_t)c + 1);
+    size_t size =
+        (size_t)((b >> 22) + 1) * (((b >> 12) & 0x3ff) + 1) * ((b & 0xfff) + 1) * ((size_t)c + 1);
     int by = (int)((a >> 14) & 0xfff) + 1;
     if (size > CACHE_MAX) continue;
     if (level == 1 && type == 1 && !m->l1d) {
@@ -226,7 +231,7 @@ void par__machine_cpuid(par__machine *m) {
   unsigned a, b, c, d;
   if (!__get_cpuid(0, &a, &b, &c, &d)) return;
   int amd = (b == 0x68747541u && d == 0x69746e65u && c == 0x444d4163u) || /* AuthenticAMD */
-            (b == 0x6f677948u && d == 0x6e65476eu && c == 0x656e6975u);  /* HygonGenuine */
+            (b == 0x6f677948u && d == 0x6e65476eu && c == 0x656e6975u);   /* HygonGenuine */
   if (amd) {
     /* 0x8000001D exists only with the topology extensions (CPUID 0x80000001 ECX bit 22). */
     if (__get_cpuid_max(0x80000000u, NULL) >= 0x8000001Du &&
@@ -277,9 +282,12 @@ const par__machine *par__machine_get(void) {
 }
 
 void par__fmt_size(char *buf, size_t len, size_t v) {
-  if (v && v % (1u << 20) == 0) snprintf(buf, len, "%zuM", v >> 20);
-  else if (v && v % 1024 == 0) snprintf(buf, len, "%zuK", v >> 10);
-  else snprintf(buf, len, "%zu", v);
+  if (v && v % (1u << 20) == 0)
+    snprintf(buf, len, "%zuM", v >> 20);
+  else if (v && v % 1024 == 0)
+    snprintf(buf, len, "%zuK", v >> 10);
+  else
+    snprintf(buf, len, "%zu", v);
 }
 
 static const char *from_name(par__fact_from f) {

@@ -79,8 +79,9 @@ static void test_epyc(void **state) {
   put_cache(1, "1", "Instruction", "32K", "0", "1");
   put_cache(2, "2", "Unified", "512K", "0", "1");
   put_cache(3, "3", "Unified", "32768K", "0-1", "3");
-  put("proc/cpuinfo", "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\n"
-                      "flags\t\t: fpu avx2\n\nprocessor\t: 1\nmodel name\t: AMD EPYC\n");
+  put("proc/cpuinfo",
+      "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\n"
+      "flags\t\t: fpu avx2\n\nprocessor\t: 1\nmodel name\t: AMD EPYC\n");
   par__machine m;
   par__machine_read(root, &m);
   assert_int_equal(m.l1d, 32 * KIB);

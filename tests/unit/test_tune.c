@@ -27,8 +27,8 @@ static const size_t today[7] = {256 * KIB, 32 * KIB, 4 * MIB, 256 * KIB,
                                 8 * MIB,   64 * KIB, 1 * MIB};
 
 static par__machine machine(size_t l1d, size_t l2, int l2_by, size_t l3, int l3_by, int cpus) {
-  par__machine m = {.l1d = l1d, .l2 = l2, .l2_shared_by = l2_by, .l3 = l3, .l3_shared_by = l3_by,
-                    .cpus = cpus};
+  par__machine m = {
+      .l1d = l1d, .l2 = l2, .l2_shared_by = l2_by, .l3 = l3, .l3_shared_by = l3_by, .cpus = cpus};
   return m;
 }
 
@@ -75,7 +75,7 @@ static void test_xeon_260m(void **state) {
   par__tune_derive(&m, NULL, &t);
   /* chunk L2/2; small_max L1d; big_out (130M/4 -> 32M); all-reduce window to 130M/2 capped at
    * 64M; all-gather to 4 chunks. */
-  static const size_t want[7] = {1 * MIB, 48 * KIB, 32 * MIB, 256 * KIB,
+  static const size_t want[7] = {1 * MIB,  48 * KIB, 32 * MIB, 256 * KIB,
                                  64 * MIB, 64 * KIB, 4 * MIB};
   expect(&t, want);
 }
@@ -107,13 +107,13 @@ static void test_shares_and_clamps(void **state) {
    * two CPUs may be one core's SMT pair, so the L2 is still counted as halved. */
   big.cpus = 2;
   par__tune_derive(&big, NULL, &t);
-  static const size_t two[7] = {128 * KIB, 32 * KIB, 4 * MIB, 256 * KIB,
+  static const size_t two[7] = {128 * KIB, 32 * KIB, 4 * MIB,  256 * KIB,
                                 8 * MIB,   64 * KIB, 512 * KIB};
   expect(&t, two);
   /* A small part: 256 KiB L2, 4 MiB L3 for 4 cores: the floors. */
   par__machine small = machine(16 * KIB, 256 * KIB, 1, 4 * MIB, 4, 4);
   par__tune_derive(&small, NULL, &t);
-  static const size_t want[7] = {64 * KIB, 16 * KIB, 1 * MIB, 256 * KIB,
+  static const size_t want[7] = {64 * KIB,  16 * KIB, 1 * MIB,  256 * KIB,
                                  512 * KIB, 64 * KIB, 256 * KIB};
   expect(&t, want);
   /* An L1d above the chunk is held to the chunk. */
@@ -174,8 +174,18 @@ static void test_parse_size(void **state) {
   assert_int_equal(par__parse_size("0", 0, 8, &v), 0);
   assert_int_equal(v, 0);
   v = 7;
-  static const char *bad[] = {"",   "abc", "-1",  " 1",  "+1", "1G", "4KK", "4K ", "1.5M",
-                              "0x10", "18446744073709551615K", "99999999999999999999"};
+  static const char *bad[] = {"",
+                              "abc",
+                              "-1",
+                              " 1",
+                              "+1",
+                              "1G",
+                              "4KK",
+                              "4K ",
+                              "1.5M",
+                              "0x10",
+                              "18446744073709551615K",
+                              "99999999999999999999"};
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     if (par__parse_size(bad[i], 0, SIZE_MAX, &v) != -1) fail_msg("accepted '%s'", bad[i]);
     assert_int_equal(v, 7);
