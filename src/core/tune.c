@@ -43,14 +43,14 @@ static size_t share(size_t size, int shared_by, int cpus) {
 /*
  * Bytes per member per pipeline round. A round reads a chunk of each input it combines and
  * writes a chunk of result, about two chunks in flight per core, and it runs fastest when they
- * stay in that core's L2: chunk = L2 per core / 2 (EPYC 256 KiB; Xeon 1 MiB). Second, the
- * segment holds 2 parity sets x 2 areas x chunk per member, 32 chunks for 8 members, and
- * that must leave the L3 room for the buffers the op reads and writes: at most a quarter of
- * it, chunk <= L3 / 128 (EPYC 256 KiB again; the 35.8 MiB Xeon, whose L2 rule alone would
- * say 512 KiB, 256 KiB, where 1 MiB rounds were measured 15-35% slower on 8 ranks; the
- * 260 MiB Xeon 2 MiB, no limit). Powers of two, from 64 KiB (below, the per-round
- * synchronisation dominates) to 1 MiB (above, 8 members' segment outgrows any L2 sum and
- * 64 MiB all-reduce has only 32 rounds to overlap copying in with copying out).
+ * stay in that core's L2: chunk <= L2 per core / 2 (EPYC 256 KiB; 260 MiB Xeon 1 MiB).
+ * Second, the segment holds 2 parity sets x 2 areas x chunk per member, 32 chunks for 8
+ * members, and must leave the L3 room for the buffers the op reads and writes: at most a
+ * quarter of it, chunk <= L3 / 128 (EPYC 256 KiB again; the 35.8 MiB Xeon 256 KiB where its
+ * L2 alone would allow 512 KiB, and there 1 MiB rounds were measured 15-35% slower on 8 ranks;
+ * the 260 MiB Xeon 2 MiB, so its L2 decides). A power of two from 64 KiB (below, a round's
+ * synchronisation costs as much as its copying) to 1 MiB (an 8-member segment is then 32 MiB;
+ * no larger round was ever measured faster).
  */
 static size_t rule_chunk(const par__machine *m) {
   size_t l2 = share(m->l2, m->l2_shared_by, m->cpus);
