@@ -97,12 +97,24 @@ typedef struct par__env {
   int spin;                /* PAR_SPIN: spin iterations before sleeping; -1 = automatic */
   int shm_cma;             /* PAR_SHM_CMA: single-copy reads of peers' memory; -1 = auto */
   int cpus;                /* PAR_CPUS: CPUs the job may use on this host; 0 = unknown */
+  /* PAR_SHM_SMALL_MAX, _BIG_OUT, _CMA_REDUCE_MIN/MAX, _CMA_MOVE_MIN/MAX: the shared-memory
+   * backend's size thresholds (par__tuning below); 0 = derived from the machine. */
+  size_t shm_small_max, shm_big_out;
+  size_t shm_cma_reduce_min, shm_cma_reduce_max, shm_cma_move_min, shm_cma_move_max;
 } par__env;
 
 /* The environment, parsed on first use. Thread-safe. While it is being parsed, calls from the
  * parsing thread (a parser that logs) get the defaults. */
 const par__env *par__env_get(void);
 int par__env_reading(void);
+
+/* Parses a byte size: decimal digits and an optional K or M suffix (KiB, MiB). Returns 0 and
+ * sets *out when the value is well formed, fits and lies in [min, max]; else -1. */
+int par__parse_size(const char *v, size_t min, size_t max, size_t *out);
+
+/* The CPUs the job may use on this host: PAR_CPUS (set by parrun from its affinity mask), else
+ * the host's online CPUs; at least 1. */
+int par__job_cpus(void);
 
 /* 1 when a job with `local_size` ranks on this host has more ranks than cores: waiting
  * ranks must then give up their core early instead of spinning. */
@@ -122,6 +134,82 @@ static inline void par__cpu_relax(void) {
   __asm__ __volatile__("yield");
 #endif
 }
+
+/* ---------------------------------------------------------------------------------------- */
+/* The machine and the tuning derived from it (machine.c, tune.c; docs/PERFORMANCE.md)      */
+/* ---------------------------------------------------------------------------------------- */
+
+/* Where a fact came from. */
+typedef enum par__fact_from {
+  PAR__FROM_NONE = 0, /* not known (yet) */
+  PAR__FROM_SYSFS,    /* /sys/devices/system/cpu/cpu0/cache */
+  PAR__FROM_CPUID,    /* x86 CPUID: leaf 4 (Intel), 0x8000001D (AMD) */
+  PAR__FROM_DEFAULT,  /* nothing said: the machine the defaults were tuned on */
+} par__fact_from;
+
+/* What this host's CPU reports about itself. Cache sizes are bytes per instance as seen from
+ * CPU 0; *_shared_by counts the CPUs (logical) that share one instance. */
+typedef struct par__machine {
+  size_t l1d, l2, l3;
+  int l2_shared_by, l3_shared_by;
+  par__fact_from l1d_from, l2_from, l3_from;
+  int cpus;          /* par__job_cpus(): what the job may use on this host */
+  int cpus_affinity; /* CPUs in this process's affinity mask (sched_getaffinity); 0 unknown */
+  int avx2, avx512;  /* usable: the CPU has it and the OS saves its registers; avx512: F+BW */
+  char model[64];    /* /proc/cpuinfo "model name", else the CPUID brand, else "unknown" */
+} par__machine;
+
+/* This host's facts, read once (sysfs, then CPUID for what sysfs lacks, then defaults).
+ * Thread-safe; never fails. */
+const par__machine *par__machine_get(void);
+
+/* The file-reading half, for tests: zeroes *out and fills what `root` (a directory standing for
+ * "/": it holds sys/devices/system/cpu/cpu0/cache/index* and proc/cpuinfo; "" is the real one)
+ * says. Missing files and malformed values (sizes "abc", "0K", over 16 GiB) leave a fact
+ * unknown: 0, PAR__FROM_NONE. Reads no CPUID and no affinity. */
+void par__machine_read(const char *root, par__machine *out);
+/* Fills the caches still unknown from CPUID (x86 only; elsewhere nothing). */
+void par__machine_cpuid(par__machine *m);
+/* Fills the caches still unknown with the defaults: 32 KiB L1d, 512 KiB L2 per core and
+ * 32 MiB L3 shared by 2 CPUs, the machine today's constants were tuned on, so a machine that
+ * reports nothing is tuned as before. Sharing counts of 0 become 1, an empty model "unknown". */
+void par__machine_defaults(par__machine *m);
+/* A size for people: "32K", "2M", or bytes when not a whole KiB. */
+void par__fmt_size(char *buf, size_t len, size_t v);
+/* One line of facts for the log ("AMD EPYC: L1d 32K (sysfs), ..."). */
+void par__machine_describe(const par__machine *m, char *buf, size_t len);
+
+/* The shared-memory backend's sizes (bytes), each derived from the machine by a rule
+ * (tune.c says why each holds) unless its PAR_SHM_* variable overrides it. */
+typedef struct par__tuning {
+  size_t shm_chunk;      /* per member per pipeline round; PAR_SHM_CHUNK */
+  size_t small_max;      /* all-reduce/reduce at most this size take one round */
+  size_t big_out;        /* outputs from this size are written with par__copy_out */
+  size_t cma_reduce_min; /* single-copy all-reduce, whole message: window [min, max] */
+  size_t cma_reduce_max;
+  size_t cma_move_min; /* single-copy all-gather (per member) and broadcast: from min */
+  size_t cma_move_max; /* all-gather per member: up to max (broadcast has none) */
+  unsigned from_env;   /* PAR__TUNE_* bits: the value came from its PAR_SHM_* variable */
+} par__tuning;
+
+enum {
+  PAR__TUNE_CHUNK = 1u << 0,
+  PAR__TUNE_SMALL_MAX = 1u << 1,
+  PAR__TUNE_BIG_OUT = 1u << 2,
+  PAR__TUNE_CMA_REDUCE_MIN = 1u << 3,
+  PAR__TUNE_CMA_REDUCE_MAX = 1u << 4,
+  PAR__TUNE_CMA_MOVE_MIN = 1u << 5,
+  PAR__TUNE_CMA_MOVE_MAX = 1u << 6,
+};
+
+/* Pure: the sizes for machine m under the overrides in env (env may be NULL: none). On the
+ * machine the defaults were tuned on (32K/512K/32M shared by 2) it gives today's constants. */
+void par__tune_derive(const par__machine *m, const par__env *env, par__tuning *out);
+/* par__tune_derive(par__machine_get(), par__env_get()), computed once; the first call logs
+ * the facts and each value with its origin at debug level. Thread-safe; never fails. */
+const par__tuning *par__tuning_get(void);
+/* One line of values for the log ("chunk 256K (machine), small_max ..."). */
+void par__tuning_describe(const par__tuning *t, char *buf, size_t len);
 
 /* ---------------------------------------------------------------------------------------- */
 /* Identifiers (hash.c)                                                                     */

@@ -3,7 +3,9 @@
  * A malformed value falls back to the default with a warning: the environment is advice and
  * must never stop a job that has valid code-level options.
  */
+#include <errno.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,17 +17,43 @@
 
 static par__env env;
 static pthread_once_t env_once = PTHREAD_ONCE_INIT;
-static char env_warnings[4][160];
+static char env_warnings[12][160];
 static int env_nwarnings;
 
 static void warn_later(const char *name, const char *value) {
   /* The logger's level itself comes from here, so warnings are queued until parsing ends. */
-  if (env_nwarnings < 4)
+  if (env_nwarnings < (int)(sizeof env_warnings / sizeof env_warnings[0]))
     snprintf(env_warnings[env_nwarnings++], sizeof env_warnings[0],
              "ignoring %s=%.60s: not a valid value", name, value);
 }
 
 static _Thread_local int reading; /* env_read's own calls (parsers log errors) see defaults */
+
+int par__parse_size(const char *v, size_t min, size_t max, size_t *out) {
+  if (!v || *v < '0' || *v > '9') return -1; /* strtoull would take "-1", " 1" and "+1" */
+  char *end;
+  errno = 0;
+  unsigned long long c = strtoull(v, &end, 10);
+  if (errno == ERANGE) return -1; /* strtoull saturates: "99999999999999999999" is not 2^64-1 */
+  unsigned shift = 0;
+  if (*end == 'K' || *end == 'k')
+    shift = 10, end++;
+  else if (*end == 'M' || *end == 'm')
+    shift = 20, end++;
+  if (*end != '\0' || c > (SIZE_MAX >> shift)) return -1; /* garbage after, or overflow */
+  c <<= shift;
+  if (c < min || c > max) return -1;
+  *out = (size_t)c;
+  return 0;
+}
+
+/* A threshold variable: 0 or unset means "derived from the machine" (par__tuning). */
+static void read_threshold(const char *name, size_t *field) {
+  /* As large as any buffer can be: a threshold above every size turns a path off. */
+  const size_t most = SIZE_MAX > (1ull << 40) ? (size_t)(1ull << 40) : (size_t)1 << 30;
+  const char *v = getenv(name);
+  if (v && *v && par__parse_size(v, 0, most, field) < 0) warn_later(name, v);
+}
 
 static void env_read(void) {
   reading = 1;
@@ -37,6 +65,9 @@ static void env_read(void) {
   env.spin = -1;
   env.shm_cma = -1;
   env.cpus = 0;
+  env.shm_small_max = env.shm_big_out = 0;
+  env.shm_cma_reduce_min = env.shm_cma_reduce_max = env.shm_cma_move_min = 0;
+  env.shm_cma_move_max = 0;
 
   const char *v;
   if ((v = getenv("PAR_LOG")) && *v) {
@@ -72,15 +103,18 @@ static void env_read(void) {
     if (!found) warn_later("PAR_CHECK", v);
   }
   if ((v = getenv("PAR_SHM_CHUNK")) && *v) {
-    char *end;
-    unsigned long long c = strtoull(v, &end, 10);
-    if (*end == 'K' || *end == 'k') c <<= 10, end++;
-    if (*end == 'M' || *end == 'm') c <<= 20, end++;
-    if (*end == '\0' && c >= 4096 && c <= (64ull << 20))
-      env.shm_chunk = (size_t)c;
+    size_t c = 0; /* 0: derived, like the other sizes; else 4K to 64M */
+    if (par__parse_size(v, 0, (size_t)64 << 20, &c) == 0 && (c == 0 || c >= 4096))
+      env.shm_chunk = c;
     else
       warn_later("PAR_SHM_CHUNK", v);
   }
+  read_threshold("PAR_SHM_SMALL_MAX", &env.shm_small_max);
+  read_threshold("PAR_SHM_BIG_OUT", &env.shm_big_out);
+  read_threshold("PAR_SHM_CMA_REDUCE_MIN", &env.shm_cma_reduce_min);
+  read_threshold("PAR_SHM_CMA_REDUCE_MAX", &env.shm_cma_reduce_max);
+  read_threshold("PAR_SHM_CMA_MOVE_MIN", &env.shm_cma_move_min);
+  read_threshold("PAR_SHM_CMA_MOVE_MAX", &env.shm_cma_move_max);
   if ((v = getenv("PAR_SPIN")) && *v) {
     char *end;
     long s = strtol(v, &end, 10);
@@ -111,7 +145,11 @@ static void env_read(void) {
 int par__env_reading(void) { return reading; }
 
 const par__env *par__env_get(void) {
-  static const par__env defaults = {PAR_LOG_INFO, 300.0, PAR_BACKEND_AUTO, 0, 0, -1, -1, 0};
+  static const par__env defaults = {.log_level = PAR_LOG_INFO,
+                                    .timeout_s = 300.0,
+                                    .backend = PAR_BACKEND_AUTO,
+                                    .spin = -1,
+                                    .shm_cma = -1};
   if (reading) return &defaults;
   pthread_once(&env_once, env_read);
   /* Logged after the once-block: par__log reads the level through this function. */
@@ -121,11 +159,15 @@ const par__env *par__env_get(void) {
   return &env;
 }
 
-int par__oversubscribed(int local_size) {
+int par__job_cpus(void) {
   long ncpu = par__env_get()->cpus; /* from parrun: what the job may use */
+  /* Not this process's affinity: a launcher that pins each rank to one CPU (mpirun's
+   * binding) would make every job look oversubscribed. */
   if (ncpu <= 0) ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-  return ncpu > 0 && local_size > ncpu;
+  return ncpu > 0 ? (int)(ncpu < (1 << 20) ? ncpu : 1 << 20) : 1;
 }
+
+int par__oversubscribed(int local_size) { return local_size > par__job_cpus(); }
 
 double par__now(void) {
   struct timespec ts;

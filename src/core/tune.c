@@ -1,0 +1,192 @@
+/*
+ * tune.c -- the shared-memory backend's sizes, derived from the machine (machine.c) by rules,
+ * each overridable by its PAR_SHM_* variable (docs/env.md). docs/PERFORMANCE.md ("Tuning from
+ * the machine") gives the measurements behind each rule and why it holds on both cache
+ * hierarchies par has met: AMD EPYC (Zen 3: 32 KiB L1d, 512 KiB L2 per core, 32 MiB L3 shared)
+ * and Intel Xeon (2 MiB L2 per core, 260 MiB L3 shared). The constants measured on the first
+ * machine (and on a Xeon with 1 MiB L2 and 35.8 MiB L3, where the same values were measured
+ * best) are what the rules give there, exactly.
+ *
+ * Two shares drive the rules: a core's share of the L2 and of the L3, each the cache divided
+ * by the CPUs that share it, counting only as many as the job may use (ranks of this job are
+ * what competes for it as far as par can know). The L2 is private to a core (or a core's SMT
+ * threads) on every x86 server made, so its reported size is what a rank really gets, in a VM
+ * too; the L3 is shared with every core on the die, in a VM also with other guests' cores,
+ * so a rule that trusts the L3 has a cap and an override.
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "core/core.h"
+
+#define KIB ((size_t)1 << 10)
+#define MIB ((size_t)1 << 20)
+
+static size_t pow2_floor(size_t v) {
+  size_t p = 1;
+  while (v / 2 >= p) p *= 2;
+  return v ? p : 0;
+}
+
+static size_t clamp(size_t v, size_t lo, size_t hi) { return v < lo ? lo : v > hi ? hi : v; }
+
+static size_t share(size_t size, int shared_by, int cpus) {
+  int by = shared_by < cpus ? shared_by : cpus;
+  return size / (size_t)(by > 1 ? by : 1);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* The rules                                                                                */
+/* ---------------------------------------------------------------------------------------- */
+
+/*
+ * Bytes per member per pipeline round. A round reads a chunk of each input it combines and
+ * writes a chunk of result, about two chunks in flight per core, and it runs fastest when they
+ * stay in that core's L2: chunk <= L2 per core / 2 (EPYC 256 KiB; 260 MiB Xeon 1 MiB).
+ * Second, the segment holds 2 parity sets x 2 areas x chunk per member, 32 chunks for 8
+ * members, and must leave the L3 room for the buffers the op reads and writes: at most a
+ * quarter of it, chunk <= L3 / 128 (EPYC 256 KiB again; the 35.8 MiB Xeon 256 KiB where its
+ * L2 alone would allow 512 KiB, and there 1 MiB rounds were measured 15-35% slower on 8 ranks;
+ * the 260 MiB Xeon 2 MiB, so its L2 decides). A power of two from 64 KiB (below, a round's
+ * synchronisation costs as much as its copying) to 1 MiB (an 8-member segment is then 32 MiB;
+ * no larger round was ever measured faster).
+ */
+static size_t rule_chunk(const par__machine *m) {
+  size_t l2 = share(m->l2, m->l2_shared_by, m->cpus);
+  size_t by_l2 = l2 / 2, by_l3 = m->l3 / 128;
+  return clamp(pow2_floor(by_l2 < by_l3 ? by_l2 : by_l3), 64 * KIB, 1 * MIB);
+}
+
+/*
+ * All-reduce/reduce of at most this size take one round in which every member reads every
+ * input whole, instead of reduce-scatter and all-gather rounds. The one round moves n times
+ * the data but saves a round's synchronisation; that pays while a message still sits in the
+ * writer's L1d when the readers fetch it, line by line from cache to cache: = L1d (EPYC
+ * 32 KiB; Xeon 48 KiB), and never above the chunk (the round must fit the segment).
+ */
+static size_t rule_small_max(const par__machine *m, size_t chunk) {
+  return clamp(m->l1d, 4 * KIB, chunk);
+}
+
+/*
+ * Outputs from this size are written with par__copy_out (an AVX2 loop) instead of memcpy
+ * (`rep movsb`): memcpy is faster between buffers that stay in cache, the loop when the
+ * destination streams out to memory. An op of S bytes touches at least its input, its output
+ * and its peers' data, ~3-4 S per member, so its output no longer stays in this core's L3
+ * share from a quarter of that share: = L3 per core / 4 (EPYC 32 MiB / 2 / 4 = 4 MiB, and
+ * 4 MiB on the 35.8 MiB Xeon, where it was measured; 260 MiB Xeon 32 MiB). From 1 MiB (L2
+ * sized outputs never stream) to 64 MiB.
+ */
+static size_t rule_big_out(const par__machine *m) {
+  size_t l3 = share(m->l3, m->l3_shared_by, m->cpus);
+  return clamp(pow2_floor(l3 / 4), 1 * MIB, 64 * MIB);
+}
+
+/*
+ * Single-copy all-reduce (process_vm_readv), whole message. Below the minimum a system call
+ * per peer and the kernel's page pinning cost more than the segment copy they save; both costs
+ * scale with the core's speed, not its caches, so it is a constant, 256 KiB (measured: the
+ * two paths equal there on both machines measured). Above the maximum a member's input and
+ * output (2 S) no longer fit its L3 share, the peers' reads go to memory page by page, and
+ * the pipeline's cached rounds win: = L3 per core / 2 (EPYC 8 MiB; 35.8 MiB Xeon 8 MiB;
+ * 260 MiB Xeon 64 MiB), capped at 64 MiB since a VM's L3 is shared with guests it cannot see.
+ */
+#define CMA_REDUCE_MIN (256 * KIB)
+static size_t rule_cma_reduce_max(const par__machine *m) {
+  size_t l3 = share(m->l3, m->l3_shared_by, m->cpus);
+  return clamp(pow2_floor(l3 / 2), CMA_REDUCE_MIN, 64 * MIB);
+}
+
+/*
+ * Single-copy all-gather (per member's block) and broadcast. The minimum is the system call's
+ * cost again, lower than for all-reduce because a moved byte is copied once instead of read,
+ * reduced and copied: a constant, 64 KiB. All-gather's maximum: the kernel copies a block in
+ * one go while the pipeline, once running, copies into the segment and out of it at once; it
+ * runs from about four rounds (both parity sets filled and drained), so = 4 chunks (EPYC and
+ * 35.8 MiB Xeon 1 MiB, measured between 512 KiB and 2 MiB; 260 MiB Xeon 4 MiB).
+ */
+#define CMA_MOVE_MIN (64 * KIB)
+static size_t rule_cma_move_max(size_t chunk) { return 4 * chunk; }
+
+/* ---------------------------------------------------------------------------------------- */
+/* Derivation, overrides, the once-per-process value                                        */
+/* ---------------------------------------------------------------------------------------- */
+
+static void take(size_t *field, size_t env_value, unsigned bit, unsigned *from_env) {
+  if (env_value) *field = env_value, *from_env |= bit;
+}
+
+void par__tune_derive(const par__machine *m, const par__env *env, par__tuning *out) {
+  memset(out, 0, sizeof *out);
+  out->shm_chunk = rule_chunk(m);
+  out->small_max = rule_small_max(m, out->shm_chunk);
+  out->big_out = rule_big_out(m);
+  out->cma_reduce_min = CMA_REDUCE_MIN;
+  out->cma_reduce_max = rule_cma_reduce_max(m);
+  out->cma_move_min = CMA_MOVE_MIN;
+  out->cma_move_max = rule_cma_move_max(out->shm_chunk);
+  if (!env) return;
+  /* An override replaces one value and nothing else: the others keep the machine's rule, so
+   * that each variable means the same whatever else is set. A window whose min ends up above
+   * its max is empty, which turns that single-copy path off. */
+  take(&out->shm_chunk, env->shm_chunk, PAR__TUNE_CHUNK, &out->from_env);
+  take(&out->small_max, env->shm_small_max, PAR__TUNE_SMALL_MAX, &out->from_env);
+  take(&out->big_out, env->shm_big_out, PAR__TUNE_BIG_OUT, &out->from_env);
+  take(&out->cma_reduce_min, env->shm_cma_reduce_min, PAR__TUNE_CMA_REDUCE_MIN, &out->from_env);
+  take(&out->cma_reduce_max, env->shm_cma_reduce_max, PAR__TUNE_CMA_REDUCE_MAX, &out->from_env);
+  take(&out->cma_move_min, env->shm_cma_move_min, PAR__TUNE_CMA_MOVE_MIN, &out->from_env);
+  take(&out->cma_move_max, env->shm_cma_move_max, PAR__TUNE_CMA_MOVE_MAX, &out->from_env);
+}
+
+void par__tuning_describe(const par__tuning *t, char *buf, size_t len) {
+  static const struct {
+    const char *name, *var;
+    size_t off;
+    unsigned bit;
+  } f[] = {
+      {"chunk", "PAR_SHM_CHUNK", offsetof(par__tuning, shm_chunk), PAR__TUNE_CHUNK},
+      {"small_max", "PAR_SHM_SMALL_MAX", offsetof(par__tuning, small_max), PAR__TUNE_SMALL_MAX},
+      {"big_out", "PAR_SHM_BIG_OUT", offsetof(par__tuning, big_out), PAR__TUNE_BIG_OUT},
+      {"cma_reduce_min", "PAR_SHM_CMA_REDUCE_MIN", offsetof(par__tuning, cma_reduce_min),
+       PAR__TUNE_CMA_REDUCE_MIN},
+      {"cma_reduce_max", "PAR_SHM_CMA_REDUCE_MAX", offsetof(par__tuning, cma_reduce_max),
+       PAR__TUNE_CMA_REDUCE_MAX},
+      {"cma_move_min", "PAR_SHM_CMA_MOVE_MIN", offsetof(par__tuning, cma_move_min),
+       PAR__TUNE_CMA_MOVE_MIN},
+      {"cma_move_max", "PAR_SHM_CMA_MOVE_MAX", offsetof(par__tuning, cma_move_max),
+       PAR__TUNE_CMA_MOVE_MAX},
+  };
+  size_t used = 0;
+  buf[0] = '\0';
+  for (size_t i = 0; i < sizeof f / sizeof f[0] && used < len; i++) {
+    char v[24];
+    size_t value;
+    memcpy(&value, (const char *)t + f[i].off, sizeof value);
+    par__fmt_size(v, sizeof v, value);
+    int n = snprintf(buf + used, len - used, "%s%s %s (%s)", i ? ", " : "", f[i].name, v,
+                     t->from_env & f[i].bit ? f[i].var : "machine");
+    if (n < 0) break;
+    used += (size_t)n;
+  }
+}
+
+static par__tuning tuning;
+static pthread_once_t tuning_once = PTHREAD_ONCE_INIT;
+
+static void tuning_init(void) {
+  const par__machine *m = par__machine_get();
+  par__tune_derive(m, par__env_get(), &tuning);
+  if (par__log_enabled(PAR_LOG_DEBUG)) {
+    char line[640];
+    par__machine_describe(m, line, sizeof line);
+    par__log(PAR_LOG_DEBUG, "machine: %s", line);
+    par__tuning_describe(&tuning, line, sizeof line);
+    par__log(PAR_LOG_DEBUG, "shm tuning: %s", line);
+  }
+}
+
+const par__tuning *par__tuning_get(void) {
+  pthread_once(&tuning_once, tuning_init);
+  return &tuning;
+}
