@@ -171,6 +171,15 @@ static par_status agree(par_world *world, const par_layout *l, const par_backend
   return PAR_OK;
 }
 
+/* Destroys a mesh that failed to build and returns its error s. The reason is kept across:
+ * tearing down the groups made so far may record details of its own. */
+static par_status abandon(par_mesh *m, par_status s) {
+  char detail[PAR__ERRLEN];
+  par__error_keep(detail, NULL, s);
+  par_mesh_destroy(m);
+  return par__error(s, "%s", detail);
+}
+
 /* Makes the mesh of layout `l` and creates one group per dim, then the describe line. */
 static par_status mesh_build(par_world *world, const par_layout *l, const par_backend *backends,
                              double timeout_s, int parallel, par_mesh **out) {
@@ -210,13 +219,8 @@ static par_status mesh_build(par_world *world, const par_layout *l, const par_ba
   *out = m;
   return PAR_OK;
 
-fail_destroy: {
-  /* Keep the reason: tearing down the groups made so far may record details of its own. */
-  char detail[PAR__ERRLEN];
-  par__error_keep(detail, NULL, s);
-  par_mesh_destroy(m);
-  return par__error(s, "%s", detail);
-}
+fail_destroy:
+  return abandon(m, s);
 }
 
 par_status par_mesh_create(par_world *world, const par_mesh_options *opts, par_mesh **out) {
