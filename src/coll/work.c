@@ -37,7 +37,7 @@ static par_status refuse(par_group *g, const par__op *op) {
 static void note_failure(par_group *g, par_status st) {
   if (st < 0) par__flight_report(g, st, par__error_detail());
   if (st < 0 && st != PAR_ERR_MISMATCH && !atomic_load(&g->broken)) {
-    par__error_copy(g->broken_detail);
+    par__error_keep(g->broken_detail, NULL, st); /* published by `broken` below */
     atomic_store(&g->broken, (int)st);
   }
 }
@@ -47,10 +47,8 @@ static void settle(par_work *w, par_status st) {
   if (w->flight_pos) par__flight_end(&w->g->flight, w->flight_pos - 1, st);
   if (st >= 0 && w->then) st = w->then(w->then_ctx);
   w->status = st;
-  if (st < 0)
-    par__error_copy(w->error);
-  else
-    w->error[0] = '\0';
+  /* Written before the work is marked done, which publishes it. */
+  if (par__error_keep(w->error, NULL, st) >= 0) w->error[0] = '\0';
 }
 
 static void start_op(par_work *w) {

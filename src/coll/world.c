@@ -283,8 +283,11 @@ par_status par_alloc(par_world *w, size_t bytes, void **out) {
   *out = NULL;
   PAR_RETURN_ERROR_IF(bytes == 0, PAR_ERR_INVALID, "par_alloc: size is 0");
   for (int i = 0; par__backend_at(i); i++)
-    if (par__backend_at(i)->alloc_mem) return par__backend_at(i)->alloc_mem(w, bytes, out);
-  return par__error(PAR_ERR_UNSUPPORTED, "par_alloc: no backend of this build offers it");
+    if (par__backend_at(i)->alloc_mem)
+      return par__error_keep(w->last_error, &w->mu, par__backend_at(i)->alloc_mem(w, bytes, out));
+  return par__error_keep(w->last_error, &w->mu,
+                         par__error(PAR_ERR_UNSUPPORTED,
+                                    "par_alloc: no backend of this build offers it"));
 }
 
 par_status par_free(par_world *w, void *p) {
@@ -293,7 +296,9 @@ par_status par_free(par_world *w, void *p) {
   for (int i = 0; par__backend_at(i); i++) {
     const par__backend *be = par__backend_at(i);
     par_status s = be->free_mem ? be->free_mem(w, p) : PAR_ERR_INVALID;
-    if (s != PAR_ERR_INVALID) return s;
+    if (s != PAR_ERR_INVALID) return par__error_keep(w->last_error, &w->mu, s);
   }
-  return par__error(PAR_ERR_INVALID, "par_free: %p was not returned by par_alloc", p);
+  return par__error_keep(w->last_error, &w->mu,
+                         par__error(PAR_ERR_INVALID,
+                                    "par_free: %p was not returned by par_alloc", p));
 }

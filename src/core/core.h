@@ -30,8 +30,6 @@ par_status par__error_at(const char *file, int line, par_status s, const char *f
 const char *par__error_detail(void);
 /* Clears this thread's detail. */
 void par__error_clear(void);
-/* Copies this thread's detail into dst (size PAR__ERRLEN). Prefer par__error_keep. */
-void par__error_copy(char *dst);
 
 /*
  * The locking rule for a handle's last-error string (par_world, par_group, par_mesh:

@@ -52,7 +52,6 @@ const char *par__error_detail(void) { return tls_detail; }
 
 void par__error_clear(void) { tls_detail[0] = '\0'; }
 
-void par__error_copy(char *dst) { memcpy(dst, tls_detail, PAR__ERRLEN); }
 
 void par__error_store(char *dst, pthread_mutex_t *mu) {
   if (mu) pthread_mutex_lock(mu);

@@ -444,7 +444,7 @@ static par_status failed(par_group *g, par_status s) {
   if (s < 0) atomic_store(&((mpi_state *)g->be_state)->tainted, 1);
   if (s < 0 && s != PAR_ERR_ABORTED) {
     char detail[PAR__ERRLEN];
-    par__error_copy(detail);
+    par__error_keep(detail, NULL, s);
     par__mpi_notify(g, NOTICE_FAILED);
     par__error(s, "%s", detail);
   }

@@ -368,9 +368,12 @@ static par_status map_segment(shm_state *st, int fd, size_t size) {
   return PAR_OK;
 }
 
-static par_status create_segment(par_group *g, shm_state *st, size_t chunk) {
+static par_status create_segment(par_group *g, shm_state *st, size_t chunk,
+                                 const par__tuning *tune) {
   shm_header h;
   par__shm_layout(&h, st->n, chunk);
+  h.paths = (shm_paths){tune->small_max, tune->cma_reduce_min, tune->cma_reduce_max,
+                        tune->cma_move_min, tune->cma_move_max};
   int fd = -1;
   if (st->n > 1) {
     fd = shm_open(st->name, O_CREAT | O_EXCL | O_RDWR, 0600);
@@ -446,7 +449,7 @@ static par_status open_segment(par_group *g, shm_state *st) {
   s = par__shm_header_check(h, (size_t)sb.st_size, st->n);
   if (s < 0) {
     char detail[PAR__ERRLEN];
-    par__error_copy(detail);
+    par__error_keep(detail, NULL, s);
     return par__error(s, "%s (segment %s of group '%s')", detail, st->name, g->name);
   }
   return PAR_OK;
@@ -486,7 +489,9 @@ static par_status shm_init(par_group *g) {
     return par__error(PAR_ERR_NOMEM, "shm: out of memory");
   }
   const par__env *env = par__env_get();
+  const par__tuning *tune = par__tuning_get();
   st->check = env->check;
+  st->big_out = tune->big_out;
 
   snprintf(st->name, sizeof st->name, "/par-%s-%s", g->world->job_id, g->uid);
   if (st->n == 1) st->unlinked = 1;
@@ -497,9 +502,8 @@ static par_status shm_init(par_group *g) {
   par_status s;
   if (st->me == 0) {
     /* Rounds that split the chunk n ways need at least a cache line per member. */
-    size_t chunk = env->shm_chunk ? env->shm_chunk : SHM_DEFAULT_CHUNK;
-    size_t least = align_up((size_t)st->n * 64 * 8, 4096);
-    s = create_segment(g, st, chunk > least ? align_up(chunk, 4096) : least);
+    size_t chunk = tune->shm_chunk, least = align_up((size_t)st->n * 64 * 8, 4096);
+    s = create_segment(g, st, chunk > least ? align_up(chunk, 4096) : least, tune);
     if (s >= 0 && st->n > 1) s = par__store_set(w->store, key, st->name, strlen(st->name));
   } else {
     char got[96];
@@ -513,6 +517,7 @@ static par_status shm_init(par_group *g) {
     return s;
   }
   st->ctrl = (shm_ctrl *)(st->base + st->hdr->off_ctrl);
+  st->paths = st->hdr->paths;
   st->ctrl[st->me].probe = (uint64_t)(uintptr_t)&st->ctrl[st->me].pid;
   if (env->shm_cma != 0 && st->n > 1) allow_peer_access(); /* before the others probe us */
   atomic_store(&st->ctrl[st->me].pid, (int32_t)getpid());

@@ -22,32 +22,37 @@
 #include "coll/group.h"
 
 #define SHM_MAGIC 0x7061722d73686d31ull /* "par-shm1" */
-#define SHM_VERSION 4
+#define SHM_VERSION 5
 #define SHM_LINE 128 /* two cache lines: adjacent-line prefetch must not couple flags */
-#define SHM_DEFAULT_CHUNK (256u << 10)
 #define SHM_MAX_CHUNK (64u << 20) /* PAR_SHM_CHUNK's maximum */
 #define SHM_P2P_CHUNK (32u << 10)
 #define SHM_P2P_SLOTS 4u
-#define SHM_SMALL_MAX (32u << 10) /* allreduce/reduce at most this size take one round */
-#define SHM_ZC_MIN (16u << 10)    /* smaller ops copy par_alloc'ed buffers like any other */
-#define SHM_BIG_OUT (4u << 20)    /* outputs from this size are written with par__copy_out */
-#define SHM_TINY_MAX 16u          /* allreduce/reduce at most this size travel with the epoch */
-/* Single copy (cross-memory attach): the sizes for which members read (and, in broadcast,
- * write) each other's buffers directly instead of copying through the segment
- * (docs/PERFORMANCE.md has the measurements). Below them a system call per peer costs more
- * than the copy it saves; above the maxima the data no longer fits the caches and the
- * segment's pipeline moves it faster than the kernel's page-by-page copy. Broadcast has no
- * maximum: there the root copies too instead of waiting. */
-#define SHM_CMA_REDUCE_MIN (256u << 10) /* all-reduce, whole message */
-#define SHM_CMA_REDUCE_MAX (8u << 20)
-#define SHM_CMA_MOVE_MIN (64u << 10) /* all-gather (per member) and broadcast */
-#define SHM_CMA_MOVE_MAX (1u << 20)  /* all-gather, per member */
+#define SHM_ZC_MIN (16u << 10) /* smaller ops copy par_alloc'ed buffers like any other */
+#define SHM_TINY_MAX 16u       /* allreduce/reduce at most this size travel with the epoch */
+
+/*
+ * The sizes that choose an op's algorithm (tune.c derives them from the machine; PAR_SHM_*
+ * override them). Member 0 writes its values into the segment's header and every member
+ * takes them from there: members must take the same path for every op, and their own
+ * environments (affinity, variables) may differ. Single copy (cross-memory attach) serves
+ * all-reduce of [cma_reduce_min, cma_reduce_max] bytes, all-gather blocks of [cma_move_min,
+ * cma_move_max] and broadcasts from cma_move_min (docs/PERFORMANCE.md has the measurements):
+ * below, a system call per peer costs more than the copy it saves; above, the data no longer
+ * fits the caches and the segment's pipeline moves it faster than the kernel's page-by-page
+ * copy, except in broadcast, where the root copies too instead of waiting.
+ */
+typedef struct shm_paths {
+  uint64_t small_max; /* allreduce/reduce at most this size (and a chunk) take direct rounds */
+  uint64_t cma_reduce_min, cma_reduce_max;
+  uint64_t cma_move_min, cma_move_max;
+} shm_paths;
 
 typedef struct shm_header {
   uint64_t magic;
   uint32_t version, n;
   uint64_t chunk, p2p_chunk, p2p_slots, size;
   uint64_t off_ctrl, off_data, off_p2p, p2p_stride;
+  shm_paths paths; /* member 0's; copied by every member when it joins */
   _Alignas(SHM_LINE) _Atomic uint32_t abort;
   _Alignas(SHM_LINE) _Atomic uint32_t attached;
 } shm_header;
@@ -128,6 +133,8 @@ typedef struct shm_state {
   const void **srcs;       /* n pointers, scratch for reductions */
   shm_bufs bufs;           /* the members' buffers in the running op (shm_coll.c) */
   int cma;                 /* every member can read every other's memory (process_vm_readv) */
+  shm_paths paths;         /* the group's algorithm thresholds, from the header */
+  size_t big_out;          /* outputs from this size are written with par__copy_out (local) */
   int check;               /* PAR_CHECK=1: members compare op numbers too */
 } shm_state;
 

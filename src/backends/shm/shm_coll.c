@@ -45,7 +45,7 @@ static void put(int big, void *dst, const void *src, size_t n) {
     memcpy(dst, src, n);
 }
 
-static int big_out(size_t bytes) { return bytes >= SHM_BIG_OUT; }
+static int big_out(const shm_state *st, size_t bytes) { return bytes >= st->big_out; }
 
 /* ---------------------------------------------------------------------------------------- */
 /* Member agreement: every op's first round is the same on every path -- begin the round     */
@@ -219,8 +219,8 @@ static par_status gather_shares(shm_state *st, const shm_waitctx *wc, const par_
 /* Reads from member j's mapped output. */
 static par_status mapped_out_read(shm_state *st, const shm_waitctx *wc, const shm_bufs *b, int j,
                                   size_t off, void *dst, size_t len) {
-  (void)st, (void)wc;
-  put(big_out(len), dst, b->dst[j] + off, len);
+  (void)wc;
+  put(big_out(st, len * (size_t)st->n), dst, b->dst[j] + off, len); /* len: a share */
   return PAR_OK;
 }
 
@@ -499,7 +499,7 @@ static par_status reduce_split(shm_state *st, const shm_waitctx *wc, const par__
                                shm_bufs *b) {
   size_t es = par_dtype_size(op->dt), per = st->hdr->chunk / es;
   int reader = op->kind == PAR__ALLREDUCE || op->root == st->me;
-  int big = big_out(op->count * es);
+  int big = big_out(st, op->count * es);
   char *out = op->recvbuf;
   shm_bufs_clear(b, st->n);
   for (size_t base = 0, m; (m = par__span(op->count, base, per)) > 0; base += m) {
@@ -587,7 +587,7 @@ static par_status allgather(shm_state *st, const shm_waitctx *wc, const par__op 
   size_t es = par_dtype_size(op->dt), per = st->hdr->chunk / es, bytes = op->count * es;
   const char *in = op->sendbuf;
   char *out = op->recvbuf;
-  int zc = bytes >= SHM_ZC_MIN, big = big_out(bytes * (size_t)st->n), whole = 0;
+  int zc = bytes >= SHM_ZC_MIN, big = big_out(st, bytes * (size_t)st->n), whole = 0;
   shm_bufs_clear(b, st->n);
   for (size_t base = 0, m; (m = par__span(op->count, base, per)) > 0; base += m) {
     int s, first = base == 0;
@@ -628,7 +628,7 @@ static par_status allgather(shm_state *st, const shm_waitctx *wc, const par__op 
 static par_status broadcast(shm_state *st, const shm_waitctx *wc, const par__op *op, shm_bufs *b) {
   size_t es = par_dtype_size(op->dt), per = st->hdr->chunk / es, bytes = op->count * es;
   char *buf = op->recvbuf;
-  int root = op->root, am_root = root == st->me, root_zc = 0, big = big_out(bytes);
+  int root = op->root, am_root = root == st->me, root_zc = 0, big = big_out(st, bytes);
   /* With the root's buffer in place, small messages are copied whole; large ones in rounds,
    * so that the readers share what one of them brings into the cache. */
   for (size_t base = 0, m; (m = par__span(op->count, base, per)) > 0; base += m) {
@@ -672,26 +672,27 @@ par_status par__shm_barrier(par_group *g, shm_state *st, const par__op *op) {
 par_status par__shm_collective(par_group *g, shm_state *st, const par__op *op) {
   shm_waitctx wc = {g, par__op_kind_name(op->kind), op->seq, op->deadline, 0};
   shm_bufs *b = &st->bufs;
+  const shm_paths *p = &st->paths;
   size_t bytes = op->count * par_dtype_size(op->dt);
   switch (op->kind) {
     case PAR__ALLREDUCE:
     case PAR__REDUCE: {
       int all = op->kind == PAR__ALLREDUCE;
       if (bytes <= SHM_TINY_MAX) return reduce_tiny(st, &wc, op, all);
-      if (all && st->cma && bytes >= SHM_CMA_REDUCE_MIN && bytes <= SHM_CMA_REDUCE_MAX)
+      if (all && st->cma && bytes >= p->cma_reduce_min && bytes <= p->cma_reduce_max)
         return allreduce_sc(st, &wc, op, b);
-      if (st->n <= 2 || (bytes <= SHM_SMALL_MAX && bytes <= st->hdr->chunk))
+      if (st->n <= 2 || (bytes <= p->small_max && bytes <= st->hdr->chunk))
         return reduce_direct(st, &wc, op, b);
       return reduce_split(st, &wc, op, b);
     }
     case PAR__REDUCE_SCATTER:
       return blocks(st, &wc, op, 1);
     case PAR__ALLGATHER:
-      if (st->cma && bytes >= SHM_CMA_MOVE_MIN && bytes <= SHM_CMA_MOVE_MAX)
+      if (st->cma && bytes >= p->cma_move_min && bytes <= p->cma_move_max)
         return allgather_sc(st, &wc, op, b);
       return allgather(st, &wc, op, b);
     case PAR__BROADCAST:
-      if (st->cma && bytes >= SHM_CMA_MOVE_MIN) return broadcast_sc(st, &wc, op, b);
+      if (st->cma && bytes >= p->cma_move_min) return broadcast_sc(st, &wc, op, b);
       return broadcast(st, &wc, op, b);
     case PAR__ALLTOALL:
       return blocks(st, &wc, op, 0);
