@@ -16,8 +16,7 @@ const char *par__op_kind_name(par__op_kind k) {
   return (unsigned)k < PAR__OP_KIND_COUNT ? names[k] : "unknown op";
 }
 
-static int overlaps(const void *a, size_t alen, const void *b, size_t blen) {
-  uintptr_t x = (uintptr_t)a, y = (uintptr_t)b;
+static int overlaps(uintptr_t x, size_t alen, uintptr_t y, size_t blen) {
   return alen && blen && x < y + blen && y < x + alen;
 }
 
@@ -55,89 +54,76 @@ static par_status check_index(par_group *g, const par__op *op, int idx, const ch
   return PAR_OK;
 }
 
+/* How an op kind uses its arguments: how many count-sized blocks its send and receive
+ * buffers hold (one, or one per member), whether it takes a reduction, and what its `root`
+ * field names. */
+enum { NO_BUF, ONE_BLOCK, EACH_MEMBER };
+typedef struct op_shape {
+  unsigned char send, recv, reduces;
+  const char *index; /* "root", "peer", or NULL */
+} op_shape;
+
+static const op_shape shapes[PAR__OP_KIND_COUNT] = {
+    [PAR__ALLREDUCE] = {ONE_BLOCK, ONE_BLOCK, 1, NULL},
+    [PAR__ALLGATHER] = {ONE_BLOCK, EACH_MEMBER, 0, NULL},
+    [PAR__REDUCE_SCATTER] = {EACH_MEMBER, ONE_BLOCK, 1, NULL},
+    [PAR__BROADCAST] = {NO_BUF, ONE_BLOCK, 0, "root"},
+    [PAR__REDUCE] = {ONE_BLOCK, ONE_BLOCK, 1, "root"}, /* recvbuf: on the root only */
+    [PAR__ALLTOALL] = {EACH_MEMBER, EACH_MEMBER, 0, NULL},
+    [PAR__BARRIER] = {NO_BUF, NO_BUF, 0, NULL},
+    [PAR__SEND] = {ONE_BLOCK, NO_BUF, 0, "peer"},
+    [PAR__RECV] = {NO_BUF, ONE_BLOCK, 0, "peer"},
+};
+
+/*
+ * Send and receive buffers may overlap only in place, where NCCL allows it: the same buffer
+ * when both hold one block; the member's own block of the bigger one when one holds a block
+ * per member (allgather: sendbuf at recvbuf + index*count; reduce_scatter the other way);
+ * never when both hold a block per member (alltoall).
+ */
+static par_status check_overlap(par_group *g, const par__op *op, const op_shape *sh,
+                                size_t bytes) {
+  size_t n = (size_t)g->n, mine = bytes * (size_t)g->index;
+  size_t slen = sh->send == EACH_MEMBER ? bytes * n : bytes;
+  size_t rlen = sh->recv == EACH_MEMBER ? bytes * n : bytes;
+  uintptr_t snd = (uintptr_t)op->sendbuf, rcv = (uintptr_t)op->recvbuf;
+  const char *hint;
+  int in_place;
+  if (sh->send == sh->recv && sh->send == ONE_BLOCK)
+    in_place = snd == rcv, hint = "sendbuf == recvbuf";
+  else if (sh->send == ONE_BLOCK)
+    in_place = snd == rcv + mine, hint = "sendbuf at recvbuf + index*count";
+  else if (sh->recv == ONE_BLOCK)
+    in_place = rcv == snd + mine, hint = "recvbuf at sendbuf + index*count";
+  else
+    in_place = 0, hint = "never, for this op";
+  PAR_RETURN_ERROR_IF(!in_place && overlaps(snd, slen, rcv, rlen), PAR_ERR_INVALID,
+                      "%s on group '%s': sendbuf and recvbuf overlap, and not in place (in "
+                      "place: %s)",
+                      par__op_kind_name(op->kind), g->name, hint);
+  return PAR_OK;
+}
+
 static par_status validate(par_group *g, const par__op *op) {
+  PAR_RETURN_ERROR_IF((unsigned)op->kind >= PAR__OP_KIND_COUNT, PAR_ERR_INTERNAL,
+                      "unknown op kind %d", (int)op->kind);
+  if (op->kind == PAR__BARRIER) return PAR_OK;
+  const op_shape *sh = &shapes[op->kind];
+  int each = sh->send == EACH_MEMBER || sh->recv == EACH_MEMBER;
   /* bytes is set by check_common before any use; the 0 is for gcc, which cannot see it. */
-  size_t n = (size_t)g->n, bytes = 0;
-  switch (op->kind) {
-    case PAR__ALLREDUCE:
-      PAR_FORWARD_IF_ERROR(check_common(g, op, 1, &bytes));
-      PAR_FORWARD_IF_ERROR(check_reduce_op(g, op));
-      PAR_FORWARD_IF_ERROR(check_buf(g, op, op->sendbuf, "sendbuf"));
-      PAR_FORWARD_IF_ERROR(check_buf(g, op, op->recvbuf, "recvbuf"));
-      PAR_RETURN_ERROR_IF(op->sendbuf != op->recvbuf &&
-                              overlaps(op->sendbuf, bytes, op->recvbuf, bytes),
-                          PAR_ERR_INVALID,
-                          "allreduce on group '%s': sendbuf and recvbuf overlap without being "
-                          "equal (in-place needs sendbuf == recvbuf)",
-                          g->name);
-      return PAR_OK;
-    case PAR__ALLGATHER:
-      PAR_FORWARD_IF_ERROR(check_common(g, op, n, &bytes));
-      PAR_FORWARD_IF_ERROR(check_buf(g, op, op->sendbuf, "sendbuf"));
-      PAR_FORWARD_IF_ERROR(check_buf(g, op, op->recvbuf, "recvbuf"));
-      PAR_RETURN_ERROR_IF(overlaps(op->sendbuf, bytes, op->recvbuf, bytes * n) &&
-                              (const char *)op->sendbuf !=
-                                  (const char *)op->recvbuf + bytes * (size_t)g->index,
-                          PAR_ERR_INVALID,
-                          "allgather on group '%s': sendbuf overlaps recvbuf but is not at "
-                          "recvbuf + index*count (the in-place position)",
-                          g->name);
-      return PAR_OK;
-    case PAR__REDUCE_SCATTER:
-      PAR_FORWARD_IF_ERROR(check_common(g, op, n, &bytes));
-      PAR_FORWARD_IF_ERROR(check_reduce_op(g, op));
-      PAR_FORWARD_IF_ERROR(check_buf(g, op, op->sendbuf, "sendbuf"));
-      PAR_FORWARD_IF_ERROR(check_buf(g, op, op->recvbuf, "recvbuf"));
-      PAR_RETURN_ERROR_IF(overlaps(op->sendbuf, bytes * n, op->recvbuf, bytes) &&
-                              (const char *)op->recvbuf !=
-                                  (const char *)op->sendbuf + bytes * (size_t)g->index,
-                          PAR_ERR_INVALID,
-                          "reduce_scatter on group '%s': recvbuf overlaps sendbuf but is not at "
-                          "sendbuf + index*count (the in-place position)",
-                          g->name);
-      return PAR_OK;
-    case PAR__BROADCAST:
-      PAR_FORWARD_IF_ERROR(check_common(g, op, 1, &bytes));
-      PAR_FORWARD_IF_ERROR(check_index(g, op, op->root, "root"));
-      PAR_FORWARD_IF_ERROR(check_buf(g, op, op->recvbuf, "buf"));
-      return PAR_OK;
-    case PAR__REDUCE:
-      PAR_FORWARD_IF_ERROR(check_common(g, op, 1, &bytes));
-      PAR_FORWARD_IF_ERROR(check_reduce_op(g, op));
-      PAR_FORWARD_IF_ERROR(check_index(g, op, op->root, "root"));
-      PAR_FORWARD_IF_ERROR(check_buf(g, op, op->sendbuf, "sendbuf"));
-      if (op->root == g->index) {
-        PAR_FORWARD_IF_ERROR(check_buf(g, op, op->recvbuf, "recvbuf (on the root)"));
-        PAR_RETURN_ERROR_IF(op->sendbuf != op->recvbuf &&
-                                overlaps(op->sendbuf, bytes, op->recvbuf, bytes),
-                            PAR_ERR_INVALID,
-                            "reduce on group '%s': sendbuf and recvbuf overlap without being "
-                            "equal",
-                            g->name);
-      }
-      return PAR_OK;
-    case PAR__ALLTOALL:
-      PAR_FORWARD_IF_ERROR(check_common(g, op, n, &bytes));
-      PAR_FORWARD_IF_ERROR(check_buf(g, op, op->sendbuf, "sendbuf"));
-      PAR_FORWARD_IF_ERROR(check_buf(g, op, op->recvbuf, "recvbuf"));
-      PAR_RETURN_ERROR_IF(overlaps(op->sendbuf, bytes * n, op->recvbuf, bytes * n),
-                          PAR_ERR_INVALID,
-                          "alltoall on group '%s': sendbuf and recvbuf overlap (alltoall is "
-                          "never in place)",
-                          g->name);
-      return PAR_OK;
-    case PAR__BARRIER:
-      return PAR_OK;
-    case PAR__SEND:
-    case PAR__RECV:
-      PAR_FORWARD_IF_ERROR(check_common(g, op, 1, &bytes));
-      PAR_FORWARD_IF_ERROR(check_index(g, op, op->root, "peer"));
-      PAR_FORWARD_IF_ERROR(
-          check_buf(g, op, op->kind == PAR__SEND ? op->sendbuf : op->recvbuf, "buf"));
-      return PAR_OK;
-    default:
-      return par__error(PAR_ERR_INTERNAL, "unknown op kind %d", (int)op->kind);
-  }
+  size_t bytes = 0;
+  PAR_FORWARD_IF_ERROR(check_common(g, op, each ? (size_t)g->n : 1, &bytes));
+  if (sh->reduces) PAR_FORWARD_IF_ERROR(check_reduce_op(g, op));
+  if (sh->index) PAR_FORWARD_IF_ERROR(check_index(g, op, op->root, sh->index));
+  int two = sh->send && sh->recv, recv = sh->recv;
+  if (op->kind == PAR__REDUCE) recv = op->root == g->index;
+  if (sh->send) PAR_FORWARD_IF_ERROR(check_buf(g, op, op->sendbuf, two ? "sendbuf" : "buf"));
+  if (recv)
+    PAR_FORWARD_IF_ERROR(check_buf(g, op, op->recvbuf,
+                                   !two                       ? "buf"
+                                   : op->kind == PAR__REDUCE ? "recvbuf (on the root)"
+                                                             : "recvbuf"));
+  return sh->send && recv ? check_overlap(g, op, sh, bytes) : PAR_OK;
 }
 
 par_status par__issue(par_group *g, par__op *op, par__then_fn then, void *ctx,

@@ -114,6 +114,16 @@ static void test_bad_collective_args(par_group *g) {
 
   /* alltoall is never in place: par.h says the buffers must not overlap. */
   BAD(g, PAR_ERR_INVALID, par_alltoall(g, a, a, 4, PAR_F32), "alltoall");
+  /* Elsewhere buffers may overlap only in place (the same buffer, or the member's own block
+   * of the buffer that holds one per member): one element off is refused, for every shape. */
+  BAD(g, PAR_ERR_INVALID, par_allreduce(g, a, a + 1, 4, PAR_F32, PAR_SUM), "allreduce",
+      "overlap", "sendbuf == recvbuf");
+  BAD(g, PAR_ERR_INVALID, par_allgather(g, a + 4 * idx + 1, a, 4, PAR_F32), "allgather",
+      "overlap", "recvbuf + index*count");
+  BAD(g, PAR_ERR_INVALID, par_reduce_scatter(g, a, a + 4 * idx + 1, 4, PAR_F32, PAR_SUM),
+      "reduce_scatter", "overlap", "sendbuf + index*count");
+  BAD(g, PAR_ERR_INVALID, par_reduce(g, a + 1, a, 4, PAR_F32, PAR_SUM, idx), "reduce",
+      "overlap");
 
   /* A NULL work pointer for every async form. */
   BAD(g, PAR_ERR_NULL, par_allreduce_async(g, a, b, 4, PAR_F32, PAR_SUM, NULL), "allreduce");
