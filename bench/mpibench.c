@@ -1,10 +1,11 @@
 /*
  * mpibench.c -- the MPI side of bench/compare.py: measures MPI_Allreduce, MPI_Allgather,
  * MPI_Bcast, MPI_Reduce_scatter_block and MPI_Alltoall exactly the way tools/parbench measures
- * par's collectives, so that the two times can be divided. Same sweep options, same sizes and counts (nccl-tests' conventions), same
- * timing (warmup, an automatic iteration count chosen by rank 0 and broadcast, a barrier, then
- * `iters` ops back to back, the slowest rank's elapsed time divided by iters), same busbw
- * factors, same JSON keys, and an optional --check on the same exact-integer inputs.
+ * par's collectives, so that the two times can be divided. Same sweep options, same sizes and
+ * counts (nccl-tests' conventions), same timing (warmup, an automatic iteration count chosen by
+ * rank 0 and broadcast, a barrier, then `iters` ops back to back, the slowest rank's elapsed time
+ * divided by iters), same busbw factors, same JSON keys, and an optional --check on the same
+ * exact-integer inputs.
  *
  * It is built by bench/compare.py with mpicc, not by CMake, so that par builds without MPI:
  *   mpicc -O2 -std=c11 -o mpibench bench/mpibench.c
@@ -333,8 +334,8 @@ static void run_once(const bench *b, coll c, size_t count) {
       MPI_CHECK(MPI_Bcast(b->recv, cnt, MPI_FLOAT, b->o->root, MPI_COMM_WORLD));
       break;
     case REDUCE_SCATTER:
-      MPI_CHECK(MPI_Reduce_scatter_block(b->send, b->recv, cnt, MPI_FLOAT, MPI_SUM,
-                                         MPI_COMM_WORLD));
+      MPI_CHECK(
+          MPI_Reduce_scatter_block(b->send, b->recv, cnt, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD));
       break;
     case ALLTOALL:
       MPI_CHECK(MPI_Alltoall(b->send, cnt, MPI_FLOAT, b->recv, cnt, MPI_FLOAT, MPI_COMM_WORLD));
@@ -409,8 +410,8 @@ static void print_result(const bench *b, coll c, size_t count, int64_t iters, do
         "{\"op\":\"%s\",\"dtype\":\"f32\",\"redop\":%s,\"root\":%s,\"bytes\":%zu,"
         "\"count\":%zu,\"ranks\":%d,\"iters\":%lld,\"time_us\":%.4f,\"algbw_gbs\":%.6f,"
         "\"busbw_gbs\":%.6f,\"wrong\":%s}\n",
-        coll_names[c], reduces(c) ? "\"sum\"" : "null", root, bytes, count, b->n,
-        (long long)iters, t * 1e6, algbw, busbw, wstr);
+        coll_names[c], reduces(c) ? "\"sum\"" : "null", root, bytes, count, b->n, (long long)iters,
+        t * 1e6, algbw, busbw, wstr);
   } else {
     printf("  %12zu  %12zu  %6s  %6s  %6s  %10.2f  %11.3f  %11.3f  %8s  %8lld\n", bytes, count,
            "f32", reduces(c) ? "sum" : "-", c == BROADCAST ? root : "-", t * 1e6, algbw, busbw,

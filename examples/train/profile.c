@@ -78,9 +78,10 @@ void prof_report(const train_par *par) {
       if (f > max) max = f, argmax = r;
       for (int g = 0; g < PROF_NGROUPS; g++) by_group[g] += share(v[1 + g], v[0]) / par->size;
     }
-    printf("profile: time in par: mean %.3f, max %.3f (rank %d) of the step over %d ranks, %d "
-           "steps; by group (mean):",
-           mean, max, argmax, par->size, prof.nsteps);
+    printf(
+        "profile: time in par: mean %.3f, max %.3f (rank %d) of the step over %d ranks, %d "
+        "steps; by group (mean):",
+        mean, max, argmax, par->size, prof.nsteps);
     for (int g = 0; g < PROF_NGROUPS; g++) printf(" %s %.3f", group_names[g], by_group[g]);
     printf("\n");
     fflush(stdout);
