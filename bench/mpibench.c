@@ -1,10 +1,11 @@
 /*
- * mpibench.c -- the MPI side of bench/compare.py: measures MPI_Allreduce, MPI_Allgather and
- * MPI_Bcast exactly the way tools/parbench measures par's collectives, so that the two times
- * can be divided. Same sweep options, same sizes and counts (nccl-tests' conventions), same
- * timing (warmup, an automatic iteration count chosen by rank 0 and broadcast, a barrier, then
- * `iters` ops back to back, the slowest rank's elapsed time divided by iters), same busbw
- * factors, same JSON keys, and an optional --check on the same exact-integer inputs.
+ * mpibench.c -- the MPI side of bench/compare.py: measures MPI_Allreduce, MPI_Allgather,
+ * MPI_Bcast, MPI_Reduce_scatter_block and MPI_Alltoall exactly the way tools/parbench measures
+ * par's collectives, so that the two times can be divided. Same sweep options, same sizes and
+ * counts (nccl-tests' conventions), same timing (warmup, an automatic iteration count chosen by
+ * rank 0 and broadcast, a barrier, then `iters` ops back to back, the slowest rank's elapsed time
+ * divided by iters), same busbw factors, same JSON keys, and an optional --check on the same
+ * exact-integer inputs.
  *
  * It is built by bench/compare.py with mpicc, not by CMake, so that par builds without MPI:
  *   mpicc -O2 -std=c11 -o mpibench bench/mpibench.c
@@ -28,8 +29,15 @@
 #define GUARD 64
 #define SENTINEL 0xA5
 
-typedef enum coll { ALLREDUCE = 0, ALLGATHER, BROADCAST, NCOLLS } coll;
-static const char *const coll_names[NCOLLS] = {"allreduce", "allgather", "broadcast"};
+typedef enum coll { ALLREDUCE = 0, ALLGATHER, BROADCAST, REDUCE_SCATTER, ALLTOALL, NCOLLS } coll;
+static const char *const coll_names[NCOLLS] = {"allreduce", "allgather", "broadcast",
+                                               "reduce_scatter", "alltoall"};
+
+/* The sums (allreduce, reduce_scatter) take parbench's sum pattern; the others its data one. */
+static int reduces(coll c) { return c == ALLREDUCE || c == REDUCE_SCATTER; }
+/* Each rank passes a block of S/n (allgather's input, reduce_scatter's output, alltoall's
+ * blocks); the others pass the whole size. */
+static int blocked(coll c) { return c == ALLGATHER || c == REDUCE_SCATTER || c == ALLTOALL; }
 
 typedef struct opts {
   int colls[NCOLLS];
@@ -69,7 +77,8 @@ typedef struct bench {
 static void usage(FILE *f) {
   fprintf(f,
           "usage: mpirun -n N mpibench [options]\n"
-          "  --op LIST      allreduce,allgather,broadcast (default all three)\n"
+          "  --op LIST      allreduce,allgather,broadcast,reduce_scatter,alltoall, all\n"
+          "                 (default all)\n"
           "  --min SIZE     smallest size in bytes (default 8; K/M/G suffixes)\n"
           "  --max SIZE     largest size in bytes (default 32M)\n"
           "  --factor F     size multiplier of the sweep (default 4)\n"
@@ -194,19 +203,19 @@ static int parse_args(int argc, char **argv, opts *o, int loud) {
 /* Sizes, patterns and the check (parbench's conventions, docs/parbench.md)                 */
 /* ---------------------------------------------------------------------------------------- */
 
-/* allgather passes each rank's block; the others pass the whole size. */
 static size_t call_count(coll c, size_t bytes, int n) {
   size_t total = bytes / sizeof(float);
-  return c == ALLGATHER ? total / (size_t)n : total;
+  return blocked(c) ? total / (size_t)n : total;
 }
 
+/* The larger of the call's send and receive buffers, as parbench reports it. */
 static size_t report_bytes(coll c, size_t count, int n) {
-  return (c == ALLGATHER ? count * (size_t)n : count) * sizeof(float);
+  return (blocked(c) ? count * (size_t)n : count) * sizeof(float);
 }
 
 static double busbw_factor(coll c, int n) {
   if (c == ALLREDUCE) return 2.0 * (n - 1) / n;
-  if (c == ALLGATHER) return (double)(n - 1) / n;
+  if (blocked(c)) return (double)(n - 1) / n;
   return 1.0;
 }
 
@@ -214,7 +223,7 @@ static double busbw_factor(coll c, int n) {
  * on the source rank and element so a misplaced block is caught (allgather, broadcast). */
 static int64_t value(coll c, int r, int n, size_t k) {
   uint64_t rr = (uint64_t)r, kk = (uint64_t)k;
-  if (c != ALLREDUCE) return (int64_t)((rr * 37 + kk * 13 + kk / 127) % 127);
+  if (!reduces(c)) return (int64_t)((rr * 37 + kk * 13 + kk / 127) % 127);
   uint64_t m = (uint64_t)(127 / n < 10 ? 127 / n : 10);
   return (int64_t)(((rr + 1) * (kk % 7 + 1) + kk / 7) % (m + 1));
 }
@@ -229,7 +238,7 @@ static int64_t value(coll c, int r, int n, size_t k) {
 #define PERIOD_MAX (127 * 127)
 
 static size_t period(coll c, int n) {
-  if (c != ALLREDUCE) return 127 * 127;
+  if (!reduces(c)) return 127 * 127;
   return 7 * (size_t)((127 / n < 10 ? 127 / n : 10) + 1);
 }
 
@@ -254,26 +263,39 @@ static void fill(float *buf, size_t count, coll c, int r, int n) {
   for (size_t k = 0; k < count; k++) buf[k] = pattern_tab[k % p];
 }
 
-/* Elements of buf[0..count) that differ from the table, read periodically. */
-static int64_t mismatches(const float *buf, size_t count, const float *tab, size_t p) {
+/* Elements of buf[0..count) that differ from elements start.. of the periodic table. */
+static int64_t mismatches_at(const float *buf, size_t count, const float *tab, size_t p,
+                             size_t start) {
   int64_t wrong = 0;
-  for (size_t k = 0; k < count; k++)
-    if (buf[k] != tab[k % p]) wrong++;
+  for (size_t k = 0, j = start % p; k < count; k++, j = j + 1 == p ? 0 : j + 1)
+    if (buf[k] != tab[j]) wrong++;
   return wrong;
+}
+
+static int64_t mismatches(const float *buf, size_t count, const float *tab, size_t p) {
+  return mismatches_at(buf, count, tab, p, 0);
 }
 
 /* Wrong output elements, guard bytes overwritten and input elements changed on this rank. */
 static int64_t verify(const bench *b, coll c, size_t count) {
   int64_t wrong = 0;
-  size_t p = period(c, b->n), out = count;
+  size_t p = period(c, b->n), out = count, in = count;
+  size_t mine = (size_t)b->me * count; /* where this rank's block starts in a whole input */
   if (c == ALLREDUCE) {
     pattern(c, -1, b->n, pattern_tab);
     wrong += mismatches(b->recv, count, pattern_tab, p);
-  } else if (c == ALLGATHER) {
+  } else if (c == REDUCE_SCATTER) { /* this rank's block of the sum */
+    in = count * (size_t)b->n;
+    pattern(c, -1, b->n, pattern_tab);
+    wrong += mismatches_at(b->recv, count, pattern_tab, p, mine);
+  } else if (c == ALLGATHER || c == ALLTOALL) {
     out = count * (size_t)b->n;
-    for (int src = 0; src < b->n; src++) { /* block src holds rank src's input */
+    if (c == ALLTOALL) in = out;
+    /* Block src holds rank src's input: all of it (allgather), or its block for this rank. */
+    for (int src = 0; src < b->n; src++) {
       pattern(c, src, b->n, pattern_tab);
-      wrong += mismatches(b->recv + (size_t)src * count, count, pattern_tab, p);
+      wrong += mismatches_at(b->recv + (size_t)src * count, count, pattern_tab, p,
+                             c == ALLTOALL ? mine : 0);
     }
   } else {
     pattern(c, b->o->root, b->n, pattern_tab);
@@ -284,7 +306,7 @@ static int64_t verify(const bench *b, coll c, size_t count) {
     if (g[i] != SENTINEL) wrong++;
   if (c != BROADCAST) { /* out-of-place ops must leave their input alone */
     pattern(c, b->me, b->n, pattern_tab);
-    wrong += mismatches(b->send, count, pattern_tab, p);
+    wrong += mismatches(b->send, in, pattern_tab, p);
   }
   return wrong;
 }
@@ -310,6 +332,13 @@ static void run_once(const bench *b, coll c, size_t count) {
       break;
     case BROADCAST:
       MPI_CHECK(MPI_Bcast(b->recv, cnt, MPI_FLOAT, b->o->root, MPI_COMM_WORLD));
+      break;
+    case REDUCE_SCATTER:
+      MPI_CHECK(
+          MPI_Reduce_scatter_block(b->send, b->recv, cnt, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD));
+      break;
+    case ALLTOALL:
+      MPI_CHECK(MPI_Alltoall(b->send, cnt, MPI_FLOAT, b->recv, cnt, MPI_FLOAT, MPI_COMM_WORLD));
       break;
     default:
       DIE("op %d out of range", (int)c);
@@ -381,11 +410,11 @@ static void print_result(const bench *b, coll c, size_t count, int64_t iters, do
         "{\"op\":\"%s\",\"dtype\":\"f32\",\"redop\":%s,\"root\":%s,\"bytes\":%zu,"
         "\"count\":%zu,\"ranks\":%d,\"iters\":%lld,\"time_us\":%.4f,\"algbw_gbs\":%.6f,"
         "\"busbw_gbs\":%.6f,\"wrong\":%s}\n",
-        coll_names[c], c == ALLREDUCE ? "\"sum\"" : "null", root, bytes, count, b->n,
-        (long long)iters, t * 1e6, algbw, busbw, wstr);
+        coll_names[c], reduces(c) ? "\"sum\"" : "null", root, bytes, count, b->n, (long long)iters,
+        t * 1e6, algbw, busbw, wstr);
   } else {
     printf("  %12zu  %12zu  %6s  %6s  %6s  %10.2f  %11.3f  %11.3f  %8s  %8lld\n", bytes, count,
-           "f32", c == ALLREDUCE ? "sum" : "-", c == BROADCAST ? root : "-", t * 1e6, algbw, busbw,
+           "f32", reduces(c) ? "sum" : "-", c == BROADCAST ? root : "-", t * 1e6, algbw, busbw,
            wrong >= 0 ? wstr : "N/A", (long long)iters);
   }
 }

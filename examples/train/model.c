@@ -278,7 +278,9 @@ static void gelu_backward(float *dinp, const float *inp, const float *dout, size
 /* Sums a (b, D) partial result over the mp group, in place. With one member it is a copy. */
 static void mp_allreduce(par_group *mp, float *buf, size_t n) {
   train_err_group = mp;
+  double t0 = prof_start();
   CHECK(par_allreduce(mp, buf, buf, n, PAR_F32, PAR_SUM));
+  prof_stop(PROF_MP, t0);
 }
 
 static DLTensor matrix(float *data, int64_t *shape, int64_t rows, int64_t cols) {
@@ -331,7 +333,9 @@ double head_forward(const model *m, activations *a, int b, par_group *mp) {
   DLTensor in = matrix(a->logits_l, in_shape, b, m->Cl);
   DLTensor out = matrix(a->logits, out_shape, b, m->C);
   train_err_group = mp;
+  double t0 = prof_start();
   CHECK(par_tensor_gather(mp, &in, 1, &out));
+  prof_stop(PROF_MP, t0);
 
   /* Softmax cross-entropy, replicated on every mp rank. */
   double loss = 0.0;
@@ -364,6 +368,7 @@ void head_backward(model *m, const activations *a, backward_scratch *s, int b, f
   int64_t shape[2], view_shape[2], view_strides[2];
   DLTensor full = matrix(s->dlogits, shape, b, m->C), mine;
   train_err_group = mp;
+  /* Local (a view, no communication): not timed by --profile. */
   CHECK(par_tensor_split(mp, &full, 1, &mine, view_shape, view_strides));
   const float *dl = (const float *)((const char *)mine.data + mine.byte_offset);
   int ld = (int)mine.strides[0];

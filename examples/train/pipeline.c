@@ -68,8 +68,10 @@ void step_free(step_state *s, const model *m) {
 static void post_send(step_state *s, const model *m, const train_par *par, const float *buf,
                       int dir) {
   train_err_group = par->pp.group;
+  double t0 = prof_start();
   CHECK(par_send_async(par->pp.group, buf, (size_t)s->b * m->D, PAR_F32, par->stage + dir,
                        &s->sends[s->nsends++]));
+  prof_stop(PROF_PP, t0);
 }
 
 /* Posts a receive of (b, D) floats from the previous (dir = -1) or next (dir = +1) stage. */
@@ -77,14 +79,18 @@ static par_work *post_recv(step_state *s, const model *m, const train_par *par, 
                            int dir) {
   par_work *w;
   train_err_group = par->pp.group;
+  double t0 = prof_start();
   CHECK(par_recv_async(par->pp.group, buf, (size_t)s->b * m->D, PAR_F32, par->stage + dir, &w));
+  prof_stop(PROF_PP, t0);
   return w;
 }
 
 static void wait_recv(const train_par *par, par_work *w) {
   if (!w) return;
   train_err_group = par->pp.group;
+  double t0 = prof_start();
   CHECK(par_work_wait(w, -1.0));
+  prof_stop(PROF_PP, t0);
   par_work_free(w);
 }
 
@@ -114,8 +120,10 @@ static void start_bucket(model *m, step_state *s, const train_par *par, int *nex
   const grad_bucket *bk = &m->buckets[*next];
   float *g = m->mem_grads + bk->offset;
   train_err_group = par->dp.group;
+  double t0 = prof_start();
   CHECK(par_allreduce_async(par->dp.group, g, g, bk->count, PAR_F32, PAR_AVG,
                             &s->reduces[(*next)++]));
+  prof_stop(PROF_DP, t0);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -211,12 +219,16 @@ double train_step(model *m, step_state *s, const train_config *cfg, const train_
   /* All sends must be done before the next step overwrites their buffers. */
   for (int i = 0; i < s->nsends; i++) {
     train_err_group = par->pp.group;
+    double t0 = prof_start();
     CHECK(par_work_wait(s->sends[i], -1.0));
+    prof_stop(PROF_PP, t0);
     par_work_free(s->sends[i]);
   }
   for (int i = 0; i < bucket; i++) {
     train_err_group = par->dp.group;
+    double t0 = prof_start();
     CHECK(par_work_wait(s->reduces[i], -1.0));
+    prof_stop(PROF_DP, t0);
     par_work_free(s->reduces[i]);
   }
   return m->has_head && par->mp.index == 0 ? loss : 0.0;

@@ -87,6 +87,8 @@ static const char *usage_text =
     "                      lines prints one line per logged step; auto is tty only when\n"
     "                      stdout is the terminal the command was typed in\n"
     "  --json              one {\"step\":N,\"loss\":X} line per logged step instead of progress\n"
+    "  --profile           time every par call; at the end print each rank's share of the\n"
+    "                      step spent inside par (mp, pp, dp, world) and the mean and max\n"
     "testing:\n"
     "  --die-at-step K     rank --die-rank (default the last) kills itself at step K\n"
     "  --die-rank R\n"
@@ -152,6 +154,10 @@ static void parse_options(int argc, char **argv, train_config *c) {
     }
     if (!strcmp(a, "--json")) {
       c->json = 1;
+      continue;
+    }
+    if (!strcmp(a, "--profile")) {
+      c->profile = 1;
       continue;
     }
     /* Every other option takes a value: "--opt V" or "--opt=V". */
@@ -307,7 +313,9 @@ static void par_teardown(train_par *p) {
 static double global_loss(const train_par *par, double share, int batch) {
   double sum = share;
   train_err_group = par->all;
+  double t0 = prof_start();
   CHECK(par_allreduce(par->all, &sum, &sum, 1, PAR_F64, PAR_SUM));
+  prof_stop(PROF_WORLD, t0);
   return sum / batch;
 }
 
@@ -339,6 +347,7 @@ int main(int argc, char **argv) {
 
   report rep;
   if (par.rank == 0) report_start(&rep, &cfg, &par, &m, par.dp.size);
+  if (cfg.profile) prof_enable();
 
   for (int step = 1; step <= cfg.steps; step++) {
     if (step == cfg.die_at_step && par.rank == cfg.die_rank) {
@@ -346,6 +355,7 @@ int main(int argc, char **argv) {
       fflush(stderr);
       raise(SIGKILL);
     }
+    double t_step = prof_start();
     double share = train_step(&m, &st, &cfg, &par, step - 1);
     optim_step(&opt, m.mem_params, m.mem_grads);
 
@@ -354,6 +364,7 @@ int main(int argc, char **argv) {
       double loss = global_loss(&par, share, cfg.batch);
       if (par.rank == 0) report_step(&rep, &cfg, step, loss, logged);
     }
+    prof_step_done(t_step);
   }
 
   int rc = 0;
@@ -369,6 +380,7 @@ int main(int argc, char **argv) {
     }
     report_free(&rep);
   }
+  prof_report(&par);
 
   optim_free(&opt);
   step_free(&st, &m);

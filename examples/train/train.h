@@ -12,6 +12,7 @@
  *               overlapped with the backward pass
  *   optim.c     SGD with momentum, or Adam
  *   report.c    what the program prints: configuration, group layout, progress, summary, plot
+ *   profile.c   --profile: the share of the step spent inside par calls, per group kind
  *   train.c     options, set-up and the training loop
  *
  * Shapes in comments: B the global batch, b a micro-batch, D the width of the residual stream,
@@ -79,6 +80,7 @@ typedef struct train_config {
   int die_at_step;       /* testing aid: rank die_rank kills itself at this step (0: never) */
   int die_rank;
   progress_kind progress; /* --progress: how the progress lines are shown */
+  int profile;            /* --profile: time inside par per step, reported at the end */
 } train_config;
 
 /* ---------------------------------------------------------------------------------------- */
@@ -281,5 +283,23 @@ void report_finish(report *r, const train_config *cfg);
 /* Writes the loss curve as an SVG file. Returns 0, or -1 with errno set. */
 int report_plot(const report *r, const char *path);
 void report_free(report *r);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Profiling (profile.c): --profile                                                         */
+/* ---------------------------------------------------------------------------------------- */
+
+/* The group kind a par call is charged to: the mesh's three, and the world (the loss). */
+typedef enum prof_group { PROF_MP, PROF_PP, PROF_DP, PROF_WORLD, PROF_NGROUPS } prof_group;
+
+void prof_enable(void);
+/* Before a par call: the time now, or 0 when profiling is off (then no clock is read). */
+double prof_start(void);
+/* After it: adds the time since t0 (prof_start's value) to group g. */
+void prof_stop(prof_group g, double t0);
+/* At the end of a step that began at t0 (prof_start's value). */
+void prof_step_done(double t0);
+/* Gathers every rank's totals (one par_allgather over the world, every rank must call it) and
+ * on rank 0 prints a line per rank and the summary. Does nothing when profiling is off. */
+void prof_report(const train_par *par);
 
 #endif /* TRAIN_H */
