@@ -94,6 +94,7 @@ typedef struct par__env {
   size_t shm_chunk;        /* PAR_SHM_CHUNK: bytes per rank per pipeline stage */
   int spin;                /* PAR_SPIN: spin iterations before sleeping; -1 = automatic */
   int shm_cma;             /* PAR_SHM_CMA: single-copy reads of peers' memory; -1 = auto */
+  int shm_stream;          /* PAR_SHM_STREAM: non-temporal stores for large outputs; -1 = auto */
   int cpus;                /* PAR_CPUS: CPUs the job may use on this host; 0 = unknown */
   /* PAR_SHM_SMALL_MAX, _BIG_OUT, _CMA_REDUCE_MIN/MAX, _CMA_MOVE_MIN/MAX: the shared-memory
    * backend's size thresholds (par__tuning below); 0 = derived from the machine. */
@@ -154,6 +155,10 @@ typedef struct par__machine {
   int cpus;          /* par__job_cpus(): what the job may use on this host */
   int cpus_affinity; /* CPUs in this process's affinity mask (sched_getaffinity); 0 unknown */
   int avx2, avx512;  /* usable: the CPU has it and the OS saves its registers; avx512: F+BW */
+  /* How many times longer the kernel's cross-memory copy (process_vm_readv, what single copy
+   * uses) takes than memcpy for 256 KiB in the caches, measured once; 0: not measured. It
+   * depends on the kernel and the hypervisor (page pinning), not on the caches. */
+  double cma_slowdown;
   char model[64];    /* /proc/cpuinfo "model name", else the CPUID brand, else "unknown" */
 } par__machine;
 
@@ -166,6 +171,9 @@ const par__machine *par__machine_get(void);
  * says. Missing files and malformed values (sizes "abc", "0K", over 16 GiB) leave a fact
  * unknown: 0, PAR__FROM_NONE. Reads no CPUID and no affinity. */
 void par__machine_read(const char *root, par__machine *out);
+/* Measures cma_slowdown on this host (about 0.5 ms); leaves it 0 where the system call is
+ * refused. */
+void par__machine_calibrate(par__machine *m);
 /* Fills the caches still unknown from CPUID (x86 only; elsewhere nothing). */
 void par__machine_cpuid(par__machine *m);
 /* Fills the caches still unknown with the defaults: 32 KiB L1d, 512 KiB L2 per core and
@@ -244,6 +252,12 @@ void par__reduce(void *dst, const void *const *src, int nsrc, size_t count, par_
 /* memcpy for a destination far larger than the caches (an op's large output): faster there,
  * slower between cached buffers (reduce.c). dst and src must not overlap. */
 void par__copy_out(void *dst, const void *src, size_t n);
+/* memcpy with non-temporal stores (reduce.c). dst and src must not overlap. */
+void par__copy_stream(void *dst, const void *src, size_t n);
+/* Copies a piece of an op's large output with whichever of par__copy_out and
+ * par__copy_stream this process measured faster on its first pieces (PAR_SHM_STREAM forces
+ * one). dst and src must not overlap. Thread-safe. */
+void par__copy_big(void *dst, const void *src, size_t n);
 
 /* Tests only: 1 forces the portable (non-SIMD) kernels, 0 restores CPU dispatch. */
 void par__reduce_force_portable(int on);

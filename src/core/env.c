@@ -55,6 +55,18 @@ static void read_threshold(const char *name, size_t *field) {
   if (v && *v && par__parse_size(v, 0, most, field) < 0) warn_later(name, v);
 }
 
+/* 0, 1 or auto (-1) */
+static void read_switch(const char *name, int *out) {
+  const char *v = getenv(name);
+  if (!v || !*v) return;
+  if (!strcmp(v, "0") || !strcmp(v, "1"))
+    *out = v[0] == '1';
+  else if (!strcasecmp(v, "auto"))
+    *out = -1;
+  else
+    warn_later(name, v);
+}
+
 static void env_read(void) {
   reading = 1;
   env.log_level = PAR_LOG_INFO;
@@ -64,6 +76,7 @@ static void env_read(void) {
   env.shm_chunk = 0; /* 0: the backend's default */
   env.spin = -1;
   env.shm_cma = -1;
+  env.shm_stream = -1;
   env.cpus = 0;
   env.shm_small_max = env.shm_big_out = 0;
   env.shm_cma_reduce_min = env.shm_cma_reduce_max = env.shm_cma_move_min = 0;
@@ -123,14 +136,8 @@ static void env_read(void) {
     else
       warn_later("PAR_SPIN", v);
   }
-  if ((v = getenv("PAR_SHM_CMA")) && *v) {
-    if (!strcmp(v, "0") || !strcmp(v, "1"))
-      env.shm_cma = v[0] == '1';
-    else if (!strcasecmp(v, "auto"))
-      env.shm_cma = -1;
-    else
-      warn_later("PAR_SHM_CMA", v);
-  }
+  read_switch("PAR_SHM_CMA", &env.shm_cma);
+  read_switch("PAR_SHM_STREAM", &env.shm_stream);
   if ((v = getenv("PAR_CPUS")) && *v) {
     char *end;
     long c = strtol(v, &end, 10);
@@ -149,7 +156,8 @@ const par__env *par__env_get(void) {
                                     .timeout_s = 300.0,
                                     .backend = PAR_BACKEND_AUTO,
                                     .spin = -1,
-                                    .shm_cma = -1};
+                                    .shm_cma = -1,
+                                    .shm_stream = -1};
   if (reading) return &defaults;
   pthread_once(&env_once, env_read);
   /* Logged after the once-block: par__log reads the level through this function. */

@@ -15,6 +15,7 @@
  * so a rule that trusts the L3 has a cap and an override.
  */
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -109,6 +110,22 @@ static size_t rule_cma_reduce_max(const par__machine *m) {
 #define CMA_MOVE_MIN (64 * KIB)
 static size_t rule_cma_move_max(size_t chunk) { return 4 * chunk; }
 
+/*
+ * Single copy at all. It replaces user copies through the segment (which run at memcpy's
+ * speed, in the caches) by the kernel's copy, which pins every page it touches: a win only
+ * while the kernel's copy costs at most about twice a memcpy (all-reduce: one kernel copy of
+ * the peers' share in place of a copy in and a read from another core's cache; all-gather: one
+ * in place of two). Measured: a 2-core Xeon whose kernel copies at 1-1.5x memcpy gained 10% to
+ * 3x from single copy (docs/PERFORMANCE.md); a 2-core EPYC under Firecracker, whose kernel
+ * copies 256 KiB at 3.4-4.9x memcpy (8 GB/s against 27-37 GB/s), lost at every size (2-rank
+ * 1 MiB all-reduce 173 us against 93 us through the segment). Above the limit both windows
+ * close (broadcast's too: its gains there were within the noise, its losses up to 60%).
+ */
+#define CMA_SLOWDOWN_MAX 2.0
+static int cma_pays(const par__machine *m) {
+  return !(m->cma_slowdown > CMA_SLOWDOWN_MAX); /* 0: not measured, keep the windows */
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* Derivation, overrides, the once-per-process value                                        */
 /* ---------------------------------------------------------------------------------------- */
@@ -126,6 +143,9 @@ void par__tune_derive(const par__machine *m, const par__env *env, par__tuning *o
   out->cma_reduce_max = rule_cma_reduce_max(m);
   out->cma_move_min = CMA_MOVE_MIN;
   out->cma_move_max = rule_cma_move_max(out->shm_chunk);
+  if (!cma_pays(m)) { /* empty windows: a minimum above every size */
+    out->cma_reduce_min = out->cma_move_min = SIZE_MAX;
+  }
   if (!env) return;
   /* An override replaces one value and nothing else: the others keep the machine's rule, so
    * that each variable means the same whatever else is set. A window whose min ends up above
@@ -163,7 +183,10 @@ void par__tuning_describe(const par__tuning *t, char *buf, size_t len) {
     char v[24];
     size_t value;
     memcpy(&value, (const char *)t + f[i].off, sizeof value);
-    par__fmt_size(v, sizeof v, value);
+    if (value == SIZE_MAX)
+      snprintf(v, sizeof v, "off");
+    else
+      par__fmt_size(v, sizeof v, value);
     int n = snprintf(buf + used, len - used, "%s%s %s (%s)", i ? ", " : "", f[i].name, v,
                      t->from_env & f[i].bit ? f[i].var : "machine");
     if (n < 0) break;

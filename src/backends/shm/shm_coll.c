@@ -40,7 +40,7 @@ static void share(size_t m, size_t es, int n, int j, size_t *lo, size_t *hi) {
 /* Copies into an op's output; outputs larger than the caches take the copy made for them. */
 static void put(int big, void *dst, const void *src, size_t n) {
   if (big)
-    par__copy_out(dst, src, n);
+    par__copy_big(dst, src, n);
   else
     memcpy(dst, src, n);
 }
@@ -237,19 +237,20 @@ static par_status allreduce_zc(shm_state *st, const shm_waitctx *wc, const par__
   int s;
   PAR_FORWARD_IF_ERROR(round_begin(st, wc, 1, &s));
   share(op->count, es, st->n, st->me, &lo, &hi);
-  if (!b->inplace[st->me] || st->me == 0) {
+  int big = big_out(st, op->count * es);
+  if (!big && (!b->inplace[st->me] || st->me == 0)) {
     for (int j = 0; j < st->n; j++) st->srcs[j] = b->src[j] + lo * es;
     if (hi > lo) par__reduce(out + lo * es, st->srcs, st->n, hi - lo, op->dt, op->op, st->n);
   } else {
-    /* The output is my input src[me]: only src[0] may alias the output, so reduce through the
-     * segment's result area chunk by chunk. */
+    /* Through the segment's result area chunk by chunk: the output is my input src[me] (only
+     * src[0] may alias the output), or large, and written with the large-output copy. */
     size_t per = st->hdr->chunk / es;
     char *tmp = shm_area(st, st->me, s, 1);
     for (size_t c = lo; c < hi; c += per) {
       size_t m = hi - c < per ? hi - c : per;
       for (int j = 0; j < st->n; j++) st->srcs[j] = b->src[j] + c * es;
       par__reduce(tmp, st->srcs, st->n, m, op->dt, op->op, st->n);
-      memcpy(out + c * es, tmp, m * es);
+      put(big, out + c * es, tmp, m * es);
     }
   }
   PAR_FORWARD_IF_ERROR(par__shm_wait_all(st, wc, post_next(st)));
@@ -533,19 +534,21 @@ static par_status reduce_split(shm_state *st, const shm_waitctx *wc, const par__
 /*
  * Opens a round of an op that gives member j the j-th block of every input (reduce_scatter,
  * alltoall): begins it (the first round: publishing the description), stages elements
- * [base, base + m) of each of this member's n blocks into its input area, block j at j*m,
- * and posts. The first round also waits for everyone and compares the descriptions; later
- * rounds leave the waiting to the caller (*e: the epoch to wait for).
+ * [base, base + m) of each of this member's blocks but its own (which it takes from its input
+ * itself, unless stage_own) into its set's two areas, block j at j*m, and posts. The first round also waits for
+ * everyone and compares the descriptions; later rounds leave the waiting to the caller (*e:
+ * the epoch to wait for).
  */
 static par_status blocks_open(shm_state *st, const shm_waitctx *wc, const par__op *op,
-                              size_t base, size_t m, int *set, uint64_t *e) {
+                              size_t base, size_t m, int stage_own, int *set, uint64_t *e) {
   size_t es = par_dtype_size(op->dt);
   const char *in = op->sendbuf;
   int first = base == 0;
   PAR_FORWARD_IF_ERROR(first ? first_round(st, wc, op, set) : round_begin(st, wc, 1, set));
   char *mine = shm_area(st, st->me, *set, 0);
   for (int j = 0; j < st->n; j++)
-    memcpy(mine + (size_t)j * m * es, in + ((size_t)j * op->count + base) * es, m * es);
+    if (j != st->me || stage_own)
+      memcpy(mine + (size_t)j * m * es, in + ((size_t)j * op->count + base) * es, m * es);
   *e = post_next(st);
   return first ? first_wait(st, wc, *set, *e) : PAR_OK;
 }
@@ -553,26 +556,35 @@ static par_status blocks_open(shm_state *st, const shm_waitctx *wc, const par__o
 /*
  * reduce_scatter (reduce) and alltoall: member i takes the i-th block of every member's
  * input, round by round -- reduced in index order once everyone has posted, or copied from
- * each member as soon as it has.
+ * each member as soon as it has. A round stages up to both areas of a set (2 chunks).
  */
 static par_status blocks(shm_state *st, const shm_waitctx *wc, const par__op *op, int reduce) {
-  size_t es = par_dtype_size(op->dt), per = st->hdr->chunk / (es * (size_t)st->n);
+  size_t es = par_dtype_size(op->dt), per = 2 * st->hdr->chunk / (es * (size_t)st->n);
+  const char *in = op->sendbuf;
   char *out = op->recvbuf;
+  size_t me = (size_t)st->me;
+  int big = !reduce && big_out(st, op->count * es * (size_t)st->n);
+  /* In place, a member's own block is its output, which only src[0] may alias. */
+  int alias = reduce && op->recvbuf == (const char *)op->sendbuf + me * op->count * es && me;
   for (size_t base = 0, m; (m = par__span(op->count, base, per)) > 0; base += m) {
     int s;
     uint64_t e;
-    PAR_FORWARD_IF_ERROR(blocks_open(st, wc, op, base, m, &s, &e));
+    const char *own = in + (me * op->count + base) * es;
+    PAR_FORWARD_IF_ERROR(blocks_open(st, wc, op, base, m, alias, &s, &e));
     if (reduce) {
       PAR_FORWARD_IF_ERROR(par__shm_wait_all(st, wc, e));
-      for (int j = 0; j < st->n; j++)
-        st->srcs[j] = shm_area(st, j, s, 0) + (size_t)st->me * m * es;
+      for (int j = 0; j < st->n; j++) st->srcs[j] = shm_area(st, j, s, 0) + me * m * es;
+      if (!alias) st->srcs[me] = own;
       par__reduce(out + base * es, st->srcs, st->n, m, op->dt, op->op, st->n);
     }
     for (int k = 0; !reduce && k < st->n; k++) {
       int j = (st->me + k) % st->n;
-      PAR_FORWARD_IF_ERROR(par__shm_wait_one(st, wc, j, e));
-      memcpy(out + ((size_t)j * op->count + base) * es,
-             shm_area(st, j, s, 0) + (size_t)st->me * m * es, m * es);
+      const char *from = own;
+      if (k) {
+        PAR_FORWARD_IF_ERROR(par__shm_wait_one(st, wc, j, e));
+        from = shm_area(st, j, s, 0) + me * m * es;
+      }
+      put(big, out + ((size_t)j * op->count + base) * es, from, m * es);
     }
     round_end(st);
   }
