@@ -100,6 +100,8 @@ typedef struct par__env {
    * backend's size thresholds (par__tuning below); 0 = derived from the machine. */
   size_t shm_small_max, shm_big_out;
   size_t shm_cma_reduce_min, shm_cma_reduce_max, shm_cma_move_min, shm_cma_move_max;
+  size_t shm_stream_min; /* PAR_SHM_STREAM_MIN; 0 = derived */
+  size_t shm_cma_bcast_min, shm_cma_bcast_max; /* PAR_SHM_CMA_BCAST_MIN/MAX; 0 = derived */
 } par__env;
 
 /* The environment, parsed on first use. Thread-safe. While it is being parsed, calls from the
@@ -194,7 +196,9 @@ typedef struct par__tuning {
   size_t cma_reduce_min; /* single-copy all-reduce, whole message: window [min, max] */
   size_t cma_reduce_max;
   size_t cma_move_min; /* single-copy all-gather (per member) and broadcast: from min */
-  size_t cma_move_max; /* all-gather per member: up to max (broadcast has none) */
+  size_t cma_move_max; /* all-gather per member: up to max */
+  size_t cma_bcast_min, cma_bcast_max; /* single-copy broadcast: window [min, max] */
+  size_t stream_min;   /* outputs from this size may take non-temporal stores (par__copy_big) */
   unsigned from_env;   /* PAR__TUNE_* bits: the value came from its PAR_SHM_* variable */
 } par__tuning;
 
@@ -206,6 +210,9 @@ enum {
   PAR__TUNE_CMA_REDUCE_MAX = 1u << 4,
   PAR__TUNE_CMA_MOVE_MIN = 1u << 5,
   PAR__TUNE_CMA_MOVE_MAX = 1u << 6,
+  PAR__TUNE_STREAM_MIN = 1u << 7,
+  PAR__TUNE_CMA_BCAST_MIN = 1u << 8,
+  PAR__TUNE_CMA_BCAST_MAX = 1u << 9,
 };
 
 /* Pure: the sizes for machine m under the overrides in env (env may be NULL: none). On the

@@ -128,6 +128,9 @@ static void env_read(void) {
   read_threshold("PAR_SHM_CMA_REDUCE_MAX", &env.shm_cma_reduce_max);
   read_threshold("PAR_SHM_CMA_MOVE_MIN", &env.shm_cma_move_min);
   read_threshold("PAR_SHM_CMA_MOVE_MAX", &env.shm_cma_move_max);
+  read_threshold("PAR_SHM_STREAM_MIN", &env.shm_stream_min);
+  read_threshold("PAR_SHM_CMA_BCAST_MIN", &env.shm_cma_bcast_min);
+  read_threshold("PAR_SHM_CMA_BCAST_MAX", &env.shm_cma_bcast_max);
   if ((v = getenv("PAR_SPIN")) && *v) {
     char *end;
     long s = strtol(v, &end, 10);

@@ -122,8 +122,33 @@ static size_t rule_cma_move_max(size_t chunk) { return 4 * chunk; }
  * close (broadcast's too: its gains there were within the noise, its losses up to 60%).
  */
 #define CMA_SLOWDOWN_MAX 2.0
-static int cma_pays(const par__machine *m) {
-  return !(m->cma_slowdown > CMA_SLOWDOWN_MAX); /* 0: not measured, keep the windows */
+static int cma_pays(const par__machine *m, double limit) {
+  return !(m->cma_slowdown > limit); /* 0: not measured, keep the windows */
+}
+
+/*
+ * Single-copy broadcast splits the message: the root writes part of it into each reader while
+ * the readers read the rest, so every member copies about S/n at the kernel's speed, against
+ * the segment pipeline's copy in (the root) and copy out (the readers), one after the other.
+ * It pays while the kernel's copy costs up to about twice as much again as for all-gather: a
+ * slowdown of 4 (the EPYC under Firecracker, 2.7-4.9: 1 MiB 73-83 us single copy, 55-273 us
+ * through the segment, whose rounds there hand lines between the two cores' caches at very
+ * uneven speed). Up to the size where outputs stream (stream_min): beyond, the segment's
+ * rounds with non-temporal stores won there (64 MiB: 9.7 against 12.4 ms).
+ */
+#define CMA_BCAST_SLOWDOWN_MAX 4.0
+
+/*
+ * Outputs from this size may be written with non-temporal stores (par__copy_big times both
+ * kernels and keeps the faster): they spare each line's read for ownership and leave the
+ * caches alone, which pays only for an output the L3 could not have held anyway; a smaller
+ * one is read again from the cache (by the program, by the next round) sooner than from
+ * memory. = the whole L3 (EPYC 32 MiB: 64 MiB all-gathers 25% faster streamed, 4 MiB
+ * broadcasts 40-130% slower; 260 MiB Xeon 256 MiB, so its 64 MiB ops keep the store loop, as
+ * measured best on the 35.8 MiB Xeon), from 4 MiB to 1 GiB.
+ */
+static size_t rule_stream_min(const par__machine *m) {
+  return clamp(pow2_floor(m->l3), 4 * MIB, 1024 * MIB);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -143,9 +168,12 @@ void par__tune_derive(const par__machine *m, const par__env *env, par__tuning *o
   out->cma_reduce_max = rule_cma_reduce_max(m);
   out->cma_move_min = CMA_MOVE_MIN;
   out->cma_move_max = rule_cma_move_max(out->shm_chunk);
-  if (!cma_pays(m)) { /* empty windows: a minimum above every size */
-    out->cma_reduce_min = out->cma_move_min = SIZE_MAX;
-  }
+  out->stream_min = rule_stream_min(m);
+  out->cma_bcast_min = CMA_MOVE_MIN;
+  out->cma_bcast_max = out->stream_min;
+  /* Empty windows where the kernel's copy does not pay: a minimum above every size. */
+  if (!cma_pays(m, CMA_SLOWDOWN_MAX)) out->cma_reduce_min = out->cma_move_min = SIZE_MAX;
+  if (!cma_pays(m, CMA_BCAST_SLOWDOWN_MAX)) out->cma_bcast_min = SIZE_MAX;
   if (!env) return;
   /* An override replaces one value and nothing else: the others keep the machine's rule, so
    * that each variable means the same whatever else is set. A window whose min ends up above
@@ -157,6 +185,9 @@ void par__tune_derive(const par__machine *m, const par__env *env, par__tuning *o
   take(&out->cma_reduce_max, env->shm_cma_reduce_max, PAR__TUNE_CMA_REDUCE_MAX, &out->from_env);
   take(&out->cma_move_min, env->shm_cma_move_min, PAR__TUNE_CMA_MOVE_MIN, &out->from_env);
   take(&out->cma_move_max, env->shm_cma_move_max, PAR__TUNE_CMA_MOVE_MAX, &out->from_env);
+  take(&out->stream_min, env->shm_stream_min, PAR__TUNE_STREAM_MIN, &out->from_env);
+  take(&out->cma_bcast_min, env->shm_cma_bcast_min, PAR__TUNE_CMA_BCAST_MIN, &out->from_env);
+  take(&out->cma_bcast_max, env->shm_cma_bcast_max, PAR__TUNE_CMA_BCAST_MAX, &out->from_env);
 }
 
 void par__tuning_describe(const par__tuning *t, char *buf, size_t len) {
@@ -176,6 +207,12 @@ void par__tuning_describe(const par__tuning *t, char *buf, size_t len) {
        PAR__TUNE_CMA_MOVE_MIN},
       {"cma_move_max", "PAR_SHM_CMA_MOVE_MAX", offsetof(par__tuning, cma_move_max),
        PAR__TUNE_CMA_MOVE_MAX},
+      {"stream_min", "PAR_SHM_STREAM_MIN", offsetof(par__tuning, stream_min),
+       PAR__TUNE_STREAM_MIN},
+      {"cma_bcast_min", "PAR_SHM_CMA_BCAST_MIN", offsetof(par__tuning, cma_bcast_min),
+       PAR__TUNE_CMA_BCAST_MIN},
+      {"cma_bcast_max", "PAR_SHM_CMA_BCAST_MAX", offsetof(par__tuning, cma_bcast_max),
+       PAR__TUNE_CMA_BCAST_MAX},
   };
   size_t used = 0;
   buf[0] = '\0';

@@ -685,9 +685,13 @@ static void test_kernel_conversions(void **state) {
   par__reduce_force_portable(0);
 }
 
-/* par__copy_out: every length up to a few vector blocks and some large ones, at every
- * misalignment of source and destination, leaving the bytes around the destination alone. */
-static void check_copy_out(const char *path) {
+/* par__copy_out, par__copy_stream and par__copy_big (which times the other two on its first
+ * pieces, then keeps one): every length up to a few vector blocks and some large ones, at
+ * every misalignment of source and destination, leaving the bytes around the destination
+ * alone. */
+typedef void (*copy_fn)(void *dst, const void *src, size_t n);
+
+static void check_copy(const char *path, copy_fn copy) {
   enum { MAX = 4096 + 300, PAD = 64 };
   unsigned char *src = malloc(MAX + 64), *dst = malloc(MAX + 64 + 2 * PAD);
   assert_non_null(src);
@@ -699,13 +703,12 @@ static void check_copy_out(const char *path) {
     for (size_t so = 0; so < 64; so += 7)
       for (size_t doff = 0; doff < 64; doff += 5) {
         memset(dst, 0xA5, MAX + 64 + 2 * PAD);
-        par__copy_out(dst + PAD + doff, src + so, n);
+        copy(dst + PAD + doff, src + so, n);
         if (memcmp(dst + PAD + doff, src + so, n) != 0)
-          fail_msg("%s: par__copy_out of %zu bytes (src +%zu, dst +%zu) differs", path, n, so,
-                   doff);
+          fail_msg("%s: copy of %zu bytes (src +%zu, dst +%zu) differs", path, n, so, doff);
         for (size_t i = 0; i < MAX + 64 + 2 * PAD; i++)
           if ((i < PAD + doff || i >= PAD + doff + n) && dst[i] != 0xA5)
-            fail_msg("%s: par__copy_out of %zu bytes wrote byte %zd outside its destination",
+            fail_msg("%s: copy of %zu bytes wrote byte %zd outside its destination",
                      path, n, (ptrdiff_t)i - (ptrdiff_t)(PAD + doff));
       }
   }
@@ -715,9 +718,11 @@ static void check_copy_out(const char *path) {
 
 static void test_copy_out(void **state) {
   (void)state;
-  check_copy_out("default path");
+  check_copy("par__copy_out, default path", par__copy_out);
+  check_copy("par__copy_stream", par__copy_stream);
+  check_copy("par__copy_big", par__copy_big); /* both kernels while timing, then the choice */
   par__reduce_force_portable(1);
-  check_copy_out("portable");
+  check_copy("par__copy_out, portable", par__copy_out);
   par__reduce_force_portable(0);
 }
 

@@ -68,6 +68,45 @@ static void test_cascade_lake_gives_todays_constants(void **state) {
   expect(&t, today);
 }
 
+/* What the machine measures, not what it reports: single copy closes where the kernel's copy
+ * costs more than twice a memcpy; non-temporal stores are a candidate from the whole L3. */
+static void test_measured_and_streaming(void **state) {
+  (void)state;
+  par__machine m = machine(32 * KIB, 512 * KIB, 1, 32 * MIB, 2, 2);
+  par__tuning t;
+  m.cma_slowdown = 1.3; /* a kernel that copies almost as fast as memcpy: windows as ruled */
+  par__tune_derive(&m, NULL, &t);
+  expect(&t, today);
+  assert_int_equal(t.stream_min, 32 * MIB);
+  assert_int_equal(t.cma_bcast_min, 64 * KIB);
+  assert_int_equal(t.cma_bcast_max, 32 * MIB);
+  m.cma_slowdown = 3.4; /* this Firecracker VM: all-reduce and all-gather windows close */
+  par__tune_derive(&m, NULL, &t);
+  assert_true(t.cma_reduce_min == SIZE_MAX && t.cma_move_min == SIZE_MAX);
+  assert_int_equal(t.cma_bcast_min, 64 * KIB); /* the root helps: still pays */
+  m.cma_slowdown = 4.5;
+  par__tune_derive(&m, NULL, &t);
+  assert_true(t.cma_bcast_min == SIZE_MAX);
+  m.cma_slowdown = 3.4;
+  assert_int_equal(t.cma_reduce_max, 8 * MIB);
+  char line[640];
+  par__tuning_describe(&t, line, sizeof line);
+  assert_non_null(strstr(line, "cma_reduce_min off (machine)"));
+  /* An explicit window still wins. */
+  par__env env = {.log_level = PAR_LOG_INFO, .spin = -1, .shm_cma = -1,
+                  .shm_cma_reduce_min = 512 * KIB};
+  par__tune_derive(&m, &env, &t);
+  assert_int_equal(t.cma_reduce_min, 512 * KIB);
+  assert_true(t.cma_move_min == SIZE_MAX);
+  /* The 260 MiB Xeon streams only from 256 MiB; a 1 MiB L3 from the 4 MiB floor. */
+  par__machine x = machine(48 * KIB, 2 * MIB, 1, 260 * MIB, 2, 2);
+  par__tune_derive(&x, NULL, &t);
+  assert_int_equal(t.stream_min, 256 * MIB);
+  par__machine small = machine(32 * KIB, 256 * KIB, 1, 1 * MIB, 2, 2);
+  par__tune_derive(&small, NULL, &t);
+  assert_int_equal(t.stream_min, 4 * MIB);
+}
+
 static void test_xeon_260m(void **state) {
   (void)state;
   par__machine m = machine(48 * KIB, 2 * MIB, 1, 260 * MIB, 2, 2);
@@ -150,7 +189,8 @@ static void test_overrides_win_one_value_each(void **state) {
                       "chunk 64K (PAR_SHM_CHUNK), small_max 32K (machine), big_out 16M "
                       "(PAR_SHM_BIG_OUT), cma_reduce_min 256K (machine), cma_reduce_max 8M "
                       "(machine), cma_move_min 64K (machine), cma_move_max 3M "
-                      "(PAR_SHM_CMA_MOVE_MAX)");
+                      "(PAR_SHM_CMA_MOVE_MAX), stream_min 32M (machine), cma_bcast_min 64K "
+                      "(machine), cma_bcast_max 32M (machine)");
   /* Every field can be overridden; a min above its max is kept (an empty window). */
   env.shm_small_max = 1;
   env.shm_cma_reduce_min = 9 * MIB;
@@ -268,6 +308,7 @@ int main(void) {
       cmocka_unit_test(test_epyc_gives_todays_constants),
       cmocka_unit_test(test_cascade_lake_gives_todays_constants),
       cmocka_unit_test(test_xeon_260m),
+      cmocka_unit_test(test_measured_and_streaming),
       cmocka_unit_test(test_nothing_known_gives_todays_constants),
       cmocka_unit_test(test_shares_and_clamps),
       cmocka_unit_test(test_overrides_win_one_value_each),

@@ -36,15 +36,16 @@
  * takes them from there: members must take the same path for every op, and their own
  * environments (affinity, variables) may differ. Single copy (cross-memory attach) serves
  * all-reduce of [cma_reduce_min, cma_reduce_max] bytes, all-gather blocks of [cma_move_min,
- * cma_move_max] and broadcasts from cma_move_min (docs/PERFORMANCE.md has the measurements):
- * below, a system call per peer costs more than the copy it saves; above, the data no longer
- * fits the caches and the segment's pipeline moves it faster than the kernel's page-by-page
- * copy, except in broadcast, where the root copies too instead of waiting.
+ * cma_move_max] and broadcasts of [cma_bcast_min, cma_bcast_max] (tune.c and
+ * docs/PERFORMANCE.md have the rules and measurements): below, a system call per peer costs
+ * more than the copy it saves; above, the data no longer fits the caches and the segment's
+ * pipeline moves it faster than the kernel's page-by-page copy.
  */
 typedef struct shm_paths {
   uint64_t small_max; /* allreduce/reduce at most this size (and a chunk) take direct rounds */
   uint64_t cma_reduce_min, cma_reduce_max;
   uint64_t cma_move_min, cma_move_max;
+  uint64_t cma_bcast_min, cma_bcast_max;
 } shm_paths;
 
 typedef struct shm_header {
@@ -135,6 +136,7 @@ typedef struct shm_state {
   int cma;                 /* every member can read every other's memory (process_vm_readv) */
   shm_paths paths;         /* the group's algorithm thresholds, from the header */
   size_t big_out;          /* outputs from this size are written with par__copy_out (local) */
+  size_t stream_min;       /* ... and from this size with par__copy_big (local) */
   int check;               /* PAR_CHECK=1: members compare op numbers too */
 } shm_state;
 

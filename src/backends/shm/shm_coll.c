@@ -39,13 +39,19 @@ static void share(size_t m, size_t es, int n, int j, size_t *lo, size_t *hi) {
 
 /* Copies into an op's output; outputs larger than the caches take the copy made for them. */
 static void put(int big, void *dst, const void *src, size_t n) {
-  if (big)
+  if (big > 1)
     par__copy_big(dst, src, n);
+  else if (big)
+    par__copy_out(dst, src, n);
   else
     memcpy(dst, src, n);
 }
 
-static int big_out(const shm_state *st, size_t bytes) { return bytes >= st->big_out; }
+/* How an output of this size is written (put): 0 memcpy, 1 the store loop, 2 the faster of
+ * the store loop and non-temporal stores. */
+static int big_out(const shm_state *st, size_t bytes) {
+  return bytes >= st->stream_min ? 2 : bytes >= st->big_out;
+}
 
 /* ---------------------------------------------------------------------------------------- */
 /* Member agreement: every op's first round is the same on every path -- begin the round     */
@@ -704,7 +710,8 @@ par_status par__shm_collective(par_group *g, shm_state *st, const par__op *op) {
         return allgather_sc(st, &wc, op, b);
       return allgather(st, &wc, op, b);
     case PAR__BROADCAST:
-      if (st->cma && bytes >= p->cma_move_min) return broadcast_sc(st, &wc, op, b);
+      if (st->cma && bytes >= p->cma_bcast_min && bytes <= p->cma_bcast_max)
+        return broadcast_sc(st, &wc, op, b);
       return broadcast(st, &wc, op, b);
     case PAR__ALLTOALL:
       return blocks(st, &wc, op, 0);
