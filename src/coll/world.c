@@ -279,9 +279,14 @@ const char *par_world_last_error(const par_world *w) { return w ? w->last_error 
 /* ---------------------------------------------------------------------------------------- */
 
 par_status par_alloc(par_world *w, size_t bytes, void **out) {
-  PAR_RETURN_ERROR_IF(!w || !out, PAR_ERR_NULL, "par_alloc: %s is NULL", w ? "out" : "world");
+  PAR_RETURN_ERROR_IF(!w, PAR_ERR_NULL, "par_alloc: world is NULL");
+  if (!out)
+    return par__error_keep(w->last_error, &w->mu,
+                           par__error(PAR_ERR_NULL, "par_alloc: out is NULL"));
   *out = NULL;
-  PAR_RETURN_ERROR_IF(bytes == 0, PAR_ERR_INVALID, "par_alloc: size is 0");
+  if (bytes == 0)
+    return par__error_keep(w->last_error, &w->mu,
+                           par__error(PAR_ERR_INVALID, "par_alloc: size is 0"));
   for (int i = 0; par__backend_at(i); i++)
     if (par__backend_at(i)->alloc_mem)
       return par__error_keep(w->last_error, &w->mu, par__backend_at(i)->alloc_mem(w, bytes, out));

@@ -372,9 +372,9 @@ static par_status create_segment(par_group *g, shm_state *st, size_t chunk,
                                  const par__tuning *tune) {
   shm_header h;
   par__shm_layout(&h, st->n, chunk);
-  h.paths = (shm_paths){tune->small_max,    tune->cma_reduce_min, tune->cma_reduce_max,
+  h.paths = (shm_paths){tune->small_max,     tune->cma_reduce_min, tune->cma_reduce_max,
                         tune->cma_move_min,  tune->cma_move_max,   tune->cma_bcast_min,
-                        tune->cma_bcast_max};
+                        tune->cma_bcast_max, tune->big_out,        tune->stream_min};
   int fd = -1;
   if (st->n > 1) {
     fd = shm_open(st->name, O_CREAT | O_EXCL | O_RDWR, 0600);
@@ -492,8 +492,6 @@ static par_status shm_init(par_group *g) {
   const par__env *env = par__env_get();
   const par__tuning *tune = par__tuning_get();
   st->check = env->check;
-  st->big_out = tune->big_out;
-  st->stream_min = tune->stream_min;
 
   snprintf(st->name, sizeof st->name, "/par-%s-%s", g->world->job_id, g->uid);
   if (st->n == 1) st->unlinked = 1;

@@ -22,7 +22,7 @@
 #include "coll/group.h"
 
 #define SHM_MAGIC 0x7061722d73686d31ull /* "par-shm1" */
-#define SHM_VERSION 5
+#define SHM_VERSION 6
 #define SHM_LINE 128 /* two cache lines: adjacent-line prefetch must not couple flags */
 #define SHM_MAX_CHUNK (64u << 20) /* PAR_SHM_CHUNK's maximum */
 #define SHM_P2P_CHUNK (32u << 10)
@@ -46,6 +46,10 @@ typedef struct shm_paths {
   uint64_t cma_reduce_min, cma_reduce_max;
   uint64_t cma_move_min, cma_move_max;
   uint64_t cma_bcast_min, cma_bcast_max;
+  /* Outputs from big_out bytes are written with the store loop, from stream_min with the
+   * faster of it and streaming stores; group-wide too, since all-gather and broadcast also
+   * choose their rounds by it. */
+  uint64_t big_out, stream_min;
 } shm_paths;
 
 typedef struct shm_header {
@@ -135,8 +139,6 @@ typedef struct shm_state {
   shm_bufs bufs;           /* the members' buffers in the running op (shm_coll.c) */
   int cma;                 /* every member can read every other's memory (process_vm_readv) */
   shm_paths paths;         /* the group's algorithm thresholds, from the header */
-  size_t big_out;          /* outputs from this size are written with par__copy_out (local) */
-  size_t stream_min;       /* ... and from this size with par__copy_big (local) */
   int check;               /* PAR_CHECK=1: members compare op numbers too */
 } shm_state;
 

@@ -50,7 +50,7 @@ static void put(int big, void *dst, const void *src, size_t n) {
 /* How an output of this size is written (put): 0 memcpy, 1 the store loop, 2 the faster of
  * the store loop and non-temporal stores. */
 static int big_out(const shm_state *st, size_t bytes) {
-  return bytes >= st->stream_min ? 2 : bytes >= st->big_out;
+  return bytes >= st->paths.stream_min ? 2 : bytes >= st->paths.big_out;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -453,7 +453,9 @@ static par_status reduce_open(shm_state *st, const shm_waitctx *wc, const par__o
   *set = s;
   if (!first) return par__shm_wait_all(st, wc, e);
   PAR_FORWARD_IF_ERROR(first_wait(st, wc, s, e));
-  return zc ? zc_resolve(wc, st, op, s, bytes, all ? bytes : 0, 1, b) : PAR_OK;
+  par_status r = zc ? zc_resolve(wc, st, op, s, bytes, all ? bytes : 0, 1, b) : PAR_OK;
+  if (r < 0) par__shm_abort(st); /* the others may be about to read this member's input */
+  return r;
 }
 
 /* The members' contributions to a round over elements from `base` in set s: in place where
@@ -620,7 +622,9 @@ static par_status allgather(shm_state *st, const shm_waitctx *wc, const par__op 
     uint64_t e = post_next(st);
     if (first) PAR_FORWARD_IF_ERROR(first_wait(st, wc, s, e));
     if (first && zc) {
-      PAR_FORWARD_IF_ERROR(zc_resolve(wc, st, op, s, bytes, 0, 0, b));
+      par_status r = zc_resolve(wc, st, op, s, bytes, 0, 0, b);
+      if (r < 0) par__shm_abort(st); /* the others may be about to read this member's input */
+      PAR_FORWARD_IF_ERROR(r);
       /* Every source in place: everything in this one round, unless the output is large:
        * then the readers keep to the rounds, so that a block one of them brings into the
        * cache is still there for the others. */
