@@ -237,7 +237,7 @@ void par__machine_cpuid(par__machine *m) {
             (b == 0x6f677948u && d == 0x6e65476eu && c == 0x656e6975u);   /* HygonGenuine */
   if (amd) {
     /* 0x8000001D exists only with the topology extensions (CPUID 0x80000001 ECX bit 22). */
-    if (__get_cpuid_max(0x80000000u, NULL) >= 0x8000001Du &&
+    if ((unsigned)__get_cpuid_max(0x80000000u, NULL) >= 0x8000001Du &&
         __get_cpuid(0x80000001u, &a, &b, &c, &d) && (c & (1u << 22)))
       cpuid_caches(0x8000001Du, m);
   } else if (a >= 4) {
