@@ -77,10 +77,7 @@ static void env_read(void) {
   env.spin = -1;
   env.shm_cma = -1;
   env.shm_stream = -1;
-  env.cpus = 0;
-  env.shm_small_max = env.shm_big_out = 0;
-  env.shm_cma_reduce_min = env.shm_cma_reduce_max = env.shm_cma_move_min = 0;
-  env.shm_cma_move_max = 0;
+  env.cpus = 0; /* the PAR_SHM_* sizes start at 0 (derived) with the rest of the static */
 
   const char *v;
   if ((v = getenv("PAR_LOG")) && *v) {

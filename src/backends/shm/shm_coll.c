@@ -205,28 +205,31 @@ static par_status zc_finish(shm_state *st, const shm_waitctx *wc) {
 /* Reductions: allreduce, reduce (to a root), reduce_scatter                                */
 /* ---------------------------------------------------------------------------------------- */
 
-/* Copies member j's reduced share [lo, hi) of the elements (from its output, `from`) into
- * this member's output, for every j but this one: the all-gather half of an all-reduce. */
+/* Reads `len` bytes at `off` of member j's output into this member's output; `big` is how the
+ * whole output is written (put). gather_shares calls it for every member's reduced share but
+ * this one's: the all-gather half of an all-reduce. */
 typedef par_status (*share_read_fn)(shm_state *st, const shm_waitctx *wc, const shm_bufs *b,
-                                    int j, size_t off, void *dst, size_t len);
+                                    int j, size_t off, void *dst, size_t len, int big);
 
 static par_status gather_shares(shm_state *st, const shm_waitctx *wc, const par__op *op,
                                 const shm_bufs *b, share_read_fn read) {
   size_t es = par_dtype_size(op->dt), lo, hi;
   char *out = op->recvbuf;
+  int big = big_out(st, op->count * es);
   for (int k = 1; k < st->n; k++) {
     int j = (st->me + k) % st->n;
     share(op->count, es, st->n, j, &lo, &hi);
-    if (hi > lo) PAR_FORWARD_IF_ERROR(read(st, wc, b, j, lo * es, out + lo * es, (hi - lo) * es));
+    if (hi > lo)
+      PAR_FORWARD_IF_ERROR(read(st, wc, b, j, lo * es, out + lo * es, (hi - lo) * es, big));
   }
   return PAR_OK;
 }
 
 /* Reads from member j's mapped output. */
 static par_status mapped_out_read(shm_state *st, const shm_waitctx *wc, const shm_bufs *b, int j,
-                                  size_t off, void *dst, size_t len) {
-  (void)wc;
-  put(big_out(st, len * (size_t)st->n), dst, b->dst[j] + off, len); /* len: a share */
+                                  size_t off, void *dst, size_t len, int big) {
+  (void)st, (void)wc;
+  put(big, dst, b->dst[j] + off, len);
   return PAR_OK;
 }
 
@@ -288,7 +291,8 @@ static par_status peer_read(shm_state *st, const shm_waitctx *wc, const shm_bufs
 }
 
 static par_status peer_out_read(shm_state *st, const shm_waitctx *wc, const shm_bufs *b, int j,
-                                size_t off, void *dst, size_t len) {
+                                size_t off, void *dst, size_t len, int big) {
+  (void)big; /* the kernel writes it */
   return peer_read(st, wc, b, j, 1, off, dst, len);
 }
 
