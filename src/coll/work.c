@@ -52,7 +52,7 @@ static void settle(par_work *w, par_status st) {
 }
 
 static void start_op(par_work *w) {
-  w->op.deadline = par__now() + w->op.timeout_s;
+  w->op.deadline = par__now_coarse() + w->op.timeout_s;
   w->flight_pos = par__flight_start(&w->g->flight, &w->op) + 1;
 }
 

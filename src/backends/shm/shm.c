@@ -49,8 +49,22 @@ void par__shm_ring(shm_state *st, int j) {
   }
 }
 
+/*
+ * A post is a release store; its ring waits (st->ring_due) until this member next reads
+ * another's epoch or ends the op (par__shm_settle). The ring needs the store ordered before
+ * its load of the sleeper count, a full fence: issued at once, it would stall until this
+ * core owns the epoch's line again (a cache-line round trip to every reader); issued after
+ * the next read of a peer's line, that round trip has overlapped the read.
+ */
 void par__shm_post(shm_state *st, uint64_t epoch) {
-  atomic_store(&st->ctrl[st->me].epoch, epoch);
+  atomic_store_explicit(&st->ctrl[st->me].epoch, epoch, memory_order_release);
+  st->ring_due = 1;
+}
+
+void par__shm_settle(shm_state *st) {
+  if (!st->ring_due) return;
+  st->ring_due = 0;
+  atomic_thread_fence(memory_order_seq_cst);
   par__shm_ring(st, st->me);
 }
 
@@ -118,6 +132,7 @@ static par_status lost(shm_state *st, const shm_waitctx *wc, int j) {
 
 par_status par__shm_wait(shm_state *st, const shm_waitctx *wc, shm_pred pred, const void *arg) {
   int who = pred(st, arg);
+  par__shm_settle(st);
   if (who < 0) return PAR_OK;
   par_group *g = wc->g;
   for (unsigned round = 0; par__wait_step(&g->wait, &round);)
@@ -561,12 +576,17 @@ static par_status shm_can_serve(par_group *g) {
   return PAR_OK;
 }
 
+/* An op may end on a post (a broadcast's root): its ring is due before the op returns. */
 static par_status shm_run(par_group *g, par__op *op) {
-  return par__shm_collective(g, g->be_state, op);
+  par_status s = par__shm_collective(g, g->be_state, op);
+  par__shm_settle(g->be_state);
+  return s;
 }
 
 static par_status shm_barrier(par_group *g, par__op *op) {
-  return par__shm_barrier(g, g->be_state, op);
+  par_status s = par__shm_barrier(g, g->be_state, op);
+  par__shm_settle(g->be_state);
+  return s;
 }
 
 static par_status shm_p2p(par_group *g, par__op *ops, par__p2p_state *ps, int nops,

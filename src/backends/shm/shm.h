@@ -135,6 +135,7 @@ typedef struct shm_state {
   uint64_t round;          /* rounds run so far; its parity picks the data set */
   uint64_t prev_round_end; /* epoch at the end of the previous round */
   _Atomic int sleeping_on; /* the bell this process's waiting thread sleeps on, or -1 */
+  int ring_due;            /* a post's ring is still to be done (par__shm_settle) */
   const void **srcs;       /* n pointers, scratch for reductions */
   shm_bufs bufs;           /* the members' buffers in the running op (shm_coll.c) */
   int cma;                 /* every member can read every other's memory (process_vm_readv) */
@@ -155,7 +156,10 @@ typedef struct shm_waitctx {
 typedef int (*shm_pred)(shm_state *st, const void *arg);
 
 par_status par__shm_wait(shm_state *st, const shm_waitctx *wc, shm_pred pred, const void *arg);
+/* Posts this member's epoch. Its ring (waking members asleep on it) is due until
+ * par__shm_settle, which every wait and the end of every op call. */
 void par__shm_post(shm_state *st, uint64_t epoch);
+void par__shm_settle(shm_state *st);
 /* Rings member j's bell: wakes whoever sleeps on it. */
 void par__shm_ring(shm_state *st, int j);
 /* Aborts the group for every member (a member that fails mid-op after the others started

@@ -562,6 +562,7 @@ static par_status blocks_open(shm_state *st, const shm_waitctx *wc, const par__o
     if (j != st->me || stage_own)
       memcpy(mine + (size_t)j * m * es, in + ((size_t)j * op->count + base) * es, m * es);
   *e = post_next(st);
+  if (!first) par__shm_settle(st); /* alltoall copies its own block before any wait */
   return first ? first_wait(st, wc, *set, *e) : PAR_OK;
 }
 
@@ -625,6 +626,7 @@ static par_status allgather(shm_state *st, const shm_waitctx *wc, const par__op 
     if (!mine_zc) memcpy(shm_area(st, st->me, s, 0), in + base * es, m * es);
     uint64_t e = post_next(st);
     if (first) PAR_FORWARD_IF_ERROR(first_wait(st, wc, s, e));
+    par__shm_settle(st); /* the own block's copy comes before any wait */
     if (first && zc) {
       par_status r = zc_resolve(wc, st, op, s, bytes, 0, 0, b);
       if (r < 0) par__shm_abort(st); /* the others may be about to read this member's input */
