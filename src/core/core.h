@@ -260,6 +260,15 @@ double par__now_coarse(void);
 void par__reduce(void *dst, const void *const *src, int nsrc, size_t count, par_dtype dt,
                  par_op op, int divisor);
 
+/*
+ * memcpy for the data path (staging into the segment, copying out of it, send/recv slots):
+ * memcpy itself, except where the destination lies just past the source modulo a page
+ * ((dst - src) mod 4096 < 64). There glibc's `rep movsb` crawls on AMD Zen 3 (Debian 12's
+ * glibc 2.36; later glibc avoids it there): 1.7-2.2 GB/s against 27-40 for a cached 64 KiB
+ * copy. It is what a malloc'ed buffer (page + 16) gets against the page-aligned segment, so
+ * those copies take the store loop. dst and src must not overlap.
+ */
+void par__copy(void *dst, const void *src, size_t n);
 /* memcpy for a destination far larger than the caches (an op's large output): faster there,
  * slower between cached buffers (reduce.c). dst and src must not overlap. */
 void par__copy_out(void *dst, const void *src, size_t n);

@@ -585,6 +585,13 @@ void par__copy_out(void *dst, const void *src, size_t n) {
   memcpy(dst, src, n);
 }
 
+void par__copy(void *dst, const void *src, size_t n) {
+  if (n >= 1024 && (((uintptr_t)dst - (uintptr_t)src) & 4095) < 64)
+    par__copy_out(dst, src, n);
+  else
+    memcpy(dst, src, n);
+}
+
 /* Copies with non-temporal stores: the destination's lines go to memory without being read
  * first (no read-for-ownership) and without evicting the caches. For outputs far larger than
  * the caches, written once. */

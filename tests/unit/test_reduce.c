@@ -716,8 +716,35 @@ static void check_copy(const char *path, copy_fn copy) {
   free(dst);
 }
 
+/* par__copy picks the store loop where the destination lies just past the source modulo a
+ * page: those positions need one allocation holding both. */
+static void test_copy_page_offsets(void **state) {
+  (void)state;
+  enum { R = 73728 }; /* the largest length, rounded up to pages */
+  static const size_t lens[] = {1, 1023, 1024, 4096 + 17, 70000};
+  static const size_t offs[] = {0, 1, 8, 16, 40, 63, 64, 100, 4095};
+  unsigned char *buf = aligned_alloc(4096, 2 * R + 8192);
+  assert_non_null(buf);
+  unsigned char *src = buf, *end = buf + 2 * R + 8192;
+  for (size_t i = 0; i < R; i++) src[i] = (unsigned char)rnd();
+  for (size_t a = 0; a < sizeof offs / sizeof offs[0]; a++)
+    for (size_t l = 0; l < sizeof lens / sizeof lens[0]; l++) {
+      unsigned char *dst = buf + R + 4096 + offs[a];
+      memset(buf + R, 0xA5, (size_t)(end - (buf + R)));
+      par__copy(dst, src, lens[l]);
+      if (memcmp(dst, src, lens[l]) != 0)
+        fail_msg("par__copy: %zu bytes at page offset %zu differ", lens[l], offs[a]);
+      for (unsigned char *q = buf + R; q < end; q++)
+        if ((q < dst || q >= dst + lens[l]) && *q != 0xA5)
+          fail_msg("par__copy: %zu bytes at page offset %zu wrote outside the destination",
+                   lens[l], offs[a]);
+    }
+  free(buf);
+}
+
 static void test_copy_out(void **state) {
   (void)state;
+  check_copy("par__copy", par__copy);
   check_copy("par__copy_out, default path", par__copy_out);
   check_copy("par__copy_stream", par__copy_stream);
   check_copy("par__copy_big", par__copy_big); /* both kernels while timing, then the choice */
@@ -729,6 +756,7 @@ static void test_copy_out(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_copy_out),
+      cmocka_unit_test(test_copy_page_offsets),
       cmocka_unit_test(test_matrix),
       cmocka_unit_test(test_matrix_portable),
       cmocka_unit_test(test_in_place),

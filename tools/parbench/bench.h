@@ -76,6 +76,7 @@ typedef struct bench_opts {
   int check;
   int json;
   int zero_copy; /* --zero-copy: buffers from par_alloc */
+  int offset;    /* --offset: the buffers start this many bytes past a page boundary */
   par_backend backends[PAR_BACKEND_COUNT]; /* --backend: one group of all ranks per backend */
   int nbackends;                           /* 0: the world group */
   int root;

@@ -190,6 +190,8 @@ void bench_usage(FILE *f) {
           "  --check         verify every result against the exact expected values\n"
           "  --json          print one JSON object per measurement instead of the table\n"
           "  --zero-copy     take the buffers from par_alloc (peers read them in place)\n"
+          "  --offset B      start the buffers B bytes past a page boundary, 0..4095 (default\n"
+          "                  0; malloc's large buffers start at 16)\n"
           "  --backend LIST  measure a group of all ranks on each backend (e.g. shm,mpi under\n"
           "                  mpirun); default: the world group\n"
           "  -h, --help      print this help\n"
@@ -202,7 +204,7 @@ void bench_usage(FILE *f) {
 
 enum { OPT_OP = 256, OPT_MIN, OPT_MAX, OPT_FACTOR, OPT_DTYPE, OPT_REDOP, OPT_ROOT,
        OPT_WARMUP, OPT_ITERS, OPT_CHECK, OPT_JSON, OPT_ZERO_COPY, OPT_BACKEND,
-       OPT_VERSION };
+       OPT_OFFSET, OPT_VERSION };
 
 static const struct option long_opts[] = {
     {"op", required_argument, NULL, OPT_OP},
@@ -217,6 +219,7 @@ static const struct option long_opts[] = {
     {"check", no_argument, NULL, OPT_CHECK},
     {"json", no_argument, NULL, OPT_JSON},
     {"zero-copy", no_argument, NULL, OPT_ZERO_COPY},
+    {"offset", required_argument, NULL, OPT_OFFSET},
     {"backend", required_argument, NULL, OPT_BACKEND},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, OPT_VERSION},
@@ -286,6 +289,10 @@ int bench_parse_args(int argc, char **argv, bench_opts *o) {
     case OPT_CHECK: o->check = 1; break;
     case OPT_JSON: o->json = 1; break;
     case OPT_ZERO_COPY: o->zero_copy = 1; break;
+    case OPT_OFFSET:
+      if (parse_int(optarg, 0, 4095, &o->offset) != 0)
+        return bad("--offset", optarg, "an integer from 0 to 4095");
+      break;
     case OPT_BACKEND:
       if (parse_list(optarg, add_backend, o) != 0)
         return bad("--backend", optarg, "a comma list of auto, shm, mpi");

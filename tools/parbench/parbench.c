@@ -211,9 +211,10 @@ static void print_json(const bench *b, const call *k, const result *r) {
 
 static void print_header(const bench *b) {
   const bench_opts *o = b->o;
-  printf("# parbench: %d ranks, backend %s%s\n", b->n,
-         par_backend_name(par_group_backend(b->g)),
+  printf("# parbench: %d ranks, backend %s%s", b->n, par_backend_name(par_group_backend(b->g)),
          o->zero_copy ? ", buffers from par_alloc (zero copy)" : "");
+  if (o->offset) printf(", buffers at page + %d", o->offset);
+  printf("\n");
   printf("# op:");
   for (int i = 0; i < o->ncolls; i++) printf("%s%s", i ? "," : " ", bench_coll_name(o->colls[i]));
   printf("  dtype:");
@@ -279,7 +280,7 @@ static int64_t sweep(bench *b, bench_coll c, par_dtype dt, par_op op, double *bw
 }
 
 static void *alloc_touched(bench *b, size_t bytes, int fill) {
-  size_t rounded = (bytes + 4095) & ~(size_t)4095;
+  size_t rounded = (bytes + (size_t)b->o->offset + 4095) & ~(size_t)4095;
   void *p = NULL;
   if (b->o->zero_copy) {
     par_status st = par_alloc(b->world, rounded, &p);
@@ -291,10 +292,11 @@ static void *alloc_touched(bench *b, size_t bytes, int fill) {
   }
   /* Fault every page in now: a first touch inside the timed loop would be measured. */
   memset(p, fill, rounded);
-  return p;
+  return (char *)p + b->o->offset;
 }
 
 static void free_buffer(bench *b, void *p) {
+  p = (char *)p - b->o->offset;
   if (b->o->zero_copy)
     par_free(b->world, p);
   else

@@ -44,10 +44,10 @@ static void put(int big, void *dst, const void *src, size_t n) {
   else if (big)
     par__copy_out(dst, src, n);
   else
-    memcpy(dst, src, n);
+    par__copy(dst, src, n);
 }
 
-/* How an output of this size is written (put): 0 memcpy, 1 the store loop, 2 the faster of
+/* How an output of this size is written (put): 0 par__copy, 1 the store loop, 2 the faster of
  * the store loop and non-temporal stores. */
 static int big_out(const shm_state *st, size_t bytes) {
   return bytes >= st->paths.stream_min ? 2 : bytes >= st->paths.big_out;
@@ -284,7 +284,7 @@ static par_status peer_read(shm_state *st, const shm_waitctx *wc, const shm_bufs
   const char *mapped = b->src[j];
   if (out) mapped = b->dst[j] ? b->dst[j] : b->inplace[j] ? b->src[j] : NULL;
   if (mapped) {
-    memcpy(dst, mapped + off, len);
+    par__copy(dst, mapped + off, len);
     return PAR_OK;
   }
   return par__shm_cma_read(st, wc, j, dst, (out ? b->adst[j] : b->asrc[j]) + off, len);
@@ -305,7 +305,7 @@ static par_status sc_publish(shm_state *st, const shm_waitctx *wc, const par__op
   PAR_FORWARD_IF_ERROR(first_round(st, wc, op, &s));
   zc_publish(wc, st, op, s, sbytes, rbytes);
   PAR_FORWARD_IF_ERROR(first_wait(st, wc, s, post_next(st)));
-  if (len) memcpy(dst, src, len); /* only once the members agree: the output is theirs */
+  if (len) par__copy(dst, src, len); /* only once the members agree: the output is theirs */
   par_status r = zc_resolve(wc, st, op, s, sbytes, rbytes, 0, b);
   round_end(st);
   if (r < 0) par__shm_abort(st); /* the others are about to use this member's buffers */
@@ -342,7 +342,7 @@ static par_status allreduce_sc(shm_state *st, const shm_waitctx *wc, const par__
         PAR_FORWARD_IF_ERROR(peer_read(st, wc, b, j, 0, c * es, slot, m * es));
         st->srcs[j] = slot;
       } else if (inplace && j != 0) {
-        memcpy(slot, in + c * es, m * es); /* only src[0] may alias the output */
+        par__copy(slot, in + c * es, m * es); /* only src[0] may alias the output */
         st->srcs[j] = slot;
       } else {
         st->srcs[j] = in + c * es;
@@ -450,8 +450,8 @@ static par_status reduce_open(shm_state *st, const shm_waitctx *wc, const par__o
   if (!read_in_place) {
     const char *in = (const char *)op->sendbuf + base * es;
     char *area = shm_area(st, st->me, s, 0);
-    memcpy(area, in, keep_lo * es);
-    memcpy(area + keep_hi * es, in + keep_hi * es, (m - keep_hi) * es);
+    par__copy(area, in, keep_lo * es);
+    par__copy(area + keep_hi * es, in + keep_hi * es, (m - keep_hi) * es);
   }
   uint64_t e = post_next(st);
   *set = s;
@@ -560,7 +560,7 @@ static par_status blocks_open(shm_state *st, const shm_waitctx *wc, const par__o
   char *mine = shm_area(st, st->me, *set, 0);
   for (int j = 0; j < st->n; j++)
     if (j != st->me || stage_own)
-      memcpy(mine + (size_t)j * m * es, in + ((size_t)j * op->count + base) * es, m * es);
+      par__copy(mine + (size_t)j * m * es, in + ((size_t)j * op->count + base) * es, m * es);
   *e = post_next(st);
   if (!first) par__shm_settle(st); /* alltoall copies its own block before any wait */
   return first ? first_wait(st, wc, *set, *e) : PAR_OK;
@@ -623,7 +623,7 @@ static par_status allgather(shm_state *st, const shm_waitctx *wc, const par__op 
     int mine_zc = !zc    ? 0
                   : first ? st->ctrl[st->me].zc[s][ZC_SEND_ID] != 0
                           : b->src[st->me] != NULL;
-    if (!mine_zc) memcpy(shm_area(st, st->me, s, 0), in + base * es, m * es);
+    if (!mine_zc) par__copy(shm_area(st, st->me, s, 0), in + base * es, m * es);
     uint64_t e = post_next(st);
     if (first) PAR_FORWARD_IF_ERROR(first_wait(st, wc, s, e));
     par__shm_settle(st); /* the own block's copy comes before any wait */
@@ -666,7 +666,7 @@ static par_status broadcast(shm_state *st, const shm_waitctx *wc, const par__op 
       zc_publish(wc, st, op, s, bytes, 0);
       root_zc = st->ctrl[root].zc[s][ZC_SEND_ID] != 0;
     }
-    if (am_root && !root_zc) memcpy(shm_area(st, root, s, 0), buf + base * es, m * es);
+    if (am_root && !root_zc) par__copy(shm_area(st, root, s, 0), buf + base * es, m * es);
     uint64_t e = post_next(st);
     if (first) PAR_FORWARD_IF_ERROR(first_wait(st, wc, s, e));
     if (!am_root) {
@@ -677,7 +677,7 @@ static par_status broadcast(shm_state *st, const shm_waitctx *wc, const par__op 
         root_zc = 1;
       }
       if (root_zc && !big)
-        memcpy(buf, b->src[root], bytes);
+        par__copy(buf, b->src[root], bytes);
       else
         put(big, buf + base * es, root_zc ? b->src[root] + base * es : shm_area(st, root, s, 0),
             m * es);

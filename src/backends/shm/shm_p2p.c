@@ -32,7 +32,7 @@ static int step_send(shm_state *st, const par__op *op, par__p2p_state *p) {
     slot->total = total;
     slot->dt = (uint32_t)op->dt;
     slot->len = (uint32_t)len;
-    if (len) memcpy(slot + 1, (const char *)op->sendbuf + p->off, len);
+    if (len) par__copy(slot + 1, (const char *)op->sendbuf + p->off, len);
     p->off += len;
     atomic_store(&ch->sent, sent + 1);
     par__shm_ring(st, op->root);
@@ -59,7 +59,7 @@ static int step_recv(shm_state *st, par_group *g, const par__op *op, par__p2p_st
                         g->name, (unsigned long long)op->seq, total, par_dtype_name(op->dt),
                         op->root, g->ranks[op->root], (unsigned long long)slot->total,
                         par_dtype_name((par_dtype)slot->dt));
-    if (len) memcpy((char *)op->recvbuf + p->off, slot + 1, len);
+    if (len) par__copy((char *)op->recvbuf + p->off, slot + 1, len);
     p->off += len;
     atomic_store(&ch->acked, acked + 1);
     par__shm_ring(st, op->root);
