@@ -14,6 +14,9 @@ issue with its verdict. A --check pass runs every side once more on exact inputs
 wrong elements. bench/stream.c measures the memory bandwidth before and after; the bound of an
 all-reduce follows from it: n ranks of S bytes must at least read every input and write every
 output once, 2*n*S bytes, so t >= 2*n*S / (the run's best 2-thread copy rate).
+bench/handover.c records, before each repetition and after the last, how fast the cores pass
+data between them (a cache line's round trip, a 256 KiB block's handover): on a VM the host may
+move the virtual CPUs apart mid-run, and par's segment paths slow down with it.
 
 Where there is no MPI, or no torch with gloo, that column is n/a with the reason. Exit status:
 0 when nothing crashed and nothing was wrong (a missed target is reported, not an error); 1 when
@@ -148,6 +151,11 @@ def build(args):
     if newer(src, progs["stream"]):
         run_checked([cc, "-O2", "-std=c11", "-Wall", "-Wextra", "-Werror", "-pthread", "-o",
                      progs["stream"], src], "building stream")
+    progs["handover"] = os.path.join(outdir, "handover")
+    src = os.path.join(HERE, "handover.c")
+    if newer(src, progs["handover"]):
+        run_checked([cc, "-O2", "-std=c11", "-Wall", "-Wextra", "-Werror", "-pthread", "-o",
+                     progs["handover"], src], "building handover")
     progs["mpibench"] = None
     mpicc, mpirun = shutil.which("mpicc"), shutil.which(args.mpirun)
     if mpicc and mpirun:
@@ -333,6 +341,15 @@ def run_stream(progs, args):
     return [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
 
 
+def run_handover(progs):
+    """bench/handover.c: the cores' cache-line round trip and 256 KiB handover rate, or None
+    (fewer than 2 CPUs, or it failed: the figure is a diagnostic, not a verdict)."""
+    proc = subprocess.run([progs["handover"], "--json"], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+    return json.loads(lines[0]) if proc.returncode == 0 and lines else None
+
+
 def compare(args, progs, result):
     """Every side, every rank count, --reps times, in an order that rotates each time, so a
     drift in the machine's load hits all sides; then the --check pass."""
@@ -341,7 +358,9 @@ def compare(args, progs, result):
     emulated = set()  # (n, op, size) where gloo's row is an emulation
     loads = [load1()]
     failures = []
+    handover = []  # before each repetition and after the last
     for rep in range(args.reps):
+        handover.append(dict(run_handover(progs) or {}, rep=rep + 1))
         for ni, n in enumerate(args.ranks):
             k = (rep + ni) % len(impls)
             took = []
@@ -356,6 +375,9 @@ def compare(args, progs, result):
             loads.append(load1())
             log("compare: rep %d/%d, %d ranks: %s (load %.1f)" %
                 (rep + 1, args.reps, n, ", ".join(took), loads[-1]))
+
+    handover.append(dict(run_handover(progs) or {}, rep="after"))
+    result["handover"] = handover
 
     # The check pass: each side verifies one op per case, same ops and sizes.
     wrong = {impl: 0 for impl in impls}
@@ -521,6 +543,20 @@ def print_stream(stream, bw_gbs, bw_threads, llc, ranks):
           + "; no bound is shown where")
     print("#   2*n*S fits in the %.1f MiB last-level cache (its bandwidth is higher)" %
           (llc / MiB))
+
+
+def print_handover(handover):
+    got = [h for h in handover if "round_trip_ns" in h]
+    if not got:
+        return
+    print("#")
+    print("# the cores' handover (bench/handover.c, before each repetition and after the last):")
+    print("#   cache-line round trip (ns): " +
+          ", ".join("%.0f" % h["round_trip_ns"] for h in got))
+    print("#   256 KiB written by one core, copied by the other (GB/s): " +
+          ", ".join("%.1f" % h["handover_gbs"] for h in got))
+    print("#   par's segment paths hand every byte over this way; where the host moves the")
+    print("#   virtual CPUs apart (round trip of several hundred ns) they slow down")
 
 
 def write_outputs(outdir, result):
@@ -746,6 +782,7 @@ def main(argv):
     print_table(rows, result)
     print_targets(targets)
     print_stream(stream, bw_gbs, bw_threads, result["llc_bytes"], args.ranks)
+    print_handover(result.get("handover", []))
 
     n_pass = sum(1 for t in targets if t["verdict"] == "PASS")
     n_fail = sum(1 for t in targets if t["verdict"] == "FAIL")

@@ -4,7 +4,7 @@
 # column where an MPI is installed and the Gloo column where an interpreter has torch (else
 # n/a with the reason), every one of the issue's 32 targets is listed with a verdict, --check
 # finds 0 wrong elements on every side, the bound uses a 2-thread copy rate, and compare.json
-# records the machine (CPU, cores, caches). Then the Gloo side's own checks: gloo_bench.py's
+# records the machine (CPU, cores, caches) and the cores' handover (bench/handover.c). Then the Gloo side's own checks: gloo_bench.py's
 # --check catches an injected fault, and an interpreter without torch gives "n/a", not a crash.
 set -u
 
@@ -101,6 +101,14 @@ if "# caches of cpu0: L1" not in text:
     bad.append("the header does not list the caches")
 if r["bandwidth_threads"] != min(2, m["cores"]) or not r["bandwidth_gbs"] > 0:
     bad.append(f"bound bandwidth {r['bandwidth_gbs']} at {r['bandwidth_threads']} threads")
+# The cores' handover: before the repetition and after it, where there are 2 CPUs to pass
+# data between.
+h = [x for x in r["handover"] if "round_trip_ns" in x]
+if m["cores"] >= 2 and (len(h) != 2 or not all(x["round_trip_ns"] > 0 and x["handover_gbs"] > 0
+                                               for x in h)):
+    bad.append(f"handover not recorded: {r['handover']}")
+if h and "# the cores' handover" not in text:
+    bad.append("the handover figures are not printed")
 for b in bad:
     print("FAIL:", b, file=sys.stderr)
 sys.exit(1 if bad else 0)
