@@ -78,6 +78,7 @@ static void env_read(void) {
   env.spin = -1;
   env.shm_cma = -1;
   env.shm_stream = -1;
+  env.shm_stage_stream = -1;
   env.cpus = 0; /* the PAR_SHM_* sizes start at 0 (derived) with the rest of the static */
 
   const char *v;
@@ -139,6 +140,7 @@ static void env_read(void) {
   }
   read_switch("PAR_SHM_CMA", &env.shm_cma);
   read_switch("PAR_SHM_STREAM", &env.shm_stream);
+  read_switch("PAR_SHM_STAGE_STREAM", &env.shm_stage_stream);
   if ((v = getenv("PAR_CPUS")) && *v) {
     char *end;
     long c = strtol(v, &end, 10);
@@ -158,7 +160,8 @@ const par__env *par__env_get(void) {
                                     .backend = PAR_BACKEND_AUTO,
                                     .spin = -1,
                                     .shm_cma = -1,
-                                    .shm_stream = -1};
+                                    .shm_stream = -1,
+                                    .shm_stage_stream = -1};
   if (reading) return &defaults;
   pthread_once(&env_once, env_read);
   /* Logged after the once-block: par__log reads the level through this function. */

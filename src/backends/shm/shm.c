@@ -580,6 +580,7 @@ static par_status shm_can_serve(par_group *g) {
 static par_status shm_run(par_group *g, par__op *op) {
   par_status s = par__shm_collective(g, g->be_state, op);
   par__shm_settle(g->be_state);
+  par__shm_staging_settle(g->be_state);
   return s;
 }
 

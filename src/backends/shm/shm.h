@@ -22,7 +22,7 @@
 #include "coll/group.h"
 
 #define SHM_MAGIC 0x7061722d73686d31ull /* "par-shm1" */
-#define SHM_VERSION 6
+#define SHM_VERSION 7
 #define SHM_LINE 128 /* two cache lines: adjacent-line prefetch must not couple flags */
 #define SHM_MAX_CHUNK (64u << 20) /* PAR_SHM_CHUNK's maximum */
 #define SHM_P2P_CHUNK (32u << 10)
@@ -83,6 +83,7 @@ typedef struct shm_ctrl {
   uint64_t probe;    /* address, in the member's own memory, of its pid: the single-copy probe */
   _Atomic uint64_t gate; /* writes into this member's buffers: op seq << 2 | SHM_GATE_* */
   _Atomic uint32_t cma; /* 0 not probed yet, 1 cannot read every peer, 2 can */
+  uint32_t wmode[2];    /* how this member staged the round of this parity: SHM_WRITE_* */
   _Alignas(SHM_LINE) _Atomic uint32_t sleepers; /* written by waiters: its own line */
 } shm_ctrl;
 
@@ -123,6 +124,24 @@ static inline void shm_bufs_clear(shm_bufs *b, int n) {
   b->nsend = b->nrecv = b->usable = 0;
 }
 
+/*
+ * How a member writes what it stages into its input areas (shm_coll.c, "Staging"): through
+ * its cache, from which a reader nearby takes it fastest, or with non-temporal stores, which
+ * send it to memory and spare a distant reader (another die or socket) a read of every line
+ * from this core's cache. Each member times its reads of the others' staged data, by the way
+ * it was written, and writes its own the way that read faster.
+ */
+enum { SHM_WRITE_CACHE = 0, SHM_WRITE_STREAM = 1 };
+typedef struct shm_staging {
+  int mode;          /* how this member stages now: SHM_WRITE_* */
+  /* By how the data was written: clock ticks per byte to stage it (this member's writes) and
+   * to read it (the others' staged data, as this member read it); 0: not measured yet. */
+  double wcost[2], rcost[2];
+  double acc[2][4];  /* the running op's: written bytes, ticks; read bytes, ticks */
+  double next_try;   /* when to stage one op the other way, to measure it again */
+  int since_try;     /* ops since */
+} shm_staging;
+
 typedef struct shm_state {
   shm_header *hdr;
   char *base;
@@ -141,6 +160,7 @@ typedef struct shm_state {
   int cma;                 /* every member can read every other's memory (process_vm_readv) */
   shm_paths paths;         /* the group's algorithm thresholds, from the header */
   int check;               /* PAR_CHECK=1: members compare op numbers too */
+  shm_staging staging;     /* how this member writes its input areas (shm_coll.c) */
 } shm_state;
 
 /* What a wait is for, to name it in a timeout message. */
@@ -224,6 +244,8 @@ par_status par__shm_region_map(par_world *w, int rank, uint32_t id, char **base,
 
 /* Collectives (shm_coll.c) and point-to-point (shm_p2p.c). */
 par_status par__shm_collective(par_group *g, shm_state *st, const par__op *op);
+/* After an op: folds its timed reads into the staging rates (shm_coll.c). */
+void par__shm_staging_settle(shm_state *st);
 /* A barrier, or any op of count 0: the first round alone, so the members still agree. */
 par_status par__shm_barrier(par_group *g, shm_state *st, const par__op *op);
 par_status par__shm_p2p(par_group *g, shm_state *st, par__op *ops, par__p2p_state *ps, int nops,
