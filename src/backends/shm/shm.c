@@ -507,6 +507,10 @@ static par_status shm_init(par_group *g) {
   const par__env *env = par__env_get();
   const par__tuning *tune = par__tuning_get();
   st->check = env->check;
+  /* Ranks that share cores read much of each other's staging from their own core's cache:
+   * there staging keeps to the cache unless PAR_SHM_STAGE_STREAM says otherwise. */
+  st->staging.choose = env->shm_stage_stream >= 0 ? env->shm_stage_stream
+                       : par__oversubscribed(g->world->local_size) ? 0 : -1;
 
   snprintf(st->name, sizeof st->name, "/par-%s-%s", g->world->job_id, g->uid);
   if (st->n == 1) st->unlinked = 1;

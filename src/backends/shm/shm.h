@@ -133,7 +133,9 @@ static inline void shm_bufs_clear(shm_bufs *b, int n) {
  */
 enum { SHM_WRITE_CACHE = 0, SHM_WRITE_STREAM = 1 };
 typedef struct shm_staging {
+  int choose;        /* SHM_WRITE_* always, or -1: as measured */
   int mode;          /* how this member stages now: SHM_WRITE_* */
+  int best;          /* the way it takes when not trying the other */
   /* By how the data was written: clock ticks per byte to stage it (this member's writes) and
    * to read it (the others' staged data, as this member read it); 0: not measured yet. */
   double wcost[2], rcost[2];

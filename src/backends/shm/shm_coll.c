@@ -46,7 +46,8 @@ static void share(size_t m, size_t es, int n, int j, size_t *lo, size_t *hi) {
 /* such placements every few seconds (bench/handover.c: 256 KiB handed over at 11-17 GB/s    */
 /* through the cache near, 2.5-3 far; 6-7 streamed, either way), so each member times its     */
 /* reads of the others' staged pieces by how they were written and stages its own the way    */
-/* that read faster, trying the other way now and then. The choice changes how bytes are     */
+/* that read faster, trying the other way now and then; where ranks outnumber the cores, it  */
+/* keeps to the cache (readers on the writer's core). The choice changes how bytes are       */
 /* written, never which bytes or when, so members need not agree on it.                      */
 /* ---------------------------------------------------------------------------------------- */
 
@@ -68,9 +69,8 @@ static void staging_choose(shm_state *st, size_t bytes) {
   shm_staging *g = &st->staging;
   /* Ops larger than the last-level cache stream through memory whichever way they are
    * staged: they keep to the cache, as ops too small to time do. */
-  int forced = par__env_get()->shm_stage_stream;
-  if (bytes < STAGE_MIN || bytes >= st->paths.stream_min || forced >= 0) {
-    g->mode = forced > 0 && bytes >= STAGE_MIN ? SHM_WRITE_STREAM : SHM_WRITE_CACHE;
+  if (bytes < STAGE_MIN || bytes >= st->paths.stream_min || g->choose >= 0) {
+    g->mode = g->choose > 0 && bytes >= STAGE_MIN ? SHM_WRITE_STREAM : SHM_WRITE_CACHE;
     return;
   }
   /* Staging and reading it again, by way of writing: the cache unless streaming cost less,
@@ -79,7 +79,7 @@ static void staging_choose(shm_state *st, size_t bytes) {
   double t = g->wcost[SHM_WRITE_STREAM] + g->rcost[SHM_WRITE_STREAM];
   int best = g->wcost[SHM_WRITE_STREAM] > 0 && g->rcost[SHM_WRITE_STREAM] > 0 &&
              g->rcost[SHM_WRITE_CACHE] > 0 && t < c;
-  g->mode = best;
+  g->mode = g->best = best;
   if (++g->since_try >= STAGE_TRY_OPS) {
     double now = par__now_coarse();
     if (now >= g->next_try) {
@@ -114,17 +114,20 @@ static void read_done(shm_state *st, int j, int s, size_t bytes, uint64_t t0) {
   st->staging.acc[m][3] += (double)(stage_ticks() - t0);
 }
 
-static void fold(double *cost, double bytes, double ticks) {
+/* The way taken op after op is averaged (1/4 per op), so that one slow op does not turn it
+ * over; the way tried now and then is taken at its latest figure, which would otherwise
+ * carry a placement long gone. */
+static void fold(double *cost, double bytes, double ticks, int steady) {
   if (bytes <= 0) return;
   double c = ticks / bytes;
-  *cost = *cost > 0 ? 0.5 * (*cost + c) : c;
+  *cost = steady && *cost > 0 ? *cost + 0.25 * (c - *cost) : c;
 }
 
 void par__shm_staging_settle(shm_state *st) {
   shm_staging *g = &st->staging;
   for (int m = 0; m < 2; m++) {
-    fold(&g->wcost[m], g->acc[m][0], g->acc[m][1]);
-    fold(&g->rcost[m], g->acc[m][2], g->acc[m][3]);
+    fold(&g->wcost[m], g->acc[m][0], g->acc[m][1], m == g->best);
+    fold(&g->rcost[m], g->acc[m][2], g->acc[m][3], m == g->best);
     for (int k = 0; k < 4; k++) g->acc[m][k] = 0;
   }
 }
@@ -806,7 +809,8 @@ par_status par__shm_collective(par_group *g, shm_state *st, const par__op *op) {
   shm_bufs *b = &st->bufs;
   const shm_paths *p = &st->paths;
   size_t bytes = op->count * par_dtype_size(op->dt);
-  staging_choose(st, op->kind == PAR__ALLTOALL ? bytes * (size_t)st->n : bytes);
+  int blocked = op->kind == PAR__ALLTOALL || op->kind == PAR__ALLGATHER;
+  staging_choose(st, blocked ? bytes * (size_t)st->n : bytes); /* the data the op moves */
   switch (op->kind) {
     case PAR__ALLREDUCE:
     case PAR__REDUCE: {
