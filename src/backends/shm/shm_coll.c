@@ -114,13 +114,18 @@ static void read_done(shm_state *st, int j, int s, size_t bytes, uint64_t t0) {
   st->staging.acc[m][3] += (double)(stage_ticks() - t0);
 }
 
-/* The way taken op after op is averaged (1/4 per op), so that one slow op does not turn it
- * over; the way tried now and then is taken at its latest figure, which would otherwise
- * carry a placement long gone. */
+/* The way taken op after op is averaged (1/4 per op), each op counting at most twice the
+ * average, so that an op the host stopped for a while does not turn it over, while a
+ * placement that lasts does within a few ops; the way tried now and then is taken at its
+ * latest figure, which would otherwise carry a placement long gone. */
 static void fold(double *cost, double bytes, double ticks, int steady) {
   if (bytes <= 0) return;
   double c = ticks / bytes;
-  *cost = steady && *cost > 0 ? *cost + 0.25 * (c - *cost) : c;
+  if (!steady || *cost <= 0) {
+    *cost = c;
+    return;
+  }
+  *cost += 0.25 * ((c < 2 * *cost ? c : 2 * *cost) - *cost);
 }
 
 void par__shm_staging_settle(shm_state *st) {
