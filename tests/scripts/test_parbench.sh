@@ -51,6 +51,8 @@ expect_usage_error --redop xor
 expect_usage_error --iters -1
 expect_usage_error --warmup many
 expect_usage_error stray-argument
+expect_usage_error --offset 4096
+expect_usage_error --offset -1
 
 "$BENCH" --help >"$TMP/out" 2>&1 || fail "parbench --help exited non-zero"
 grep -q -- "--redop" "$TMP/out" || fail "--help does not list --redop"
@@ -199,6 +201,16 @@ rc=$?
 [ "$rc" -eq 0 ] || fail "--zero-copy --check: exit status $rc: $(tail -n 3 "$TMP/err")"
 grep -q '"wrong":0' "$TMP/zc" || fail "--zero-copy: no rows"
 if grep -Eq '"wrong":[1-9]' "$TMP/zc"; then fail "--zero-copy: wrong results"; fi
+
+# --offset 16: buffers where malloc puts large ones (page + 16), whose copies against the
+# page-aligned segment take par__copy's other loop; checked, every op, odd rank count.
+"$PARRUN" "${PARRUN_OPTS[@]}" -n 3 "$BENCH" --offset 16 --check --json --max 1M --factor 8 \
+  --iters 2 --op allreduce,reduce,allgather,broadcast,reduce_scatter,alltoall,sendrecv \
+  --dtype f32,i8 >"$TMP/off" 2>"$TMP/err"
+rc=$?
+[ "$rc" -eq 0 ] || fail "--offset 16 --check: exit status $rc: $(tail -n 3 "$TMP/err")"
+grep -q '"wrong":0' "$TMP/off" || fail "--offset 16: no rows"
+if grep -Eq '"wrong":[1-9]' "$TMP/off"; then fail "--offset 16: wrong results"; fi
 
 if [ "$FAILS" -ne 0 ]; then
   echo "test_parbench: $FAILS failure(s)" >&2
