@@ -344,8 +344,11 @@ def run_stream(progs, args):
 def run_handover(progs):
     """bench/handover.c: the cores' cache-line round trip and 256 KiB handover rate, or None
     (fewer than 2 CPUs, or it failed: the figure is a diagnostic, not a verdict)."""
-    proc = subprocess.run([progs["handover"], "--json"], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+    try:
+        proc = subprocess.run([progs["handover"], "--json"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return None
     lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
     return json.loads(lines[0]) if proc.returncode == 0 and lines else None
 

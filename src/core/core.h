@@ -241,8 +241,8 @@ void par__random_hex(char *out, int nhex);
 
 /* Monotonic seconds. */
 double par__now(void);
-/* Monotonic seconds, never earlier than par__now() at the call and at most one clock tick
- * (a few ms) later, at a third of its cost: for the start of every op, where a deadline
+/* Monotonic seconds, not earlier than par__now() at the call and at most two clock ticks
+ * (a few ms each) later, at a third of its cost: for the start of every op, where a deadline
  * needs no finer grain. */
 double par__now_coarse(void);
 

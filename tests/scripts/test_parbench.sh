@@ -53,6 +53,7 @@ expect_usage_error --warmup many
 expect_usage_error stray-argument
 expect_usage_error --offset 4096
 expect_usage_error --offset -1
+expect_usage_error --offset 12
 
 "$BENCH" --help >"$TMP/out" 2>&1 || fail "parbench --help exited non-zero"
 grep -q -- "--redop" "$TMP/out" || fail "--help does not list --redop"

@@ -190,8 +190,8 @@ void bench_usage(FILE *f) {
           "  --check         verify every result against the exact expected values\n"
           "  --json          print one JSON object per measurement instead of the table\n"
           "  --zero-copy     take the buffers from par_alloc (peers read them in place)\n"
-          "  --offset B      start the buffers B bytes past a page boundary, 0..4095 (default\n"
-          "                  0; malloc's large buffers start at 16)\n"
+          "  --offset B      start the buffers B bytes past a page boundary, a multiple of 8\n"
+          "                  up to 4088 (default 0; malloc's large buffers start at 16)\n"
           "  --backend LIST  measure a group of all ranks on each backend (e.g. shm,mpi under\n"
           "                  mpirun); default: the world group\n"
           "  -h, --help      print this help\n"
@@ -290,8 +290,8 @@ int bench_parse_args(int argc, char **argv, bench_opts *o) {
     case OPT_JSON: o->json = 1; break;
     case OPT_ZERO_COPY: o->zero_copy = 1; break;
     case OPT_OFFSET:
-      if (parse_int(optarg, 0, 4095, &o->offset) != 0)
-        return bad("--offset", optarg, "an integer from 0 to 4095");
+      if (parse_int(optarg, 0, 4088, &o->offset) != 0 || o->offset % 8 != 0)
+        return bad("--offset", optarg, "a multiple of 8 from 0 to 4088 (elements stay aligned)");
       break;
     case OPT_BACKEND:
       if (parse_list(optarg, add_backend, o) != 0)

@@ -143,6 +143,9 @@ par_status par__shm_wait(shm_state *st, const shm_waitctx *wc, shm_pred pred, co
     int bell = wc->own_bell ? st->me : who;
     shm_ctrl *c = &st->ctrl[bell];
     atomic_fetch_add(&c->sleepers, 1);
+    /* The other half of par__shm_settle's fence: the count comes before the predicate's
+     * (acquire) reads below, which C11 orders only after a full fence. */
+    atomic_thread_fence(memory_order_seq_cst);
     atomic_store(&st->sleeping_on, bell);
     uint32_t v = atomic_load(&c->bell);
     int again = pred(st, arg);
@@ -584,7 +587,7 @@ static par_status shm_can_serve(par_group *g) {
 static par_status shm_run(par_group *g, par__op *op) {
   par_status s = par__shm_collective(g, g->be_state, op);
   par__shm_settle(g->be_state);
-  par__shm_staging_settle(g->be_state);
+  par__shm_stage_settle(&((shm_state *)g->be_state)->staging);
   return s;
 }
 

@@ -125,23 +125,36 @@ static inline void shm_bufs_clear(shm_bufs *b, int n) {
 }
 
 /*
- * How a member writes what it stages into its input areas (shm_coll.c, "Staging"): through
+ * Staging (shm_stage.c): how a member writes what it copies into its input areas -- through
  * its cache, from which a reader nearby takes it fastest, or with non-temporal stores, which
  * send it to memory and spare a distant reader (another die or socket) a read of every line
- * from this core's cache. Each member times its reads of the others' staged data, by the way
- * it was written, and writes its own the way that read faster.
+ * from this core's cache. Each member times its staging and its reads of the others' staged
+ * data, by the way it was written, and stages the way that cost less, by what the readers do
+ * with it (copy it, or reduce it).
  */
 enum { SHM_WRITE_CACHE = 0, SHM_WRITE_STREAM = 1 };
-typedef struct shm_staging {
-  int choose;        /* SHM_WRITE_* always, or -1: as measured */
-  int mode;          /* how this member stages now: SHM_WRITE_* */
-  int best;          /* the way it takes when not trying the other */
-  /* By how the data was written: clock ticks per byte to stage it (this member's writes) and
-   * to read it (the others' staged data, as this member read it); 0: not measured yet. */
+enum { SHM_READ_COPY = 0, SHM_READ_REDUCE = 1, SHM_READ_KINDS = 2 };
+#define SHM_STAGE_MIN ((size_t)64 << 10)   /* ops moving less stage through the cache */
+#define SHM_STAGE_PIECE ((size_t)16 << 10) /* pieces this large or larger are timed */
+#define SHM_STAGE_TRY_OPS 16 /* the other way is tried on one op at most every 16 ... */
+#define SHM_STAGE_TRY_S 0.05 /* ... and every 50 ms */
+
+/* What a member knows of one kind of read, by way of writing (SHM_WRITE_*): clock ticks per
+ * byte to stage and to read back; 0: not measured yet. */
+typedef struct shm_stage_figs {
   double wcost[2], rcost[2];
-  double acc[2][4];  /* the running op's: written bytes, ticks; read bytes, ticks */
-  double next_try;   /* when to stage one op the other way, to measure it again */
-  int since_try;     /* ops since */
+  int best;        /* the way it takes when not trying the other */
+  int since_try;   /* timed ops since the last try */
+  double next_try; /* no try before this time */
+} shm_stage_figs;
+
+typedef struct shm_staging {
+  int choose;       /* SHM_WRITE_* for every op (PAR_SHM_STAGE_STREAM, or oversubscribed), or
+                     * -1: as measured */
+  int mode;         /* the running op's way */
+  int kind;         /* the running op's SHM_READ_*, or -1: not timed */
+  double acc[2][4]; /* the running op's staged bytes, ticks; read bytes, ticks; by way */
+  shm_stage_figs figs[SHM_READ_KINDS];
 } shm_staging;
 
 typedef struct shm_state {
@@ -246,8 +259,20 @@ par_status par__shm_region_map(par_world *w, int rank, uint32_t id, char **base,
 
 /* Collectives (shm_coll.c) and point-to-point (shm_p2p.c). */
 par_status par__shm_collective(par_group *g, shm_state *st, const par__op *op);
-/* After an op: folds its timed reads into the staging rates (shm_coll.c). */
-void par__shm_staging_settle(shm_state *st);
+/* Staging (shm_stage.c). At an op's start: its way, for an op that moves `moved` bytes
+ * (under SHM_STAGE_MIN: through the cache) whose readers do `kind` with pieces of `piece`
+ * bytes (kind -1, or pieces under SHM_STAGE_PIECE, or an op of stream_min bytes or more: not
+ * timed, through the cache unless forced). */
+void par__shm_stage_choose(shm_staging *g, size_t moved, size_t piece, int kind,
+                           size_t stream_min, double now);
+/* Stages n bytes into this member's areas of set s (published with the round's post). */
+void par__shm_stage(shm_state *st, int s, void *dst, const void *src, size_t n);
+/* Times a read of a piece member j staged in set s: start before, done after (start returns
+ * 0 when the op is not timed). */
+uint64_t par__shm_stage_read_start(const shm_state *st, size_t bytes);
+void par__shm_stage_read_done(shm_state *st, int j, int s, size_t bytes, uint64_t t0);
+/* At an op's end: folds its timings into the figures. */
+void par__shm_stage_settle(shm_staging *g);
 /* A barrier, or any op of count 0: the first round alone, so the members still agree. */
 par_status par__shm_barrier(par_group *g, shm_state *st, const par__op *op);
 par_status par__shm_p2p(par_group *g, shm_state *st, par__op *ops, par__p2p_state *ps, int nops,

@@ -37,106 +37,6 @@ static void share(size_t m, size_t es, int n, int j, size_t *lo, size_t *hi) {
   *hi = b < m ? b : m;
 }
 
-/* ---------------------------------------------------------------------------------------- */
-/* Staging: how a member writes what it copies into its input areas (shm.h, shm_staging).    */
-/* Where the readers sit on the writer's core complex they take the lines from its cache      */
-/* fastest; where they sit on another die or socket, every line read from the writer's cache  */
-/* crosses the interconnect at the latency of a remote snoop, and lines the writer streamed   */
-/* to memory come faster. On the 2-core EPYC VM the host moves the two virtual CPUs between   */
-/* such placements every few seconds (bench/handover.c: 256 KiB handed over at 11-17 GB/s    */
-/* through the cache near, 2.5-3 far; 6-7 streamed, either way), so each member times its     */
-/* reads of the others' staged pieces by how they were written and stages its own the way    */
-/* that read faster, trying the other way now and then; where ranks outnumber the cores, it  */
-/* keeps to the cache (readers on the writer's core). The choice changes how bytes are       */
-/* written, never which bytes or when, so members need not agree on it.                      */
-/* ---------------------------------------------------------------------------------------- */
-
-#define STAGE_MIN ((size_t)64 << 10) /* ops staging less keep to the cache, untimed */
-#define STAGE_TRY_S 0.05             /* the other way is tried at most every 50 ms ... */
-#define STAGE_TRY_OPS 16             /* ... and every 16 ops */
-
-/* A cheap clock for timing reads: only ratios of its readings are used. */
-static inline uint64_t stage_ticks(void) {
-#if defined(__x86_64__) && defined(__GNUC__)
-  return __builtin_ia32_rdtsc();
-#else
-  return (uint64_t)(par__now() * 1e9);
-#endif
-}
-
-/* At the start of an op of `bytes`: how this member stages it. */
-static void staging_choose(shm_state *st, size_t bytes) {
-  shm_staging *g = &st->staging;
-  /* Ops larger than the last-level cache stream through memory whichever way they are
-   * staged: they keep to the cache, as ops too small to time do. */
-  if (bytes < STAGE_MIN || bytes >= st->paths.stream_min || g->choose >= 0) {
-    g->mode = g->choose > 0 && bytes >= STAGE_MIN ? SHM_WRITE_STREAM : SHM_WRITE_CACHE;
-    return;
-  }
-  /* Staging and reading it again, by way of writing: the cache unless streaming cost less,
-   * both measured. */
-  double c = g->wcost[SHM_WRITE_CACHE] + g->rcost[SHM_WRITE_CACHE];
-  double t = g->wcost[SHM_WRITE_STREAM] + g->rcost[SHM_WRITE_STREAM];
-  int best = g->wcost[SHM_WRITE_STREAM] > 0 && g->rcost[SHM_WRITE_STREAM] > 0 &&
-             g->rcost[SHM_WRITE_CACHE] > 0 && t < c;
-  g->mode = g->best = best;
-  if (++g->since_try >= STAGE_TRY_OPS) {
-    double now = par__now_coarse();
-    if (now >= g->next_try) {
-      g->mode = !best;
-      g->next_try = now + STAGE_TRY_S;
-      g->since_try = 0;
-    }
-  }
-}
-
-/* Stages n bytes into this member's areas of set s, the way staging_choose chose, timed. */
-static void stage(shm_state *st, int s, void *dst, const void *src, size_t n) {
-  shm_staging *g = &st->staging;
-  st->ctrl[st->me].wmode[s] = (uint32_t)g->mode; /* published by the round's post */
-  uint64_t t0 = n >= STAGE_MIN / 4 ? stage_ticks() : 0;
-  if (g->mode == SHM_WRITE_STREAM)
-    par__copy_stream(dst, src, n);
-  else
-    par__copy(dst, src, n);
-  if (t0) {
-    g->acc[g->mode][0] += (double)n;
-    g->acc[g->mode][1] += (double)(stage_ticks() - t0);
-  }
-}
-
-/* Times a read of a piece member j staged in set s: read_start before, read_done after. */
-static uint64_t read_start(size_t bytes) { return bytes >= STAGE_MIN / 4 ? stage_ticks() : 0; }
-static void read_done(shm_state *st, int j, int s, size_t bytes, uint64_t t0) {
-  if (!t0) return;
-  int m = st->ctrl[j].wmode[s] == SHM_WRITE_STREAM;
-  st->staging.acc[m][2] += (double)bytes;
-  st->staging.acc[m][3] += (double)(stage_ticks() - t0);
-}
-
-/* The way taken op after op is averaged (1/4 per op), each op counting at most twice the
- * average, so that an op the host stopped for a while does not turn it over, while a
- * placement that lasts does within a few ops; the way tried now and then is taken at its
- * latest figure, which would otherwise carry a placement long gone. */
-static void fold(double *cost, double bytes, double ticks, int steady) {
-  if (bytes <= 0) return;
-  double c = ticks / bytes;
-  if (!steady || *cost <= 0) {
-    *cost = c;
-    return;
-  }
-  *cost += 0.25 * ((c < 2 * *cost ? c : 2 * *cost) - *cost);
-}
-
-void par__shm_staging_settle(shm_state *st) {
-  shm_staging *g = &st->staging;
-  for (int m = 0; m < 2; m++) {
-    fold(&g->wcost[m], g->acc[m][0], g->acc[m][1], m == g->best);
-    fold(&g->rcost[m], g->acc[m][2], g->acc[m][3], m == g->best);
-    for (int k = 0; k < 4; k++) g->acc[m][k] = 0;
-  }
-}
-
 /* Copies into an op's output; outputs larger than the caches take the copy made for them. */
 static void put(int big, void *dst, const void *src, size_t n) {
   if (big > 1)
@@ -550,8 +450,8 @@ static par_status reduce_open(shm_state *st, const shm_waitctx *wc, const par__o
   if (!read_in_place) {
     const char *in = (const char *)op->sendbuf + base * es;
     char *area = shm_area(st, st->me, s, 0);
-    stage(st, s, area, in, keep_lo * es);
-    stage(st, s, area + keep_hi * es, in + keep_hi * es, (m - keep_hi) * es);
+    par__shm_stage(st, s, area, in, keep_lo * es);
+    par__shm_stage(st, s, area + keep_hi * es, in + keep_hi * es, (m - keep_hi) * es);
   }
   uint64_t e = post_next(st);
   *set = s;
@@ -596,9 +496,10 @@ static par_status reduce_direct(shm_state *st, const shm_waitctx *wc, const par_
       reduce_sources(st, b, s, base, es);
       if (op->sendbuf != op->recvbuf) st->srcs[st->me] = (const char *)op->sendbuf + base * es;
       int peer = 1 - st->me; /* timed with 2 members, where one peer's staging is read */
-      uint64_t t0 = st->n == 2 && !zc_usable(b, peer) ? read_start(m * es) : 0;
+      int timed = st->n == 2 && !zc_usable(b, peer);
+      uint64_t t0 = timed ? par__shm_stage_read_start(st, m * es) : 0;
       par__reduce((char *)op->recvbuf + base * es, st->srcs, st->n, m, op->dt, op->op, st->n);
-      if (t0) read_done(st, peer, s, m * es, t0);
+      if (t0) par__shm_stage_read_done(st, peer, s, m * es, t0);
     }
     round_end(st);
   }
@@ -663,8 +564,8 @@ static par_status blocks_open(shm_state *st, const shm_waitctx *wc, const par__o
   char *mine = shm_area(st, st->me, *set, 0);
   for (int j = 0; j < st->n; j++)
     if (j != st->me || stage_own)
-      stage(st, *set, mine + (size_t)j * m * es, in + ((size_t)j * op->count + base) * es,
-            m * es);
+      par__shm_stage(st, *set, mine + (size_t)j * m * es,
+                     in + ((size_t)j * op->count + base) * es, m * es);
   *e = post_next(st);
   if (!first) par__shm_settle(st); /* alltoall copies its own block before any wait */
   return first ? first_wait(st, wc, *set, *e) : PAR_OK;
@@ -701,9 +602,9 @@ static par_status blocks(shm_state *st, const shm_waitctx *wc, const par__op *op
         PAR_FORWARD_IF_ERROR(par__shm_wait_one(st, wc, j, e));
         from = shm_area(st, j, s, 0) + me * m * es;
       }
-      uint64_t t0 = k ? read_start(m * es) : 0;
+      uint64_t t0 = k ? par__shm_stage_read_start(st, m * es) : 0;
       put(big, out + ((size_t)j * op->count + base) * es, from, m * es);
-      if (t0) read_done(st, j, s, m * es, t0);
+      if (t0) par__shm_stage_read_done(st, j, s, m * es, t0);
     }
     round_end(st);
   }
@@ -729,7 +630,7 @@ static par_status allgather(shm_state *st, const shm_waitctx *wc, const par__op 
     int mine_zc = !zc    ? 0
                   : first ? st->ctrl[st->me].zc[s][ZC_SEND_ID] != 0
                           : b->src[st->me] != NULL;
-    if (!mine_zc) stage(st, s, shm_area(st, st->me, s, 0), in + base * es, m * es);
+    if (!mine_zc) par__shm_stage(st, s, shm_area(st, st->me, s, 0), in + base * es, m * es);
     uint64_t e = post_next(st);
     if (first) PAR_FORWARD_IF_ERROR(first_wait(st, wc, s, e));
     par__shm_settle(st); /* the own block's copy comes before any wait */
@@ -752,9 +653,9 @@ static par_status allgather(shm_state *st, const shm_waitctx *wc, const par__op 
       }
       PAR_FORWARD_IF_ERROR(par__shm_wait_one(st, wc, j, e));
       int staged = !(zc && b->src[j]);
-      uint64_t t0 = staged ? read_start(m * es) : 0;
+      uint64_t t0 = staged ? par__shm_stage_read_start(st, m * es) : 0;
       put(big, dst, staged ? shm_area(st, j, s, 0) : b->src[j] + base * es, m * es);
-      if (t0) read_done(st, j, s, m * es, t0);
+      if (t0) par__shm_stage_read_done(st, j, s, m * es, t0);
     }
     round_end(st);
     if (whole) break;
@@ -775,7 +676,8 @@ static par_status broadcast(shm_state *st, const shm_waitctx *wc, const par__op 
       zc_publish(wc, st, op, s, bytes, 0);
       root_zc = st->ctrl[root].zc[s][ZC_SEND_ID] != 0;
     }
-    if (am_root && !root_zc) stage(st, s, shm_area(st, root, s, 0), buf + base * es, m * es);
+    if (am_root && !root_zc)
+      par__shm_stage(st, s, shm_area(st, root, s, 0), buf + base * es, m * es);
     uint64_t e = post_next(st);
     if (first) PAR_FORWARD_IF_ERROR(first_wait(st, wc, s, e));
     if (!am_root) {
@@ -788,10 +690,10 @@ static par_status broadcast(shm_state *st, const shm_waitctx *wc, const par__op 
       if (root_zc && !big)
         par__copy(buf, b->src[root], bytes);
       else {
-        uint64_t t0 = root_zc ? 0 : read_start(m * es);
+        uint64_t t0 = root_zc ? 0 : par__shm_stage_read_start(st, m * es);
         put(big, buf + base * es, root_zc ? b->src[root] + base * es : shm_area(st, root, s, 0),
             m * es);
-        if (t0) read_done(st, root, s, m * es, t0);
+        if (t0) par__shm_stage_read_done(st, root, s, m * es, t0);
       }
     }
     round_end(st);
@@ -809,13 +711,20 @@ par_status par__shm_barrier(par_group *g, shm_state *st, const par__op *op) {
   return PAR_OK;
 }
 
+/* Chooses how this op stages (shm_stage.c): `moved`, the bytes it moves; `piece`, the most a
+ * reader takes of one member in a round; `kind`, what the readers do with it (-1: the path
+ * does not time its reads). */
+static void stage_for(shm_state *st, size_t moved, size_t piece, int kind) {
+  par__shm_stage_choose(&st->staging, moved, piece, kind, st->paths.stream_min,
+                        par__now_coarse());
+}
+
 par_status par__shm_collective(par_group *g, shm_state *st, const par__op *op) {
   shm_waitctx wc = {g, par__op_kind_name(op->kind), op->seq, op->deadline, 0};
   shm_bufs *b = &st->bufs;
   const shm_paths *p = &st->paths;
-  size_t bytes = op->count * par_dtype_size(op->dt);
-  int blocked = op->kind == PAR__ALLTOALL || op->kind == PAR__ALLGATHER;
-  staging_choose(st, blocked ? bytes * (size_t)st->n : bytes); /* the data the op moves */
+  size_t bytes = op->count * par_dtype_size(op->dt), chunk = st->hdr->chunk, n = (size_t)st->n;
+  stage_for(st, 0, 0, -1); /* single copy, zero copy and tiny ops stage nothing */
   switch (op->kind) {
     case PAR__ALLREDUCE:
     case PAR__REDUCE: {
@@ -823,21 +732,29 @@ par_status par__shm_collective(par_group *g, shm_state *st, const par__op *op) {
       if (bytes <= SHM_TINY_MAX) return reduce_tiny(st, &wc, op, all);
       if (all && st->cma && bytes >= p->cma_reduce_min && bytes <= p->cma_reduce_max)
         return allreduce_sc(st, &wc, op, b);
-      if (st->n <= 2 || (bytes <= p->small_max && bytes <= st->hdr->chunk))
+      if (st->n <= 2 || (bytes <= p->small_max && bytes <= chunk)) {
+        /* Timed with 2 members, where each reduces its one peer's staging. */
+        stage_for(st, bytes, bytes < chunk ? bytes : chunk, st->n == 2 ? SHM_READ_REDUCE : -1);
         return reduce_direct(st, &wc, op, b);
+      }
+      stage_for(st, bytes, chunk / n, -1);
       return reduce_split(st, &wc, op, b);
     }
     case PAR__REDUCE_SCATTER:
+      stage_for(st, bytes * n, 2 * chunk / n, -1);
       return blocks(st, &wc, op, 1);
     case PAR__ALLGATHER:
       if (st->cma && bytes >= p->cma_move_min && bytes <= p->cma_move_max)
         return allgather_sc(st, &wc, op, b);
+      stage_for(st, bytes * n, bytes < chunk ? bytes : chunk, SHM_READ_COPY);
       return allgather(st, &wc, op, b);
     case PAR__BROADCAST:
       if (st->cma && bytes >= p->cma_bcast_min && bytes <= p->cma_bcast_max)
         return broadcast_sc(st, &wc, op, b);
+      stage_for(st, bytes, bytes < chunk ? bytes : chunk, SHM_READ_COPY);
       return broadcast(st, &wc, op, b);
     case PAR__ALLTOALL:
+      stage_for(st, bytes * n, bytes < 2 * chunk / n ? bytes : 2 * chunk / n, SHM_READ_COPY);
       return blocks(st, &wc, op, 0);
     default:
       return par__error(PAR_ERR_INTERNAL, "shm: op %s is not a collective",
