@@ -262,7 +262,8 @@ par_status par__shm_collective(par_group *g, shm_state *st, const par__op *op);
 /* Staging (shm_stage.c). At an op's start: its way, for an op that moves `moved` bytes
  * (under SHM_STAGE_MIN: through the cache) whose readers do `kind` with pieces of `piece`
  * bytes (kind -1, or pieces under SHM_STAGE_PIECE, or an op of stream_min bytes or more: not
- * timed, through the cache unless forced). */
+ * timed, through the cache unless forced). `now`: the coarse clock, or -1 to read it when a
+ * try is due. */
 void par__shm_stage_choose(shm_staging *g, size_t moved, size_t piece, int kind,
                            size_t stream_min, double now);
 /* Stages n bytes into this member's areas of set s (published with the round's post). */

@@ -715,8 +715,7 @@ par_status par__shm_barrier(par_group *g, shm_state *st, const par__op *op) {
  * reader takes of one member in a round; `kind`, what the readers do with it (-1: the path
  * does not time its reads). */
 static void stage_for(shm_state *st, size_t moved, size_t piece, int kind) {
-  par__shm_stage_choose(&st->staging, moved, piece, kind, st->paths.stream_min,
-                        par__now_coarse());
+  par__shm_stage_choose(&st->staging, moved, piece, kind, st->paths.stream_min, -1);
 }
 
 par_status par__shm_collective(par_group *g, shm_state *st, const par__op *op) {

@@ -43,7 +43,9 @@ void par__shm_stage_choose(shm_staging *g, size_t moved, size_t piece, int kind,
             f->rcost[SHM_WRITE_CACHE] > 0 && t < c;
   g->kind = kind;
   g->mode = f->best;
-  if (++f->since_try >= SHM_STAGE_TRY_OPS && now >= f->next_try) {
+  if (++f->since_try < SHM_STAGE_TRY_OPS) return;
+  if (now < 0) now = par__now_coarse(); /* read only here: most ops never need it */
+  if (now >= f->next_try) {
     g->mode = !f->best;
     f->next_try = now + SHM_STAGE_TRY_S;
     f->since_try = 0;
