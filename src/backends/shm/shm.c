@@ -585,9 +585,10 @@ static par_status shm_can_serve(par_group *g) {
 
 /* An op may end on a post (a broadcast's root): its ring is due before the op returns. */
 static par_status shm_run(par_group *g, par__op *op) {
-  par_status s = par__shm_collective(g, g->be_state, op);
-  par__shm_settle(g->be_state);
-  par__shm_stage_settle(&((shm_state *)g->be_state)->staging);
+  shm_state *st = g->be_state;
+  par_status s = par__shm_collective(g, st, op);
+  par__shm_settle(st);
+  par__shm_stage_settle(&st->staging);
   return s;
 }
 

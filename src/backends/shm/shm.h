@@ -175,7 +175,7 @@ typedef struct shm_state {
   int cma;                 /* every member can read every other's memory (process_vm_readv) */
   shm_paths paths;         /* the group's algorithm thresholds, from the header */
   int check;               /* PAR_CHECK=1: members compare op numbers too */
-  shm_staging staging;     /* how this member writes its input areas (shm_coll.c) */
+  shm_staging staging;     /* how this member writes its input areas (shm_stage.c) */
 } shm_state;
 
 /* What a wait is for, to name it in a timeout message. */
