@@ -484,11 +484,17 @@ def print_header(result, args):
                            "Gloo (torch %s, %s)" % (result["gloo_torch"], result["gloo_python"])
                            if result["gloo_python"] else "no Gloo", args.reps))
     print("# machine: %s, %d cores (%s)" % (m["cpu"], m["cores"], m["lscpu_topology"] or "?"))
-    print("# caches of cpu0: " + ", ".join(
+    print("# caches of cpu0: " + (", ".join(
         "L%s %s %s (shared by CPUs %s)" % (c["level"], c["type"].lower(), c["size"],
-                                           c["shared_cpu_list"]) for c in m["caches"]))
+                                           c["shared_cpu_list"]) for c in m["caches"])
+        or "(none in sysfs)"))
     if m["lscpu_caches"]:
         print("# lscpu: " + "; ".join("%s %s" % kv for kv in m["lscpu_caches"].items()))
+    par = m.get("par") or {}
+    if par.get("facts"):
+        print("# par read: " + par["facts"])
+    if par.get("tuning"):
+        print("# par's shm tuning: " + par["tuning"])
     print("# 1-minute load average %.1f before the run, %.1f..%.1f (median %.1f) during it"
           " (the benchmark's own ranks included)" %
           (result["load1_before"], load["min"], load["max"], load["median"]))
@@ -703,6 +709,25 @@ def llc_bytes():
     return best or 32 * MiB
 
 
+def par_machine(progs):
+    """What par itself read of the machine and the shm tuning it derived (its debug log, one
+    rank): {"facts": "...", "tuning": "..."}, empty strings where it said nothing."""
+    env = dict(os.environ, PAR_LOG="debug")
+    try:
+        out = subprocess.run([progs["parrun"], "-n", "1", progs["parbench"], "--op", "allreduce",
+                              "--min", "8", "--max", "8", "--iters", "1"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env=env, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        out = ""
+    got = {"facts": "", "tuning": ""}
+    for line in out.splitlines():
+        for key, mark in (("facts", "debug: machine: "), ("tuning", "debug: shm tuning: ")):
+            if mark in line and not got[key]:
+                got[key] = line.split(mark, 1)[1].strip()
+    return got
+
+
 def lscpu():
     """lscpu's fields as a dict ({} without lscpu)."""
     try:
@@ -752,6 +777,7 @@ def main(argv):
     gloo_py, gloo_torch, gloo_why = find_gloo_python(args)
     progs["gloo_python"] = gloo_py
     m = machine()
+    m["par"] = par_machine(progs)
     missing = {}  # side -> why it has no figures
     if progs["mpibench"] is None:
         missing["mpi"] = "no MPI: mpicc and %s not both found" % args.mpirun

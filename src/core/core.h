@@ -145,7 +145,7 @@ static inline void par__cpu_relax(void) {
 typedef enum par__fact_from {
   PAR__FROM_NONE = 0, /* not known (yet) */
   PAR__FROM_SYSFS,    /* /sys/devices/system/cpu/cpu0/cache */
-  PAR__FROM_CPUID,    /* x86 CPUID: leaf 4 (Intel), 0x8000001D (AMD) */
+  PAR__FROM_CPUID,    /* x86 CPUID: leaf 4 (Intel), 0x8000001D (AMD), else 0x80000005/6 */
   PAR__FROM_DEFAULT,  /* nothing said: the machine the defaults were tuned on */
 } par__fact_from;
 
@@ -179,6 +179,9 @@ void par__machine_read(const char *root, par__machine *out);
 void par__machine_calibrate(par__machine *m);
 /* Fills the caches still unknown from CPUID (x86 only; elsewhere nothing). */
 void par__machine_cpuid(par__machine *m);
+/* The pure half of AMD's older leaves: fills an unknown L1d and L2 from the ECX values of
+ * CPUID 0x80000005 and 0x80000006 (never the L3: machine.c says why). */
+void par__machine_amd_legacy(par__machine *m, unsigned ecx5, unsigned ecx6);
 /* Fills the caches still unknown with the defaults: 32 KiB L1d, 512 KiB L2 per core and
  * 32 MiB L3 shared by 2 CPUs, the machine today's constants were tuned on, so a machine that
  * reports nothing is tuned as before. Sharing counts of 0 become 1, an empty model "unknown". */

@@ -5,7 +5,8 @@
  *
  * Sources, in order: Linux sysfs (/sys/devices/system/cpu/cpu0/cache/index*), which the kernel
  * fills from CPUID on x86 and from the device tree or ACPI PPTT elsewhere; then CPUID itself
- * for what sysfs lacks (containers that mask /sys, old kernels); then defaults. Reading is
+ * for what sysfs lacks (containers that mask /sys, old kernels, VMs without cache nodes; AMD's
+ * older leaves where a hypervisor hides the newer one); then defaults. Reading is
  * split from the CPUID and default steps so tests can hand it a fake tree (par__machine_read
  * takes a root directory). A value that does not parse, or is 0 or absurd, counts as unknown:
  * a wrong cache size would mistune every op, a missing one only falls back to the defaults.
@@ -194,6 +195,16 @@ static void cpuid_caches(unsigned leaf, par__machine *m) {
   }
 }
 
+/* AMD's leaf for the L1d and L2 before the topology extensions, which hypervisors that hide
+ * 0x8000001D still pass on (Firecracker): done only when the leaf exists. */
+static void cpuid_amd_legacy(par__machine *m) {
+  if ((unsigned)__get_cpuid_max(0x80000000u, NULL) < 0x80000006u) return;
+  unsigned a, b, c5, c6, d;
+  __cpuid(0x80000005u, a, b, c5, d);
+  __cpuid(0x80000006u, a, b, c6, d);
+  par__machine_amd_legacy(m, c5, c6);
+}
+
 static void cpuid_brand(par__machine *m) {
   unsigned max = __get_cpuid_max(0x80000000u, NULL);
   if (max < 0x80000004u) return;
@@ -240,6 +251,7 @@ void par__machine_cpuid(par__machine *m) {
     if ((unsigned)__get_cpuid_max(0x80000000u, NULL) >= 0x8000001Du &&
         __get_cpuid(0x80000001u, &a, &b, &c, &d) && (c & (1u << 22)))
       cpuid_caches(0x8000001Du, m);
+    cpuid_amd_legacy(m);
   } else if (a >= 4) {
     cpuid_caches(4, m);
   }
@@ -247,6 +259,21 @@ void par__machine_cpuid(par__machine *m) {
 #else
   (void)m;
 #endif
+}
+
+/*
+ * AMD's older cache leaves, for what 0x8000001D left unknown: 0x80000005 ECX gives the L1d
+ * (KiB in bits 31:24), 0x80000006 ECX the L2 (KiB in bits 31:16), each a core's own (shared
+ * by 1: SMT siblings cannot be told from here, and the leaves that would tell are the ones
+ * hidden). Its L3 (0x80000006 EDX) is left alone: on parts with several core complexes it is
+ * the package's total, with no count of the cores that share it (508 MiB on a 2-vCPU Zen 5
+ * VM whose core complex has 32 MiB), and a cache believed 16 times larger than it is would
+ * mistune every rule that trusts the L3, where the default only tunes as before.
+ */
+void par__machine_amd_legacy(par__machine *m, unsigned ecx5, unsigned ecx6) {
+  size_t l1d = (size_t)(ecx5 >> 24) << 10, l2 = (size_t)(ecx6 >> 16) << 10;
+  if (!m->l1d && l1d) m->l1d = l1d, m->l1d_from = PAR__FROM_CPUID;
+  if (!m->l2 && l2) m->l2 = l2, m->l2_shared_by = 1, m->l2_from = PAR__FROM_CPUID;
 }
 
 void par__machine_defaults(par__machine *m) {

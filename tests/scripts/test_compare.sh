@@ -95,10 +95,14 @@ for impl in r["impls"]:
 if "# --check: par 0 wrong" not in text:
     bad.append("no --check summary line")
 m = r["machine"]
-if not m["cpu"] or m["cores"] < 1 or not any(c["level"] == "1" for c in m["caches"]):
+# The caches: sysfs's where the kernel lists them, and always what par itself read (CPUID
+# where sysfs has none) with the tuning it derived.
+if not m["cpu"] or m["cores"] < 1 or "L1d " not in m["par"]["facts"]:
     bad.append(f"machine not recorded: {m}")
-if "# caches of cpu0: L1" not in text:
-    bad.append("the header does not list the caches")
+if m["caches"] and "# caches of cpu0: L1" not in text:
+    bad.append("the header does not list sysfs's caches")
+if "# par read: " not in text or "# par's shm tuning: chunk " not in text:
+    bad.append("the header does not give par's reading of the machine and its tuning")
 if r["bandwidth_threads"] != min(2, m["cores"]) or not r["bandwidth_gbs"] > 0:
     bad.append(f"bound bandwidth {r['bandwidth_gbs']} at {r['bandwidth_threads']} threads")
 # The cores' handover: before the repetition and after it, where there are 2 CPUs to pass

@@ -219,6 +219,29 @@ static int cpuinfo_has(const char *flag) {
   return found;
 }
 
+/* AMD's older leaves as a Zen 5 VM under Firecracker returns them (0x8000001D all zero):
+ * the L1d and L2 come from them, never the L3, and no known fact is overwritten. */
+static void test_amd_legacy(void **state) {
+  (void)state;
+  par__machine m;
+  memset(&m, 0, sizeof m);
+  par__machine_amd_legacy(&m, 0x300c0140u, 0x04006140u);
+  assert_int_equal(m.l1d, 48 * KIB);
+  assert_int_equal(m.l2, 1024 * KIB);
+  assert_int_equal(m.l2_shared_by, 1);
+  assert_int_equal(m.l1d_from, PAR__FROM_CPUID);
+  assert_int_equal(m.l2_from, PAR__FROM_CPUID);
+  assert_int_equal(m.l3, 0);
+  assert_int_equal(m.l3_from, PAR__FROM_NONE);
+  memset(&m, 0, sizeof m);
+  m.l2 = 2048 * KIB, m.l2_shared_by = 2, m.l2_from = PAR__FROM_SYSFS;
+  par__machine_amd_legacy(&m, 0, 0x04006140u);
+  assert_int_equal(m.l1d, 0); /* a zero register says nothing */
+  assert_int_equal(m.l2, 2048 * KIB);
+  assert_int_equal(m.l2_shared_by, 2);
+  assert_int_equal(m.l2_from, PAR__FROM_SYSFS);
+}
+
 static void test_this_host(void **state) {
   (void)state;
   const par__machine *m = par__machine_get();
@@ -246,8 +269,10 @@ static void test_this_host(void **state) {
     assert_int_equal(cpu.l1d_from, PAR__FROM_CPUID);
   }
   /* CPUID only fills what is unknown. */
+  size_t had = sys.l2;
   par__machine_cpuid(&sys);
-  assert_int_equal(sys.l2_from, sys.l2 ? PAR__FROM_SYSFS : PAR__FROM_CPUID);
+  if (had) assert_int_equal(sys.l2_from, PAR__FROM_SYSFS);
+  else if (sys.l2) assert_int_equal(sys.l2_from, PAR__FROM_CPUID);
   char line[512];
   par__machine_describe(m, line, sizeof line);
   print_message("this host: %s\n", line);
@@ -262,6 +287,7 @@ int main(void) {
       cmocka_unit_test(test_missing_tree),
       cmocka_unit_test_setup_teardown(test_garbage_tree, make_root, remove_root),
       cmocka_unit_test_setup_teardown(test_bad_sharing_is_one, make_root, remove_root),
+      cmocka_unit_test(test_amd_legacy),
       cmocka_unit_test(test_this_host),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

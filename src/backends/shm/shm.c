@@ -588,7 +588,7 @@ static par_status shm_run(par_group *g, par__op *op) {
   shm_state *st = g->be_state;
   par_status s = par__shm_collective(g, st, op);
   par__shm_settle(st);
-  par__shm_stage_settle(&st->staging);
+  par__shm_stage_settle(&st->staging, &st->ctrl[st->me]);
   return s;
 }
 

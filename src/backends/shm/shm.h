@@ -22,7 +22,7 @@
 #include "coll/group.h"
 
 #define SHM_MAGIC 0x7061722d73686d31ull /* "par-shm1" */
-#define SHM_VERSION 7
+#define SHM_VERSION 8
 #define SHM_LINE 128 /* two cache lines: adjacent-line prefetch must not couple flags */
 #define SHM_MAX_CHUNK (64u << 20) /* PAR_SHM_CHUNK's maximum */
 #define SHM_P2P_CHUNK (32u << 10)
@@ -62,6 +62,12 @@ typedef struct shm_header {
   _Alignas(SHM_LINE) _Atomic uint32_t attached;
 } shm_header;
 
+/* Staging (shm_stage.c, below): how a member writes what it stages, what its readers do with
+ * it, and whether the op fits the last-level cache (its size class). */
+enum { SHM_WRITE_CACHE = 0, SHM_WRITE_STREAM = 1 };
+enum { SHM_READ_COPY = 0, SHM_READ_REDUCE = 1, SHM_READ_KINDS = 2 };
+enum { SHM_CLASS_CACHED = 0, SHM_CLASS_MEMORY = 1, SHM_CLASSES = 2 };
+
 /* Per member. Waiting is targeted: a member that waits for member j's epoch sleeps on j's
  * bell, which j rings when it posts; send/recv ring the bell of the member at the other end
  * of the channel, and a send/recv batch sleeps on its own bell. A ring makes a system call
@@ -84,6 +90,10 @@ typedef struct shm_ctrl {
   _Atomic uint64_t gate; /* writes into this member's buffers: op seq << 2 | SHM_GATE_* */
   _Atomic uint32_t cma; /* 0 not probed yet, 1 cannot read every peer, 2 can */
   uint32_t wmode[2];    /* how this member staged the round of this parity: SHM_WRITE_* */
+  /* What reading the others' staged data costs this member (shm_stage.c): float ticks per
+   * byte by kind of read, size class and way of writing, 0 unknown. Written at the end of its
+   * timed ops, read by writers choosing their way (a broadcast's root reads nothing itself). */
+  _Alignas(SHM_LINE) _Atomic uint32_t rcost[SHM_READ_KINDS][SHM_CLASSES][2];
   _Alignas(SHM_LINE) _Atomic uint32_t sleepers; /* written by waiters: its own line */
 } shm_ctrl;
 
@@ -132,18 +142,29 @@ static inline void shm_bufs_clear(shm_bufs *b, int n) {
  * data, by the way it was written, and stages the way that cost less, by what the readers do
  * with it (copy it, or reduce it).
  */
-enum { SHM_WRITE_CACHE = 0, SHM_WRITE_STREAM = 1 };
-enum { SHM_READ_COPY = 0, SHM_READ_REDUCE = 1, SHM_READ_KINDS = 2 };
 #define SHM_STAGE_MIN ((size_t)64 << 10)   /* ops moving less stage through the cache */
 #define SHM_STAGE_PIECE ((size_t)16 << 10) /* pieces this large or larger are timed */
-#define SHM_STAGE_TRY_OPS 16 /* the other way is tried on one op at most every 16 ... */
-#define SHM_STAGE_TRY_S 0.05 /* ... and every 50 ms */
+#define SHM_STAGE_TRY_OPS 16 /* the other way is tried at most every 16 ops ... */
+#define SHM_STAGE_TRY_S 0.05 /* ... and every 50 ms, ... */
+#define SHM_STAGE_TRY_LEN 2  /* ... for 2 ops (the first pays for the change) */
+#define SHM_STAGE_FRESH_OPS 4 /* a way's figure older than this many ops is replaced */
 
-/* What a member knows of one kind of read, by way of writing (SHM_WRITE_*): clock ticks per
- * byte to stage and to read back; 0: not measured yet. */
+/* The stretch of ops that took one way of writing (staged it, or met it in their reads),
+ * and when each way's figure was last taken (shm_stage.c, fold). */
+typedef struct shm_stage_way {
+  int last;     /* the way of the last op */
+  int run;      /* ops in a row that took it */
+  long at[2];   /* the op count when each way's figure was last taken */
+} shm_stage_way;
+
+/* What a member knows of one kind of read and size class, by way of writing (SHM_WRITE_*):
+ * clock ticks per byte to stage and to read back; 0: not measured yet. */
 typedef struct shm_stage_figs {
   double wcost[2], rcost[2];
+  shm_stage_way staged, read;
+  long ops;        /* timed ops settled */
   int best;        /* the way it takes when not trying the other */
+  int try_left;    /* ops of the running try still to come */
   int since_try;   /* timed ops since the last try */
   double next_try; /* no try before this time */
 } shm_stage_figs;
@@ -153,8 +174,9 @@ typedef struct shm_staging {
                      * -1: as measured */
   int mode;         /* the running op's way */
   int kind;         /* the running op's SHM_READ_*, or -1: not timed */
+  int cls;          /* the running op's SHM_CLASS_* */
   double acc[2][4]; /* the running op's staged bytes, ticks; read bytes, ticks; by way */
-  shm_stage_figs figs[SHM_READ_KINDS];
+  shm_stage_figs figs[SHM_READ_KINDS][SHM_CLASSES];
 } shm_staging;
 
 typedef struct shm_state {
@@ -261,19 +283,22 @@ par_status par__shm_region_map(par_world *w, int rank, uint32_t id, char **base,
 par_status par__shm_collective(par_group *g, shm_state *st, const par__op *op);
 /* Staging (shm_stage.c). At an op's start: its way, for an op that moves `moved` bytes
  * (under SHM_STAGE_MIN: through the cache) whose readers do `kind` with pieces of `piece`
- * bytes (kind -1, or pieces under SHM_STAGE_PIECE, or an op of stream_min bytes or more: not
- * timed, through the cache unless forced). `now`: the coarse clock, or -1 to read it when a
- * try is due. */
+ * bytes (kind -1, or pieces under SHM_STAGE_PIECE: not timed, through the cache unless
+ * forced); ops of stream_min bytes or more keep figures of their own. `ctrl` (NULL: none),
+ * the n members' control blocks, whose published read costs stand for this member's readers
+ * where known; `me`, this member. `now`: the coarse clock, or -1 to read it when a try is
+ * due. */
 void par__shm_stage_choose(shm_staging *g, size_t moved, size_t piece, int kind,
-                           size_t stream_min, double now);
+                           size_t stream_min, double now, const shm_ctrl *ctrl, int n, int me);
 /* Stages n bytes into this member's areas of set s (published with the round's post). */
 void par__shm_stage(shm_state *st, int s, void *dst, const void *src, size_t n);
 /* Times a read of a piece member j staged in set s: start before, done after (start returns
  * 0 when the op is not timed). */
 uint64_t par__shm_stage_read_start(const shm_state *st, size_t bytes);
 void par__shm_stage_read_done(shm_state *st, int j, int s, size_t bytes, uint64_t t0);
-/* At an op's end: folds its timings into the figures. */
-void par__shm_stage_settle(shm_staging *g);
+/* At an op's end: folds its timings into the figures, and publishes the read costs in `mine`
+ * (this member's control block; NULL: not published). */
+void par__shm_stage_settle(shm_staging *g, shm_ctrl *mine);
 /* A barrier, or any op of count 0: the first round alone, so the members still agree. */
 par_status par__shm_barrier(par_group *g, shm_state *st, const par__op *op);
 par_status par__shm_p2p(par_group *g, shm_state *st, par__op *ops, par__p2p_state *ps, int nops,

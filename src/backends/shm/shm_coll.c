@@ -593,7 +593,9 @@ static par_status blocks(shm_state *st, const shm_waitctx *wc, const par__op *op
       PAR_FORWARD_IF_ERROR(par__shm_wait_all(st, wc, e));
       for (int j = 0; j < st->n; j++) st->srcs[j] = shm_area(st, j, s, 0) + me * m * es;
       if (!alias) st->srcs[me] = own;
+      uint64_t t0 = st->n == 2 ? par__shm_stage_read_start(st, m * es) : 0;
       par__reduce(out + base * es, st->srcs, st->n, m, op->dt, op->op, st->n);
+      if (t0) par__shm_stage_read_done(st, 1 - st->me, s, m * es, t0);
     }
     for (int k = 0; !reduce && k < st->n; k++) {
       int j = (st->me + k) % st->n;
@@ -715,7 +717,8 @@ par_status par__shm_barrier(par_group *g, shm_state *st, const par__op *op) {
  * reader takes of one member in a round; `kind`, what the readers do with it (-1: the path
  * does not time its reads). */
 static void stage_for(shm_state *st, size_t moved, size_t piece, int kind) {
-  par__shm_stage_choose(&st->staging, moved, piece, kind, st->paths.stream_min, -1);
+  par__shm_stage_choose(&st->staging, moved, piece, kind, st->paths.stream_min, -1, st->ctrl,
+                        st->n, st->me);
 }
 
 par_status par__shm_collective(par_group *g, shm_state *st, const par__op *op) {
@@ -740,7 +743,9 @@ par_status par__shm_collective(par_group *g, shm_state *st, const par__op *op) {
       return reduce_split(st, &wc, op, b);
     }
     case PAR__REDUCE_SCATTER:
-      stage_for(st, bytes * n, 2 * chunk / n, -1);
+      /* Timed with 2 members, where each reduces its one peer's staging. */
+      stage_for(st, bytes * n, bytes < 2 * chunk / n ? bytes : 2 * chunk / n,
+                st->n == 2 ? SHM_READ_REDUCE : -1);
       return blocks(st, &wc, op, 1);
     case PAR__ALLGATHER:
       if (st->cma && bytes >= p->cma_move_min && bytes <= p->cma_move_max)

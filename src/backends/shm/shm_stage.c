@@ -12,6 +12,8 @@
  * tried now and then. The choice changes how bytes are written, never which bytes or when,
  * so members need not agree on it. docs/PERFORMANCE.md, "Where the swings come from".
  */
+#include <string.h>
+
 #include "backends/shm/shm.h"
 
 /* A cheap clock for the timings: only ratios of its readings are used. */
@@ -23,8 +25,41 @@ static inline uint64_t ticks(void) {
 #endif
 }
 
+static float load_cost(const _Atomic uint32_t *w) {
+  uint32_t u = atomic_load_explicit(w, memory_order_relaxed);
+  float f;
+  memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+/* Publishes a cost when it moved by more than 1/16 since last published: the writers read
+ * the line at every timed op's start, and it stays in their caches while it holds still. */
+static void store_cost(_Atomic uint32_t *w, double cost) {
+  float had = load_cost(w), f = (float)cost;
+  if (had > 0 && f > had - had / 16 && f < had + had / 16) return;
+  uint32_t u;
+  memcpy(&u, &f, sizeof u);
+  atomic_store_explicit(w, u, memory_order_relaxed);
+}
+
+/* What reading this member's staging costs its readers, by way: the mean of the figures the
+ * others published for it, else this member's own reads of the others' staging, which on a
+ * symmetric op are the same kind of read. */
+static void readers_cost(const shm_stage_figs *f, int kind, int cls, const shm_ctrl *ctrl, int n,
+                         int me, double r[2]) {
+  for (int m = 0; m < 2; m++) {
+    double sum = 0;
+    int known = 0;
+    for (int j = 0; ctrl && j < n; j++) {
+      double c = j == me ? 0 : load_cost(&ctrl[j].rcost[kind][cls][m]);
+      if (c > 0) sum += c, known++;
+    }
+    r[m] = known ? sum / known : f->rcost[m];
+  }
+}
+
 void par__shm_stage_choose(shm_staging *g, size_t moved, size_t piece, int kind, size_t stream_min,
-                           double now) {
+                           double now, const shm_ctrl *ctrl, int n, int me) {
   g->kind = -1;
   g->mode = SHM_WRITE_CACHE;
   if (moved < SHM_STAGE_MIN) return;
@@ -32,21 +67,35 @@ void par__shm_stage_choose(shm_staging *g, size_t moved, size_t piece, int kind,
     g->mode = g->choose;
     return;
   }
-  /* Ops larger than the last-level cache go through memory whichever way they are staged,
-   * and staging them streamed was measured slower (docs/PERFORMANCE.md). */
-  if (kind < 0 || piece < SHM_STAGE_PIECE || moved >= stream_min) return;
-  shm_stage_figs *f = &g->figs[kind];
-  double c = f->wcost[SHM_WRITE_CACHE] + f->rcost[SHM_WRITE_CACHE];
-  double t = f->wcost[SHM_WRITE_STREAM] + f->rcost[SHM_WRITE_STREAM];
+  if (kind < 0 || piece < SHM_STAGE_PIECE) return;
+  /* An op larger than the last-level cache reads its input from memory and writes its
+   * output there: its costs differ from a cached op's, and so may its best way. */
+  g->cls = moved >= stream_min ? SHM_CLASS_MEMORY : SHM_CLASS_CACHED;
+  shm_stage_figs *f = &g->figs[kind][g->cls];
+  double r[2];
+  readers_cost(f, kind, g->cls, ctrl, n, me, r);
+  double c = f->wcost[SHM_WRITE_CACHE] + r[SHM_WRITE_CACHE];
+  double t = f->wcost[SHM_WRITE_STREAM] + r[SHM_WRITE_STREAM];
   /* The cache unless streaming cost less, both measured. */
-  f->best = f->wcost[SHM_WRITE_STREAM] > 0 && f->rcost[SHM_WRITE_STREAM] > 0 &&
-            f->rcost[SHM_WRITE_CACHE] > 0 && t < c;
+  f->best = f->wcost[SHM_WRITE_STREAM] > 0 && f->wcost[SHM_WRITE_CACHE] > 0 &&
+            r[SHM_WRITE_STREAM] > 0 && r[SHM_WRITE_CACHE] > 0 && t < c;
   g->kind = kind;
+  if (f->try_left > 0) { /* a try lasts SHM_STAGE_TRY_LEN ops */
+    f->try_left--;
+    g->mode = !f->best;
+    return;
+  }
   g->mode = f->best;
-  if (++f->since_try < SHM_STAGE_TRY_OPS) return;
+  /* The first try comes as soon as the way taken has a figure (a job that moves large
+   * messages may run only a few), the later ones every SHM_STAGE_TRY_OPS ops. */
+  int have = f->wcost[f->best] > 0 && r[f->best] > 0;
+  int other = f->wcost[!f->best] > 0 && r[!f->best] > 0;
+  f->since_try++;
+  if (other ? f->since_try < SHM_STAGE_TRY_OPS : !have) return;
   if (now < 0) now = par__now_coarse(); /* read only here: most ops never need it */
   if (now >= f->next_try) {
     g->mode = !f->best;
+    f->try_left = SHM_STAGE_TRY_LEN - 1;
     f->next_try = now + SHM_STAGE_TRY_S;
     f->since_try = 0;
   }
@@ -81,27 +130,37 @@ void par__shm_stage_read_done(shm_state *st, int j, int s, size_t bytes, uint64_
 }
 
 /*
- * The way taken op after op is averaged (1/4 per op), each op counting at most twice the
- * average, so that an op the host stopped for a while does not turn it over while a placement
- * that lasts does within a few ops; the way tried now and then is taken at its latest figure,
- * which would otherwise carry a placement long gone.
+ * One way's figure, from an op that took it. The first op of a stretch of ops that took the
+ * same way pays for the change (lines the other way left in memory, or in a cache, that this
+ * way must first fetch or evict), so its figure is not taken. A figure older than a few ops
+ * (the way tried now and then) is replaced, since it may carry a placement long gone; the
+ * way taken op after op is averaged (1/4 per op), each op counting at most twice the average,
+ * so that an op the host stopped for a while does not turn it over while a placement that
+ * lasts does within a few ops.
  */
-static void fold(double *cost, double bytes, double ticks_, int steady) {
-  if (bytes <= 0) return;
+static void fold(shm_stage_figs *f, shm_stage_way *w, double *cost, int m, double bytes,
+                 double ticks_) {
+  if (m != w->last) w->last = m, w->run = 0;
+  if (++w->run == 1) return;
   double c = ticks_ / bytes;
-  if (!steady || *cost <= 0) {
+  if (*cost <= 0 || f->ops - w->at[m] > SHM_STAGE_FRESH_OPS)
     *cost = c;
-    return;
-  }
-  *cost += 0.25 * ((c < 2 * *cost ? c : 2 * *cost) - *cost);
+  else
+    *cost += 0.25 * ((c < 2 * *cost ? c : 2 * *cost) - *cost);
+  w->at[m] = f->ops;
 }
 
-void par__shm_stage_settle(shm_staging *g) {
+void par__shm_stage_settle(shm_staging *g, shm_ctrl *mine) {
   if (g->kind >= 0) {
-    shm_stage_figs *f = &g->figs[g->kind];
-    for (int m = 0; m < 2; m++) {
-      fold(&f->wcost[m], g->acc[m][0], g->acc[m][1], m == f->best);
-      fold(&f->rcost[m], g->acc[m][2], g->acc[m][3], m == f->best);
+    shm_stage_figs *f = &g->figs[g->kind][g->cls];
+    f->ops++;
+    /* An op stages one way; its reads meet the writers' ways, mostly one. */
+    int w = g->acc[1][0] > g->acc[0][0], r = g->acc[1][2] > g->acc[0][2];
+    if (g->acc[w][0] > 0) fold(f, &f->staged, &f->wcost[w], w, g->acc[w][0], g->acc[w][1]);
+    if (g->acc[r][2] > 0) {
+      fold(f, &f->read, &f->rcost[r], r, g->acc[r][2], g->acc[r][3]);
+      if (mine)
+        for (int m = 0; m < 2; m++) store_cost(&mine->rcost[g->kind][g->cls][m], f->rcost[m]);
     }
   }
   for (int m = 0; m < 2; m++)
