@@ -1,11 +1,13 @@
 /*
  * test_stage.c -- the shared-memory backend's staging choice (src/backends/shm/shm_stage.c)
- * as pure logic on a shm_staging record: which ops it leaves to the cache, that it streams
- * only once streaming was measured cheaper, that the other way is tried on the second op,
- * then on one op every 16 and 50 ms, that one slow op of the way taken does not turn it over
- * while a lasting change does, that the tried way counts at its latest figure, that kinds of
- * read and size classes keep apart, that a writer goes by its readers' published costs (a broadcast's root reads
- * nothing itself), and that a forced way wins.
+ * as pure logic on a shm_staging record: which ops it leaves to the cache (where ranks share
+ * cores, every op that fits it), that it streams only once streaming was measured cheaper,
+ * that the other way is tried as soon as the way taken has a figure, then for two ops every
+ * 16 ops and 50 ms, that the first op after a change of way is not taken, that one slow op of
+ * the way taken does not turn it over while a lasting change does, that the tried way counts
+ * at its latest figure, that kinds of read and size classes keep apart, that a writer goes
+ * by its readers' published costs (a broadcast's root reads nothing itself), and that a
+ * forced way wins.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -85,6 +87,13 @@ static void test_left_to_the_cache(void **state) {
   assert_int_equal(g.mode, SHM_WRITE_CACHE);
   assert_int_equal(g.kind, SHM_READ_COPY);
   assert_int_equal(g.cls, SHM_CLASS_MEMORY);
+  /* where ranks share cores, only the larger ops are timed */
+  g.shared_cores = 1;
+  choose(&g, MIB, SHM_READ_COPY, 0);
+  assert_int_equal(g.mode, SHM_WRITE_CACHE);
+  assert_int_equal(g.kind, -1);
+  choose(&g, STREAM_MIN, SHM_READ_COPY, 0);
+  assert_int_equal(g.kind, SHM_READ_COPY);
 }
 
 static void test_forced(void **state) {

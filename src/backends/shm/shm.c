@@ -511,9 +511,9 @@ static par_status shm_init(par_group *g) {
   const par__tuning *tune = par__tuning_get();
   st->check = env->check;
   /* Ranks that share cores read much of each other's staging from their own core's cache:
-   * there staging keeps to the cache unless PAR_SHM_STAGE_STREAM says otherwise. */
-  st->staging.choose = env->shm_stage_stream >= 0 ? env->shm_stage_stream
-                       : par__oversubscribed(g->world->local_size) ? 0 : -1;
+   * there ops that fit the cache keep to it (shm_stage.c). */
+  st->staging.choose = env->shm_stage_stream >= 0 ? env->shm_stage_stream : -1;
+  st->staging.shared_cores = par__oversubscribed(g->world->local_size);
 
   snprintf(st->name, sizeof st->name, "/par-%s-%s", g->world->job_id, g->uid);
   if (st->n == 1) st->unlinked = 1;

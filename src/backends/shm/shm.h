@@ -170,8 +170,8 @@ typedef struct shm_stage_figs {
 } shm_stage_figs;
 
 typedef struct shm_staging {
-  int choose;       /* SHM_WRITE_* for every op (PAR_SHM_STAGE_STREAM, or oversubscribed), or
-                     * -1: as measured */
+  int choose;       /* SHM_WRITE_* for every op (PAR_SHM_STAGE_STREAM), or -1: as measured */
+  int shared_cores; /* ranks outnumber the cores: ops of the cached class keep to the cache */
   int mode;         /* the running op's way */
   int kind;         /* the running op's SHM_READ_*, or -1: not timed */
   int cls;          /* the running op's SHM_CLASS_* */

@@ -6,11 +6,15 @@
  * cache crosses the interconnect at the latency of a remote snoop, and lines the writer
  * streamed to memory come faster. On the 2-core EPYC VM the host moves the two virtual CPUs
  * between such placements every few seconds (bench/handover.c: 256 KiB handed over at 11-17
- * GB/s through the cache near, 2.5-3.7 far; 6-7 streamed either way). So each member times its
- * staging and its reads of the others' staged pieces, by the way they were written (each
- * member publishes its way per round), and stages the way that cost less; the other way is
- * tried now and then. The choice changes how bytes are written, never which bytes or when,
- * so members need not agree on it. docs/PERFORMANCE.md, "Where the swings come from".
+ * GB/s through the cache near, 2.5-3.7 far; 6-7 streamed either way); on a Zen 5 VM, ops
+ * larger than the L3 ran 1.6-2.2x faster staged streamed, since a line the reader still holds
+ * costs the writer a snoop to take back. So each member times its staging and its reads of
+ * the others' staged pieces, by the way they were written (each member publishes its way per
+ * round, and its read costs per op, which stand for a writer's readers), separately for ops
+ * that fit the L3 and larger ones, and stages the way that cost less; the other way is tried
+ * now and then. The choice changes how bytes are written, never which bytes or when, so
+ * members need not agree on it. docs/PERFORMANCE.md, "Where the swings come from" and "A
+ * second machine".
  */
 #include <string.h>
 
@@ -71,6 +75,9 @@ void par__shm_stage_choose(shm_staging *g, size_t moved, size_t piece, int kind,
   /* An op larger than the last-level cache reads its input from memory and writes its
    * output there: its costs differ from a cached op's, and so may its best way. */
   g->cls = moved >= stream_min ? SHM_CLASS_MEMORY : SHM_CLASS_CACHED;
+  /* Where ranks share cores, a reader often runs on the writer's core after it, and finds a
+   * cached op's staging in that core's cache; a larger op's is in memory either way. */
+  if (g->shared_cores && g->cls == SHM_CLASS_CACHED) return;
   shm_stage_figs *f = &g->figs[kind][g->cls];
   double r[2];
   readers_cost(f, kind, g->cls, ctrl, n, me, r);
