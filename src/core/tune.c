@@ -51,11 +51,14 @@ static size_t share(size_t size, int shared_by, int cpus) {
  * L2 alone would allow 512 KiB, and there 1 MiB rounds were measured 15-35% slower on 8 ranks;
  * the 260 MiB Xeon 2 MiB, so its L2 decides). A power of two from 64 KiB (below, a round's
  * synchronisation costs as much as its copying) to 1 MiB (an 8-member segment is then 32 MiB;
- * no larger round was ever measured faster).
+ * no larger round was ever measured faster). The L3 caps only where it was read: the default
+ * is a guess, and a cap from a guess overrules the L2 the machine did report (a Zen 5 VM that
+ * hides its L3, 1 MiB L2: 512 KiB rounds against 256 KiB, 8 ranks, 1 MiB all-reduce 970-1170
+ * -> 870-975 us, broadcast 410-490 -> 340-360 us; 2 ranks unchanged).
  */
 static size_t rule_chunk(const par__machine *m) {
   size_t l2 = share(m->l2, m->l2_shared_by, m->cpus);
-  size_t by_l2 = l2 / 2, by_l3 = m->l3 / 128;
+  size_t by_l2 = l2 / 2, by_l3 = m->l3_from == PAR__FROM_DEFAULT ? SIZE_MAX : m->l3 / 128;
   return clamp(pow2_floor(by_l2 < by_l3 ? by_l2 : by_l3), 64 * KIB, 1 * MIB);
 }
 

@@ -68,6 +68,28 @@ static void test_cascade_lake_gives_todays_constants(void **state) {
   expect(&t, today);
 }
 
+/* A machine that reports its L1d and L2 but not its L3 (a Zen 5 VM that hides it): the L2
+ * alone sets the chunk, since the default L3 is a guess; one that reports nothing runs as the
+ * first machine. */
+static void test_l3_unknown(void **state) {
+  (void)state;
+  par__machine m = machine(48 * KIB, 1 * MIB, 1, 32 * MIB, 2, 2);
+  m.l3_from = PAR__FROM_DEFAULT;
+  par__tuning t;
+  par__tune_derive(&m, NULL, &t);
+  assert_int_equal(t.shm_chunk, 512 * KIB);
+  assert_int_equal(t.small_max, 48 * KIB);
+  m.l3_from = PAR__FROM_CPUID; /* a 32 MiB L3 read: its cap holds */
+  par__tune_derive(&m, NULL, &t);
+  assert_int_equal(t.shm_chunk, 256 * KIB);
+  par__machine none;
+  memset(&none, 0, sizeof none);
+  none.cpus = 2;
+  par__machine_defaults(&none);
+  par__tune_derive(&none, NULL, &t);
+  expect(&t, today);
+}
+
 /* What the machine measures, not what it reports: single copy closes where the kernel's copy
  * costs more than twice a memcpy; non-temporal stores are a candidate from the whole L3. */
 static void test_measured_and_streaming(void **state) {
@@ -307,6 +329,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_epyc_gives_todays_constants),
       cmocka_unit_test(test_cascade_lake_gives_todays_constants),
+      cmocka_unit_test(test_l3_unknown),
       cmocka_unit_test(test_xeon_260m),
       cmocka_unit_test(test_measured_and_streaming),
       cmocka_unit_test(test_nothing_known_gives_todays_constants),
