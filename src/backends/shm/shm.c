@@ -583,13 +583,35 @@ static par_status shm_can_serve(par_group *g) {
   return PAR_OK;
 }
 
+/* After a collective: a member whose op failed records it for the group (hdr->failed); one
+ * whose op completed without waiting on the others after they failed it (a broadcast's root
+ * that comes after the readers timed out) fails with them, instead of returning success for
+ * data nobody received. */
+static par_status failed_check(par_group *g, shm_state *st, const par__op *op, par_status s) {
+  _Atomic uint64_t *f = &st->hdr->failed;
+  if (s < 0) {
+    uint64_t none = 0;
+    if (s != PAR_ERR_MISMATCH)
+      atomic_compare_exchange_strong(f, &none, (op->seq + 1) << 16 | (uint64_t)st->me);
+    return s;
+  }
+  uint64_t v = atomic_load_explicit(f, memory_order_acquire);
+  if (!v || (v >> 16) - 1 > op->seq) return s;
+  int j = (int)(v & 0xffff);
+  return par__error(PAR_ERR_ABORTED,
+                    "%s on group '%s' (op #%llu): member %d (rank %d) failed op #%llu of the "
+                    "group, so not every member has this op's result",
+                    par__op_kind_name(op->kind), g->name, (unsigned long long)op->seq, j,
+                    g->ranks[j], (unsigned long long)((v >> 16) - 1));
+}
+
 /* An op may end on a post (a broadcast's root): its ring is due before the op returns. */
 static par_status shm_run(par_group *g, par__op *op) {
   shm_state *st = g->be_state;
   par_status s = par__shm_collective(g, st, op);
   par__shm_settle(st);
   par__shm_stage_settle(&st->staging, &st->ctrl[st->me]);
-  return s;
+  return failed_check(g, st, op, s);
 }
 
 static par_status shm_barrier(par_group *g, par__op *op) {

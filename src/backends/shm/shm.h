@@ -59,6 +59,11 @@ typedef struct shm_header {
   uint64_t off_ctrl, off_data, off_p2p, p2p_stride;
   shm_paths paths; /* member 0's; copied by every member when it joins */
   _Alignas(SHM_LINE) _Atomic uint32_t abort;
+  /* The first collective that failed on a member (a timeout, a lost peer, ...; not a
+   * mismatch, after which every member stops at the same point): (op seq + 1) << 16 | member,
+   * 0 none. A member whose op completes without waiting for the others (a broadcast's root, a
+   * reduce's other members) checks it at the op's end, so that it fails too. */
+  _Atomic uint64_t failed;
   _Alignas(SHM_LINE) _Atomic uint32_t attached;
 } shm_header;
 
