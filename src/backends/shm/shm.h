@@ -158,7 +158,7 @@ static inline void shm_bufs_clear(shm_bufs *b, int n) {
  * and when each way's figure was last taken (shm_stage.c, fold). */
 typedef struct shm_stage_way {
   int last;     /* the way of the last op */
-  int run;      /* ops in a row that took it */
+  int run;      /* ops in a row that took it: 0, 1, or 2 for more */
   long at[2];   /* the op count when each way's figure was last taken */
 } shm_stage_way;
 

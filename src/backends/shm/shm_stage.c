@@ -148,7 +148,8 @@ void par__shm_stage_read_done(shm_state *st, int j, int s, size_t bytes, uint64_
 static void fold(shm_stage_figs *f, shm_stage_way *w, double *cost, int m, double bytes,
                  double ticks_) {
   if (m != w->last) w->last = m, w->run = 0;
-  if (++w->run == 1) return;
+  if (w->run < 2) w->run++; /* 1 or more than 1 is all it needs to know: no overflow */
+  if (w->run == 1) return;
   double c = ticks_ / bytes;
   if (*cost <= 0 || f->ops - w->at[m] > SHM_STAGE_FRESH_OPS)
     *cost = c;
