@@ -28,10 +28,14 @@ lt() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a < b) }'; }
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
 show() { sed 's/^/    /' "$TMP/out" | tail -n 12; }
+# A port below the kernel's ephemeral range, which outgoing connections (this script's floods,
+# Open MPI in a test running beside it) never take, so that a port found free stays free.
+read -r eph_lo _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || eph_lo=32768
+[ "$eph_lo" -gt 12000 ] || eph_lo=32768
 free_port() {
   local p
   for _ in $(seq 50); do
-    p=$((20000 + RANDOM % 30000))
+    p=$((10000 + RANDOM % (eph_lo - 10000)))
     (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null || { echo $p; return; }
   done
   echo 29500
