@@ -43,12 +43,14 @@ static void release(int zc, void *p) {
 
 static float input(int r, size_t i) { return (float)(r + 1) + (float)(i % 7); }
 
-/* mode 0: nobody zero-copy, 1: everyone, 2: even ranks only. */
+/* mode 0: nobody zero-copy, 1: everyone, 2: even ranks only. inplace 0: nobody, 1: everyone,
+ * 2: odd ranks only (members that read and write each other's buffers, some of them in place). */
 static void run(int mode, size_t count, int inplace) {
   int zc = mode == 1 || (mode == 2 && h_rank % 2 == 0), n = h_size;
   char what[96];
   snprintf(what, sizeof what, "mode %d count %zu %s", mode, count,
-           inplace ? "in place" : "out of place");
+           inplace == 2 ? "in place on odd ranks" : inplace ? "in place" : "out of place");
+  if (inplace == 2) inplace = h_rank % 2;
   par_group *g = par_world_group(h_world);
 
   /* allreduce */
@@ -90,7 +92,7 @@ int main(void) {
   size_t counts[] = {1, 1000, 3 * 65536 + 17, (1u << 20) + 5}; /* the last: outputs >= 4 MiB */
   for (int mode = 0; mode < 3; mode++)
     for (size_t c = 0; c < sizeof counts / sizeof counts[0]; c++)
-      for (int inplace = 0; inplace < 2; inplace++) run(mode, counts[c], inplace);
+      for (int inplace = 0; inplace < 3; inplace++) run(mode, counts[c], inplace);
   /* The group still works with ordinary memory afterwards. */
   run(0, 5, 0);
   if (failures) {

@@ -124,7 +124,7 @@ typedef struct shm_chan {
  * take it as an argument. */
 typedef struct shm_bufs {
   const char **src;       /* per member: its input, mapped, when it is par_alloc'ed */
-  const char **dst;       /* per member: its output, mapped, when it is par_alloc'ed */
+  char **dst;             /* per member: its output, mapped, when it is par_alloc'ed */
   unsigned char *inplace; /* per member: its op is in place */
   uint64_t *asrc, *adst;  /* per member: its input and output addresses, in its own memory */
   int nsend, nrecv;       /* members whose input / output is par_alloc'ed */

@@ -143,7 +143,7 @@ static void forget_freed(par_world *w, shm_world *sw, int rank) {
     shm_region *r = *pp;
     int gone = 0;
     if (r->rank == rank && r->rank != w->rank) {
-      int fd = shm_open(r->name, O_RDONLY, 0);
+      int fd = shm_open(r->name, O_RDWR, 0);
       gone = fd < 0 && errno == ENOENT;
       if (fd >= 0) close(fd);
     }
@@ -175,7 +175,7 @@ par_status par__shm_region_map(par_world *w, int rank, uint32_t id, char **base,
   r->rank = rank;
   r->id = id;
   region_name(w, rank, id, r->name, sizeof r->name);
-  int fd = shm_open(r->name, O_RDONLY, 0);
+  int fd = shm_open(r->name, O_RDWR, 0);
   struct stat sb;
   if (fd < 0 || fstat(fd, &sb) < 0) {
     int e = errno;
@@ -185,7 +185,7 @@ par_status par__shm_region_map(par_world *w, int rank, uint32_t id, char **base,
     return PAR_ERR_SYSTEM;
   }
   r->size = (size_t)sb.st_size;
-  void *p = mmap(NULL, r->size, PROT_READ, MAP_SHARED, fd, 0);
+  void *p = mmap(NULL, r->size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   close(fd);
   if (p == MAP_FAILED) {
     int e = errno;

@@ -135,7 +135,7 @@ static void zc_publish(const shm_waitctx *wc, shm_state *st, const par__op *op, 
 }
 
 static par_status zc_map(const shm_waitctx *wc, int j, uint64_t id, uint64_t off, size_t bytes,
-                         const char **out) {
+                         char **out) {
   char *base;
   size_t size;
   PAR_FORWARD_IF_ERROR(
@@ -173,10 +173,10 @@ static par_status zc_resolve(const shm_waitctx *wc, shm_state *st, const par__op
   for (int j = 0; j < st->n; j++) {
     const uint64_t *z = st->ctrl[j].zc[s];
     if (z[ZC_SEND_ID] && (every || !b->inplace[j])) {
-      if (j == st->me)
-        b->src[j] = op->sendbuf;
-      else
-        PAR_FORWARD_IF_ERROR(zc_map(wc, j, z[ZC_SEND_ID], z[ZC_SEND_OFF], sbytes, &b->src[j]));
+      char *p = NULL;
+      if (j != st->me)
+        PAR_FORWARD_IF_ERROR(zc_map(wc, j, z[ZC_SEND_ID], z[ZC_SEND_OFF], sbytes, &p));
+      b->src[j] = j == st->me ? op->sendbuf : p;
     }
     if (z[ZC_RECV_ID] && every) {
       if (j == st->me)
@@ -207,7 +207,7 @@ static par_status zc_finish(shm_state *st, const shm_waitctx *wc) {
 
 /* Reads `len` bytes at `off` of member j's output into this member's output; `big` is how the
  * whole output is written (put). gather_shares calls it for every member's reduced share but
- * this one's: the all-gather half of an all-reduce. */
+ * this one's: the all-gather half of a single-copy all-reduce. */
 typedef par_status (*share_read_fn)(shm_state *st, const shm_waitctx *wc, const shm_bufs *b,
                                     int j, size_t off, void *dst, size_t len, int big);
 
@@ -225,47 +225,41 @@ static par_status gather_shares(shm_state *st, const shm_waitctx *wc, const par_
   return PAR_OK;
 }
 
-/* Reads from member j's mapped output. */
-static par_status mapped_out_read(shm_state *st, const shm_waitctx *wc, const shm_bufs *b, int j,
-                                  size_t off, void *dst, size_t len, int big) {
-  (void)st, (void)wc;
-  put(big, dst, b->dst[j] + off, len);
-  return PAR_OK;
-}
-
 /*
  * All-reduce with every input and output par_alloc'ed (b resolved, all mapped): member i
- * reduces its share of the elements straight from the inputs into its own output, then
- * copies the other shares from their owners' outputs. Works in place: a member's share is
- * written only by itself, and read by the others only after everyone has reduced.
+ * reduces its share of the elements straight from the inputs and writes the result into every
+ * member's output, so each input byte is read once and each output byte written once (the
+ * memory bound's traffic; reading the shares back out of their owners' outputs took half as
+ * much again). Works in place: share i of every buffer is read and written only by member i,
+ * which reads a chunk of it from all inputs before it writes that chunk anywhere. The wait
+ * for everyone's post at the end is the op's last synchronisation: after it no member touches
+ * another's buffers.
  */
 static par_status allreduce_zc(shm_state *st, const shm_waitctx *wc, const par__op *op,
                                const shm_bufs *b) {
-  size_t es = par_dtype_size(op->dt), lo, hi;
-  char *out = op->recvbuf;
+  size_t es = par_dtype_size(op->dt), per = st->hdr->chunk / es, lo, hi;
   int s;
   PAR_FORWARD_IF_ERROR(round_begin(st, wc, 1, &s));
   share(op->count, es, st->n, st->me, &lo, &hi);
   int big = big_out(st, op->count * es);
-  if (!big && (!b->inplace[st->me] || st->me == 0)) {
-    for (int j = 0; j < st->n; j++) st->srcs[j] = b->src[j] + lo * es;
-    if (hi > lo) par__reduce(out + lo * es, st->srcs, st->n, hi - lo, op->dt, op->op, st->n);
-  } else {
-    /* Through the segment's result area chunk by chunk: the output is my input src[me] (only
-     * src[0] may alias the output), or large, and written with the large-output copy. */
-    size_t per = st->hdr->chunk / es;
-    char *tmp = shm_area(st, st->me, s, 1);
-    for (size_t c = lo; c < hi; c += per) {
-      size_t m = hi - c < per ? hi - c : per;
-      for (int j = 0; j < st->n; j++) st->srcs[j] = b->src[j] + c * es;
-      par__reduce(tmp, st->srcs, st->n, m, op->dt, op->op, st->n);
-      put(big, out + c * es, tmp, m * es);
+  /* Small outputs are reduced straight into this member's own (unless in place past member
+   * 0: the kernel overwrites its output before it reads a later input); the rest through a
+   * cached chunk of the segment's result area, copied out with the large-output copy. */
+  int direct = !big && (!b->inplace[st->me] || st->me == 0);
+  char *tmp = shm_area(st, st->me, s, 1);
+  for (size_t c = lo; c < hi; c += per) {
+    size_t m = hi - c < per ? hi - c : per;
+    char *acc = direct ? b->dst[st->me] + c * es : tmp;
+    for (int j = 0; j < st->n; j++) st->srcs[j] = b->src[j] + c * es;
+    par__reduce(acc, st->srcs, st->n, m, op->dt, op->op, st->n);
+    for (int k = direct; k < st->n; k++) {
+      int j = (st->me + k) % st->n;
+      put(big, b->dst[j] + c * es, acc, m * es);
     }
   }
   PAR_FORWARD_IF_ERROR(par__shm_wait_all(st, wc, post_next(st)));
   round_end(st);
-  PAR_FORWARD_IF_ERROR(gather_shares(st, wc, op, b, mapped_out_read));
-  return zc_finish(st, wc);
+  return PAR_OK;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -388,7 +382,7 @@ static par_status broadcast_parts(shm_state *st, const shm_waitctx *wc, const pa
     int j = (st->me + k) % st->n;
     share(op->count, es, st->n, j, &lo, &hi);
     if (hi == lo) continue;
-    if (root == st->me) /* (even into a par_alloc'ed buffer: peers map those read-only) */
+    if (root == st->me) /* (by the kernel, whether par_alloc'ed or not) */
       PAR_FORWARD_IF_ERROR(par__shm_gate_write(st, wc, j, op->seq, b->asrc[j] + lo * es,
                                                buf + lo * es, (hi - lo) * es));
     else
@@ -685,8 +679,10 @@ static par_status broadcast(shm_state *st, const shm_waitctx *wc, const par__op 
     if (!am_root) {
       PAR_FORWARD_IF_ERROR(par__shm_wait_one(st, wc, root, e));
       if (first && bytes >= SHM_ZC_MIN && st->ctrl[root].zc[s][ZC_SEND_ID]) {
+        char *p = NULL;
         PAR_FORWARD_IF_ERROR(zc_map(wc, root, st->ctrl[root].zc[s][ZC_SEND_ID],
-                                    st->ctrl[root].zc[s][ZC_SEND_OFF], bytes, &b->src[root]));
+                                    st->ctrl[root].zc[s][ZC_SEND_OFF], bytes, &p));
+        b->src[root] = p;
         root_zc = 1;
       }
       if (root_zc && !big)
