@@ -203,6 +203,7 @@ typedef struct par__tuning {
   size_t cma_move_max; /* all-gather per member: up to max */
   size_t cma_bcast_min, cma_bcast_max; /* single-copy broadcast: window [min, max] */
   size_t stream_min;   /* outputs from this size may take non-temporal stores (par__copy_big) */
+  size_t l3_read;      /* the L3's size where the machine said it, else 0 (a group's round cap) */
   unsigned from_env;   /* PAR__TUNE_* bits: the value came from its PAR_SHM_* variable */
 } par__tuning;
 
@@ -225,6 +226,9 @@ void par__tune_derive(const par__machine *m, const par__env *env, par__tuning *o
 /* par__tune_derive(par__machine_get(), par__env_get()), computed once; the first call logs
  * the facts and each value with its origin at debug level. Thread-safe; never fails. */
 const par__tuning *par__tuning_get(void);
+/* Pure: the round size of a group of n members on a host that runs local_ranks ranks of the
+ * job on cpus cores: t->shm_chunk, larger where ranks outnumber the cores (tune.c). */
+size_t par__tune_group_chunk(const par__tuning *t, int n, int local_ranks, int cpus);
 /* One line of values for the log ("chunk 256K (machine), small_max ..."). */
 void par__tuning_describe(const par__tuning *t, char *buf, size_t len);
 

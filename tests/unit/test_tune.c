@@ -325,6 +325,48 @@ static void test_environment(void **state) {
   par_set_log_handler(NULL, NULL);
 }
 
+/* ---- a group's round size ---------------------------------------------------------------- */
+
+static void test_group_chunk(void **state) {
+  (void)state;
+  par__tuning t = {.shm_chunk = 512 * KIB};
+  /* Ranks that fit the cores: the machine's chunk, whatever the group. */
+  assert_int_equal(par__tune_group_chunk(&t, 2, 2, 2), 512 * KIB);
+  assert_int_equal(par__tune_group_chunk(&t, 8, 8, 64), 512 * KIB);
+  /* Ranks per core, rounded up, to a power of two at most 4. */
+  assert_int_equal(par__tune_group_chunk(&t, 3, 3, 2), 1 * MIB);  /* 2 per core */
+  assert_int_equal(par__tune_group_chunk(&t, 5, 5, 2), 1 * MIB);  /* 3 -> 2 */
+  assert_int_equal(par__tune_group_chunk(&t, 8, 8, 2), 2 * MIB);  /* 4 */
+  assert_int_equal(par__tune_group_chunk(&t, 8, 9, 4), 1 * MIB);
+  /* The group's own members count: a 2-member group of 8 ranks on 2 cores keeps the
+   * machine's; 3 of them take 2 per core. */
+  assert_int_equal(par__tune_group_chunk(&t, 2, 8, 2), 512 * KIB);
+  assert_int_equal(par__tune_group_chunk(&t, 3, 8, 2), 1 * MIB);
+  assert_int_equal(par__tune_group_chunk(&t, 8, 9, 8), 512 * KIB);
+  /* The segment's data stays within 64 MiB: 4 chunks per member. */
+  assert_int_equal(par__tune_group_chunk(&t, 16, 16, 2), 1 * MIB);
+  assert_int_equal(par__tune_group_chunk(&t, 64, 64, 2), 512 * KIB); /* cap 256K: never below */
+  assert_int_equal(par__tune_group_chunk(&t, 32, 32, 2), 512 * KIB); /* cap 512K */
+  t.shm_chunk = 64 * KIB;
+  assert_int_equal(par__tune_group_chunk(&t, 64, 64, 2), 256 * KIB);
+  /* Where the L3 was read, the segment's data stays within a quarter of it: the 35.8 MiB
+   * Xeon's 8 ranks on 2 cores keep 256K; a 260 MiB L3 allows 2 MiB. */
+  t.l3_read = (size_t)(35.8 * MIB);
+  t.shm_chunk = 256 * KIB;
+  assert_int_equal(par__tune_group_chunk(&t, 8, 8, 2), 256 * KIB);
+  assert_int_equal(par__tune_group_chunk(&t, 3, 3, 2), 512 * KIB);
+  t.l3_read = 260 * MIB;
+  t.shm_chunk = 1 * MIB;
+  assert_int_equal(par__tune_group_chunk(&t, 8, 8, 2), 2 * MIB);
+  t.l3_read = 0;
+  /* PAR_SHM_CHUNK is taken as it is; nothing known about the cores changes nothing. */
+  t.shm_chunk = 512 * KIB;
+  t.from_env = PAR__TUNE_CHUNK;
+  assert_int_equal(par__tune_group_chunk(&t, 8, 8, 2), 512 * KIB);
+  t.from_env = 0;
+  assert_int_equal(par__tune_group_chunk(&t, 8, 8, 0), 512 * KIB);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_epyc_gives_todays_constants),
@@ -335,6 +377,7 @@ int main(void) {
       cmocka_unit_test(test_nothing_known_gives_todays_constants),
       cmocka_unit_test(test_shares_and_clamps),
       cmocka_unit_test(test_overrides_win_one_value_each),
+      cmocka_unit_test(test_group_chunk),
       cmocka_unit_test(test_parse_size),
       cmocka_unit_test(test_environment),
   };

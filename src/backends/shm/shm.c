@@ -523,9 +523,21 @@ static par_status shm_init(par_group *g) {
   snprintf(key, sizeof key, "par/shm/%s", g->uid);
   par_status s;
   if (st->me == 0) {
-    /* Rounds that split the chunk n ways need at least a cache line per member. */
-    size_t chunk = tune->shm_chunk, least = align_up((size_t)st->n * 64 * 8, 4096);
+    /* Rounds that split the chunk n ways need at least a cache line per member. Larger
+     * rounds where ranks outnumber the cores (par__tune_group_chunk), unless /dev/shm has no
+     * room for them: then the machine's. */
+    size_t least = align_up((size_t)st->n * 64 * 8, 4096);
+    size_t chunk = par__tune_group_chunk(tune, st->n, g->world->local_size, par__job_cpus());
     s = create_segment(g, st, chunk > least ? align_up(chunk, 4096) : least, tune);
+    if (s == PAR_ERR_NOMEM && chunk > tune->shm_chunk) {
+      PAR__LOG_DEBUG("shm: group '%s': no room in /dev/shm for rounds of %zu bytes, taking %zu",
+                     g->name, chunk, tune->shm_chunk);
+      chunk = tune->shm_chunk;
+      s = create_segment(g, st, chunk > least ? align_up(chunk, 4096) : least, tune);
+    }
+    if (s >= 0 && chunk != tune->shm_chunk)
+      PAR__LOG_DEBUG("shm: group '%s': rounds of %zu bytes (%d ranks on %d cores)", g->name,
+                     chunk, g->world->local_size, par__job_cpus());
     if (s >= 0 && st->n > 1) s = par__store_set(w->store, key, st->name, strlen(st->name));
   } else {
     char got[96];
