@@ -161,11 +161,11 @@ static size_t rule_stream_min(const par__machine *m) {
  * its size, and the cache the chunk was sized for is shared by the ranks of a core anyway. So
  * a group whose own members outnumber the cores takes rounds as many times larger as it has
  * members per core (a power of two, at most 4), while the segment's data (4 chunks per
- * member) stays within SHM_OVERSUB_DATA and, where the L3 was read, within a quarter of it, as
- * rule_chunk's L3 cap keeps it (on the 35.8 MiB Xeon, 8 ranks on 2 cores, 1 MiB rounds were
- * 15-35% slower than 256 KiB ones, so there the rounds stay as they are). (Smaller groups keep the machine's: the 8-rank
- * training demo's 2-member groups gained nothing from larger rounds and took 80 ms longer to
- * reserve their segments.)
+ * member) stays within SHM_OVERSUB_DATA and, where the L3 was read, within a quarter of it,
+ * as rule_chunk's L3 cap keeps it (on the 35.8 MiB Xeon, 8 ranks on 2 cores, 1 MiB rounds
+ * were 15-35% slower than 256 KiB ones: there the rounds stay as they are). Smaller groups
+ * keep the machine's: the 8-rank training demo's 2-member groups gained nothing from larger
+ * rounds and took 80 ms longer to reserve their segments.
  * 8 ranks on the 2-core Zen 5 VM, 512 KiB -> 2 MiB rounds, alternating launches, ms: 64 MiB
  * all-reduce 55 -> 41-55, reduce_scatter 33-37 -> 23, alltoall 35-49 -> 26, broadcast 19.7 ->
  * 17.3; 4 MiB all-reduce 2.8-3.0 -> 2.0-2.2; 1 MiB ops unchanged or faster. 3 ranks (2 per

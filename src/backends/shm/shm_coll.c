@@ -237,7 +237,11 @@ static par_status gather_shares(shm_state *st, const shm_waitctx *wc, const par_
  */
 static par_status allreduce_zc(shm_state *st, const shm_waitctx *wc, const par__op *op,
                                const shm_bufs *b) {
-  size_t es = par_dtype_size(op->dt), per = st->hdr->chunk / es, lo, hi;
+  /* Pieces of the machine's chunk, which stays in this core's cache between the reduction
+   * and the copies (a group's rounds may be larger: par__tune_group_chunk). */
+  size_t es = par_dtype_size(op->dt), lo, hi;
+  size_t piece = par__tuning_get()->shm_chunk;
+  size_t per = (piece < st->hdr->chunk ? piece : st->hdr->chunk) / es;
   int s;
   PAR_FORWARD_IF_ERROR(round_begin(st, wc, 1, &s));
   share(op->count, es, st->n, st->me, &lo, &hi);
