@@ -162,6 +162,11 @@ typedef struct par__machine {
    * uses) takes than memcpy for 256 KiB in the caches, measured once; 0: not measured. It
    * depends on the kernel and the hypervisor (page pinning), not on the caches. */
   double cma_slowdown;
+  /* Whether par__copy takes the store loop (par__copy_out) instead of memcpy where the
+   * destination lies at the source's page offset ([0]) or 1-63 bytes past it ([1]): the loop
+   * was faster there, 64 KiB in the caches, measured once (glibc's `rep movsb` crawls 1-63
+   * bytes past on Zen 3; on Zen 5 memcpy is the faster at both). */
+  unsigned char copy_loop[2];
   char model[64];    /* /proc/cpuinfo "model name", else the CPUID brand, else "unknown" */
 } par__machine;
 
@@ -174,8 +179,8 @@ const par__machine *par__machine_get(void);
  * says. Missing files and malformed values (sizes "abc", "0K", over 16 GiB) leave a fact
  * unknown: 0, PAR__FROM_NONE. Reads no CPUID and no affinity. */
 void par__machine_read(const char *root, par__machine *out);
-/* Measures cma_slowdown on this host (about 0.5 ms); leaves it 0 where the system call is
- * refused. */
+/* Measures cma_slowdown on this host (about 0.5 ms; left 0 where the system call is
+ * refused) and copy_loop. */
 void par__machine_calibrate(par__machine *m);
 /* Fills the caches still unknown from CPUID (x86 only; elsewhere nothing). */
 void par__machine_cpuid(par__machine *m);
@@ -271,10 +276,11 @@ void par__reduce(void *dst, const void *const *src, int nsrc, size_t count, par_
 /*
  * memcpy for the data path (staging into the segment, copying out of it, send/recv slots):
  * memcpy itself, except where the destination lies just past the source modulo a page
- * ((dst - src) mod 4096 < 64). There glibc's `rep movsb` crawls on AMD Zen 3 (Debian 12's
- * glibc 2.36; later glibc avoids it there): 1.7-2.2 GB/s against 27-40 for a cached 64 KiB
- * copy. It is what a malloc'ed buffer (page + 16) gets against the page-aligned segment, so
- * those copies take the store loop. dst and src must not overlap.
+ * ((dst - src) mod 4096 < 64) and the machine measured the store loop faster there
+ * (par__machine.copy_loop). There glibc's `rep movsb` crawls on AMD Zen 3 (Debian 12's glibc
+ * 2.36; later glibc avoids it there): 1.7-2.2 GB/s against 27-40 for a cached 64 KiB copy.
+ * It is what a malloc'ed buffer (page + 16) gets against the page-aligned segment. On Zen 5
+ * memcpy is the faster at every offset. dst and src must not overlap.
  */
 void par__copy(void *dst, const void *src, size_t n);
 /* memcpy for a destination far larger than the caches (an op's large output): faster there,

@@ -585,11 +585,24 @@ void par__copy_out(void *dst, const void *src, size_t n) {
   memcpy(dst, src, n);
 }
 
+/* Bit k: par__machine's copy_loop[k]; -1 until looked up (a benign race: the same value). */
+static _Atomic int copy_rule = -1;
+
 void par__copy(void *dst, const void *src, size_t n) {
-  if (n >= 1024 && (((uintptr_t)dst - (uintptr_t)src) & 4095) < 64)
-    par__copy_out(dst, src, n);
-  else
-    memcpy(dst, src, n);
+  size_t off = ((uintptr_t)dst - (uintptr_t)src) & 4095;
+  if (n >= 1024 && off < 64) {
+    int rule = atomic_load_explicit(&copy_rule, memory_order_relaxed);
+    if (rule < 0) {
+      const par__machine *m = par__machine_get();
+      rule = m->copy_loop[0] | m->copy_loop[1] << 1;
+      atomic_store_explicit(&copy_rule, rule, memory_order_relaxed);
+    }
+    if (rule & (off ? 2 : 1)) {
+      par__copy_out(dst, src, n);
+      return;
+    }
+  }
+  memcpy(dst, src, n);
 }
 
 /* Copies with non-temporal stores: the destination's lines go to memory without being read
