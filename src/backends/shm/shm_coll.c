@@ -475,8 +475,8 @@ static int reduce_goes_zc(shm_state *st, const par__op *op, const shm_bufs *b) {
 /*
  * All-reduce and reduce, direct: in each round of a chunk per member everyone publishes its
  * chunk and every reader combines all of them itself -- one synchronisation per round, and a
- * reader's own contribution comes from its input, still in cache. For small ops (and a
- * 2-member reduce under a round), where reduce-scatter would only add a synchronisation.
+ * reader's own contribution comes from its input, still in cache. For small ops, and for 2
+ * members, where reduce-scatter would only add a synchronisation.
  */
 static par_status reduce_direct(shm_state *st, const shm_waitctx *wc, const par__op *op,
                                 shm_bufs *b) {
@@ -530,13 +530,8 @@ static par_status reduce_split(shm_state *st, const shm_waitctx *wc, const par__
     for (int j = 0; j < st->n; j++)
       if (!zc_usable(b, j)) st->srcs[j] = (const char *)st->srcs[j] + lo * es;
     st->srcs[st->me] = (const char *)op->sendbuf + (base + lo) * es;
-    int peer = 1 - st->me; /* timed with 2 members, where one peer's staging is read */
-    uint64_t t0 = st->n == 2 && hi > lo && !zc_usable(b, peer)
-                      ? par__shm_stage_read_start(st, (hi - lo) * es)
-                      : 0;
     if (hi > lo)
       par__reduce(shm_area(st, st->me, s, 1), st->srcs, st->n, hi - lo, op->dt, op->op, st->n);
-    if (t0) par__shm_stage_read_done(st, peer, s, (hi - lo) * es, t0);
     uint64_t done = post_next(st);
     for (int k = 0; reader && k < st->n; k++) {
       int j = (st->me + k) % st->n;
@@ -739,18 +734,12 @@ par_status par__shm_collective(par_group *g, shm_state *st, const par__op *op) {
       if (bytes <= SHM_TINY_MAX) return reduce_tiny(st, &wc, op, all);
       if (all && st->cma && bytes >= p->cma_reduce_min && bytes <= p->cma_reduce_max)
         return allreduce_sc(st, &wc, op, b);
-      /* Direct rounds for small ops, and for a 2-member reduce under a round (the root alone
-       * reads); else reduce-scatter rounds, 2 members too: each then reads half the other's
-       * input, not all of it (2 ranks on the Zen 5 VM, all-reduce 16 MiB 1.82-1.92 ->
-       * 1.29-1.44 ms, 64 MiB 8.4-10.0 -> 6.3-6.9 ms, 256 KiB 15.5 -> 13.5 us). Timed with 2
-       * members, where each reduces its one peer's staging. */
-      int kind = st->n == 2 ? SHM_READ_REDUCE : -1;
-      if (st->n == 1 || (bytes <= p->small_max && bytes <= chunk) ||
-          (st->n == 2 && !all && bytes < chunk)) {
-        stage_for(st, bytes, bytes < chunk ? bytes : chunk, kind);
+      if (st->n <= 2 || (bytes <= p->small_max && bytes <= chunk)) {
+        /* Timed with 2 members, where each reduces its one peer's staging. */
+        stage_for(st, bytes, bytes < chunk ? bytes : chunk, st->n == 2 ? SHM_READ_REDUCE : -1);
         return reduce_direct(st, &wc, op, b);
       }
-      stage_for(st, bytes, chunk / n, kind);
+      stage_for(st, bytes, chunk / n, -1);
       return reduce_split(st, &wc, op, b);
     }
     case PAR__REDUCE_SCATTER:
