@@ -28,6 +28,7 @@
 #define SHM_P2P_CHUNK (32u << 10)
 #define SHM_P2P_SLOTS 4u
 #define SHM_ZC_MIN (16u << 10) /* smaller ops copy par_alloc'ed buffers like any other */
+#define SHM_ZC_PIECE 4096u     /* a zero-copy all-reduce reduces and writes out this much at once */
 #define SHM_TINY_MAX 16u       /* allreduce/reduce at most this size travel with the epoch */
 
 /*

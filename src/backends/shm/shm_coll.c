@@ -237,13 +237,13 @@ static par_status gather_shares(shm_state *st, const shm_waitctx *wc, const par_
  */
 static par_status allreduce_zc(shm_state *st, const shm_waitctx *wc, const par__op *op,
                                const shm_bufs *b) {
-  /* Pieces of the L1d (at least 16 KiB, at most a round), which the copies read right after
-   * the reduction wrote them: 2 ranks, 4 MiB 247-275 -> 186-213 us and 64 MiB 5.2-5.6 ->
-   * 4.6-6.0 ms against the machine's chunk (512 KiB) on the Zen 5 VM. */
+  /* Pieces of 4 KiB, which the copies read from the L1d right after the reduction wrote
+   * them, while the outputs' write streams stay short. 2 ranks on the Zen 5 VM, 4 MiB / 64 MiB:
+   * 512 KiB pieces 247-275 us / 5.2-5.6 ms, 48 KiB 180-213 / 4.6-6.0, 4 KiB 118-128 / 4.5
+   * (two threads doing the same in one process: 48 KiB 3.5-3.75 ms, 4 KiB 2.75, 2 KiB 2.49,
+   * one fused pass 2.3-2.5). */
   size_t es = par_dtype_size(op->dt), lo, hi;
-  size_t piece = par__machine_get()->l1d;
-  piece = piece < 16384 ? 16384 : piece;
-  size_t per = (piece < st->hdr->chunk ? piece : st->hdr->chunk) / es;
+  size_t per = (SHM_ZC_PIECE < st->hdr->chunk ? SHM_ZC_PIECE : st->hdr->chunk) / es;
   int s;
   PAR_FORWARD_IF_ERROR(round_begin(st, wc, 1, &s));
   share(op->count, es, st->n, st->me, &lo, &hi);
