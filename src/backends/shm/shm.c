@@ -265,6 +265,45 @@ void par__shm_gate_close(shm_state *st, int writer, uint64_t seq) {
   }
 }
 
+static uint64_t zgate_word(uint64_t seq) { return seq << 16; }
+
+void par__shm_zgate_open(shm_state *st, uint64_t seq) {
+  atomic_store(&st->ctrl[st->me].zgate, zgate_word(seq));
+}
+
+void par__shm_zgate_close(shm_state *st, uint64_t seq) {
+  _Atomic uint64_t *gate = &st->ctrl[st->me].zgate;
+  const uint64_t inside = SHM_ZGATE_CLOSED - 1;
+  uint64_t v = atomic_fetch_or(gate, SHM_ZGATE_CLOSED);
+  for (int spins = 0; (v & ~(uint64_t)0xFFFF) == zgate_word(seq) && (v & inside); spins++) {
+    /* Writers stay inside for a batch, well under a millisecond; only the death of as many
+     * members as are inside ends the wait early. */
+    if (spins > 100) {
+      uint64_t dead = 0;
+      for (int j = 0; j < st->n; j++) dead += j != st->me && peer_dead(st, j);
+      if ((v & inside) <= dead) return;
+    }
+    if (spins < 16) {
+      sched_yield();
+    } else {
+      struct timespec ts = {0, 200000};
+      nanosleep(&ts, NULL);
+    }
+    v = atomic_load(gate);
+  }
+}
+
+int par__shm_zgate_enter(shm_state *st, int j, uint64_t seq) {
+  _Atomic uint64_t *gate = &st->ctrl[j].zgate;
+  uint64_t v = atomic_load(gate);
+  for (;;) {
+    if ((v & ~(uint64_t)0xFFFF) != zgate_word(seq) || (v & SHM_ZGATE_CLOSED)) return 0;
+    if (atomic_compare_exchange_weak(gate, &v, v + 1)) return 1;
+  }
+}
+
+void par__shm_zgate_leave(shm_state *st, int j) { atomic_fetch_sub(&st->ctrl[j].zgate, 1); }
+
 par_status par__shm_gate_write(shm_state *st, const shm_waitctx *wc, int j, uint64_t seq,
                                uint64_t addr, const void *src, size_t len) {
   _Atomic uint64_t *gate = &st->ctrl[j].gate;

@@ -253,15 +253,33 @@ static par_status allreduce_zc(shm_state *st, const shm_waitctx *wc, const par__
    * cached chunk of the segment's result area, copied out with the large-output copy. */
   int direct = !big && (!b->inplace[st->me] || st->me == 0);
   char *tmp = shm_area(st, st->me, s, 1);
-  for (size_t c = lo; c < hi; c += per) {
-    size_t m = hi - c < per ? hi - c : per;
-    char *acc = direct ? b->dst[st->me] + c * es : tmp;
-    for (int j = 0; j < st->n; j++) st->srcs[j] = b->src[j] + c * es;
-    par__reduce(acc, st->srcs, st->n, m, op->dt, op->op, st->n);
-    for (int k = direct; k < st->n; k++) {
-      int j = (st->me + k) % st->n;
-      put(big, b->dst[j] + c * es, acc, m * es);
+  size_t batch = SHM_GATE_PIECE / es;
+  for (size_t b0 = lo; b0 < hi; b0 += batch) {
+    size_t b1 = hi - b0 < batch ? hi : b0 + batch;
+    /* Into the others' outputs only while they are in the op (their zgates, shm.h). */
+    int in = 1;
+    while (in < st->n && par__shm_zgate_enter(st, (st->me + in) % st->n, op->seq)) in++;
+    if (in < st->n) {
+      int gone = (st->me + in) % st->n;
+      while (--in >= 1) par__shm_zgate_leave(st, (st->me + in) % st->n);
+      par__shm_abort(st);
+      return par__error(PAR_ERR_ABORTED,
+                        "%s on group '%s' (op #%llu): member %d (rank %d) left the op before it "
+                        "was done (it failed or timed out)",
+                        wc->what, wc->g->name, (unsigned long long)wc->seq, gone,
+                        wc->g->ranks[gone]);
     }
+    for (size_t c = b0; c < b1; c += per) {
+      size_t m = b1 - c < per ? b1 - c : per;
+      char *acc = direct ? b->dst[st->me] + c * es : tmp;
+      for (int j = 0; j < st->n; j++) st->srcs[j] = b->src[j] + c * es;
+      par__reduce(acc, st->srcs, st->n, m, op->dt, op->op, st->n);
+      for (int k = direct; k < st->n; k++) {
+        int j = (st->me + k) % st->n;
+        put(big, b->dst[j] + c * es, acc, m * es);
+      }
+    }
+    for (int k = 1; k < st->n; k++) par__shm_zgate_leave(st, (st->me + k) % st->n);
   }
   PAR_FORWARD_IF_ERROR(par__shm_wait_all(st, wc, post_next(st)));
   round_end(st);
@@ -736,13 +754,21 @@ par_status par__shm_collective(par_group *g, shm_state *st, const par__op *op) {
       if (bytes <= SHM_TINY_MAX) return reduce_tiny(st, &wc, op, all);
       if (all && st->cma && bytes >= p->cma_reduce_min && bytes <= p->cma_reduce_max)
         return allreduce_sc(st, &wc, op, b);
+      /* An all-reduce that may take zero copy opens this member's output to the others'
+       * writes for the op (the zgate, shm.h). */
+      int gated = all && bytes >= SHM_ZC_MIN;
+      if (gated) par__shm_zgate_open(st, op->seq);
+      par_status r;
       if (st->n <= 2 || (bytes <= p->small_max && bytes <= chunk)) {
         /* Timed with 2 members, where each reduces its one peer's staging. */
         stage_for(st, bytes, bytes < chunk ? bytes : chunk, st->n == 2 ? SHM_READ_REDUCE : -1);
-        return reduce_direct(st, &wc, op, b);
+        r = reduce_direct(st, &wc, op, b);
+      } else {
+        stage_for(st, bytes, chunk / n, -1);
+        r = reduce_split(st, &wc, op, b);
       }
-      stage_for(st, bytes, chunk / n, -1);
-      return reduce_split(st, &wc, op, b);
+      if (gated) par__shm_zgate_close(st, op->seq);
+      return r;
     }
     case PAR__REDUCE_SCATTER:
       /* Timed with 2 members, where each reduces its one peer's staging. */
