@@ -79,6 +79,7 @@ static void env_read(void) {
   env.shm_cma = -1;
   env.shm_stream = -1;
   env.shm_stage_stream = -1;
+  env.shm_copy_loop = -1;
   env.cpus = 0; /* the PAR_SHM_* sizes start at 0 (derived) with the rest of the static */
 
   const char *v;
@@ -141,6 +142,7 @@ static void env_read(void) {
   read_switch("PAR_SHM_CMA", &env.shm_cma);
   read_switch("PAR_SHM_STREAM", &env.shm_stream);
   read_switch("PAR_SHM_STAGE_STREAM", &env.shm_stage_stream);
+  read_switch("PAR_SHM_COPY_LOOP", &env.shm_copy_loop);
   if ((v = getenv("PAR_CPUS")) && *v) {
     char *end;
     long c = strtol(v, &end, 10);
@@ -161,7 +163,8 @@ const par__env *par__env_get(void) {
                                     .spin = -1,
                                     .shm_cma = -1,
                                     .shm_stream = -1,
-                                    .shm_stage_stream = -1};
+                                    .shm_stage_stream = -1,
+                                    .shm_copy_loop = -1};
   if (reading) return &defaults;
   pthread_once(&env_once, env_read);
   /* Logged after the once-block: par__log reads the level through this function. */

@@ -585,7 +585,8 @@ void par__copy_out(void *dst, const void *src, size_t n) {
   memcpy(dst, src, n);
 }
 
-/* Bit k: par__machine's copy_loop[k]; -1 until looked up (a benign race: the same value). */
+/* Bit k: par__machine's copy_loop[k], or both as PAR_SHM_COPY_LOOP says; -1 until looked up
+ * (a benign race: the same value). */
 static _Atomic int copy_rule = -1;
 
 void par__copy(void *dst, const void *src, size_t n) {
@@ -593,8 +594,9 @@ void par__copy(void *dst, const void *src, size_t n) {
   if (n >= 1024 && off < 64) {
     int rule = atomic_load_explicit(&copy_rule, memory_order_relaxed);
     if (rule < 0) {
-      const par__machine *m = par__machine_get();
-      rule = m->copy_loop[0] | m->copy_loop[1] << 1;
+      int forced = par__env_get()->shm_copy_loop;
+      const par__machine *m = forced >= 0 ? NULL : par__machine_get();
+      rule = forced >= 0 ? (forced ? 3 : 0) : m->copy_loop[0] | m->copy_loop[1] << 1;
       atomic_store_explicit(&copy_rule, rule, memory_order_relaxed);
     }
     if (rule & (off ? 2 : 1)) {
