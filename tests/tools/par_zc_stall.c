@@ -77,5 +77,8 @@ int main(int argc, char **argv) {
     printf("rank %d: %zu bytes of the output changed after the op returned\n", me, changed);
   }
   fflush(stdout);
+  par_free(w, in);
+  par_free(w, out);
+  par_world_destroy(w);
   return 0;
 }
