@@ -96,7 +96,7 @@ typedef struct par__env {
   int shm_cma;             /* PAR_SHM_CMA: single-copy reads of peers' memory; -1 = auto */
   int shm_stream;          /* PAR_SHM_STREAM: non-temporal stores for large outputs; -1 = auto */
   int shm_stage_stream;    /* PAR_SHM_STAGE_STREAM: stage with non-temporal stores; -1 = auto */
-  int shm_copy_loop;       /* PAR_SHM_COPY_LOOP: par__copy's store loop near a page offset; -1 = as measured */
+  int shm_copy_loop;       /* PAR_SHM_COPY_LOOP: par__copy's loop at page offsets; -1 = measured */
   int cpus;                /* PAR_CPUS: CPUs the job may use on this host; 0 = unknown */
   /* PAR_SHM_SMALL_MAX, _BIG_OUT, _CMA_REDUCE_MIN/MAX, _CMA_MOVE_MIN/MAX: the shared-memory
    * backend's size thresholds (par__tuning below); 0 = derived from the machine. */
