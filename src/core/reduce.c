@@ -595,8 +595,12 @@ void par__copy(void *dst, const void *src, size_t n) {
     int rule = atomic_load_explicit(&copy_rule, memory_order_relaxed);
     if (rule < 0) {
       int forced = par__env_get()->shm_copy_loop;
-      const par__machine *m = forced >= 0 ? NULL : par__machine_get();
-      rule = forced >= 0 ? (forced ? 3 : 0) : m->copy_loop[0] | m->copy_loop[1] << 1;
+      if (forced >= 0) {
+        rule = forced ? 3 : 0;
+      } else {
+        const par__machine *m = par__machine_get();
+        rule = m->copy_loop[0] | m->copy_loop[1] << 1;
+      }
       atomic_store_explicit(&copy_rule, rule, memory_order_relaxed);
     }
     if (rule & (off ? 2 : 1)) {

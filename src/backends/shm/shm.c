@@ -241,6 +241,16 @@ void par__shm_gate_open(shm_state *st, uint64_t seq) {
   atomic_store(&st->ctrl[st->me].gate, seq << 2 | SHM_GATE_OPEN);
 }
 
+/* A closing owner's wait for a writer's piece in flight: a few yields, then short sleeps. */
+static void gate_backoff(int spins) {
+  if (spins < 16) {
+    sched_yield();
+  } else {
+    struct timespec ts = {0, 200000};
+    nanosleep(&ts, NULL);
+  }
+}
+
 void par__shm_gate_close(shm_state *st, int writer, uint64_t seq) {
   _Atomic uint64_t *gate = &st->ctrl[st->me].gate;
   uint64_t open = seq << 2 | SHM_GATE_OPEN, writing = seq << 2 | SHM_GATE_WRITING;
@@ -256,12 +266,7 @@ void par__shm_gate_close(shm_state *st, int writer, uint64_t seq) {
       if (atomic_compare_exchange_strong(gate, &v, closed)) return;
       continue;
     }
-    if (spins < 16) {
-      sched_yield();
-    } else {
-      struct timespec ts = {0, 200000};
-      nanosleep(&ts, NULL);
-    }
+    gate_backoff(spins);
   }
 }
 
@@ -283,12 +288,7 @@ void par__shm_zgate_close(shm_state *st, uint64_t seq) {
       for (int j = 0; j < st->n; j++) dead += j != st->me && peer_dead(st, j);
       if ((v & inside) <= dead) return;
     }
-    if (spins < 16) {
-      sched_yield();
-    } else {
-      struct timespec ts = {0, 200000};
-      nanosleep(&ts, NULL);
-    }
+    gate_backoff(spins);
     v = atomic_load(gate);
   }
 }
@@ -323,14 +323,18 @@ par_status par__shm_gate_write(shm_state *st, const shm_waitctx *wc, int j, uint
       }
     }
     if (s < 0) return s;
-    par__shm_abort(st);
-    par_group *g = wc->g;
-    return par__error(PAR_ERR_ABORTED,
-                      "%s on group '%s' (op #%llu): member %d (rank %d) left the op before it "
-                      "was done (it failed or timed out)",
-                      wc->what, g->name, (unsigned long long)wc->seq, j, g->ranks[j]);
+    return par__shm_left_op(st, wc, j);
   }
   return PAR_OK;
+}
+
+par_status par__shm_left_op(shm_state *st, const shm_waitctx *wc, int j) {
+  par__shm_abort(st);
+  par_group *g = wc->g;
+  return par__error(PAR_ERR_ABORTED,
+                    "%s on group '%s' (op #%llu): member %d (rank %d) left the op before it "
+                    "was done (it failed or timed out)",
+                    wc->what, g->name, (unsigned long long)wc->seq, j, g->ranks[j]);
 }
 
 /* 1 when this process can read and write member j's memory: it reads j's pid at the address

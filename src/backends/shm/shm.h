@@ -252,6 +252,9 @@ void par__shm_gate_close(shm_state *st, int writer, uint64_t seq);
 /* Copies len bytes from src to addr in member j's buffers through j's gate for op seq. */
 par_status par__shm_gate_write(shm_state *st, const shm_waitctx *wc, int j, uint64_t seq,
                                uint64_t addr, const void *src, size_t len);
+/* A writer found member j's gate closed: aborts the group and returns PAR_ERR_ABORTED, naming
+ * j as the member that left the op. */
+par_status par__shm_left_op(shm_state *st, const shm_waitctx *wc, int j);
 
 /*
  * The same rule for a zero-copy all-reduce, where every member writes into every other's
@@ -263,7 +266,7 @@ par_status par__shm_gate_write(shm_state *st, const shm_waitctx *wc, int j, uint
 #define SHM_ZGATE_CLOSED 0x8000u
 void par__shm_zgate_open(shm_state *st, uint64_t seq);
 void par__shm_zgate_close(shm_state *st, uint64_t seq);
-/* 1: entered member j's zgate for op seq; 0: j has left the op. */
+/* 1: entered member j's zgate for op seq; 0: j has left the op (par__shm_left_op). */
 int par__shm_zgate_enter(shm_state *st, int j, uint64_t seq);
 void par__shm_zgate_leave(shm_state *st, int j);
 

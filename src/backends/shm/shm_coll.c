@@ -262,12 +262,7 @@ static par_status allreduce_zc(shm_state *st, const shm_waitctx *wc, const par__
     if (in < st->n) {
       int gone = (st->me + in) % st->n;
       while (--in >= 1) par__shm_zgate_leave(st, (st->me + in) % st->n);
-      par__shm_abort(st);
-      return par__error(PAR_ERR_ABORTED,
-                        "%s on group '%s' (op #%llu): member %d (rank %d) left the op before it "
-                        "was done (it failed or timed out)",
-                        wc->what, wc->g->name, (unsigned long long)wc->seq, gone,
-                        wc->g->ranks[gone]);
+      return par__shm_left_op(st, wc, gone);
     }
     for (size_t c = b0; c < b1; c += per) {
       size_t m = b1 - c < per ? b1 - c : per;
