@@ -276,10 +276,10 @@ void par__shm_zgate_open(shm_state *st, uint64_t seq) {
   atomic_store(&st->ctrl[st->me].zgate, zgate_word(seq));
 }
 
-void par__shm_zgate_close(shm_state *st, uint64_t seq) {
+void par__shm_zgate_close(shm_state *st, uint64_t seq, int failed) {
   _Atomic uint64_t *gate = &st->ctrl[st->me].zgate;
-  const uint64_t inside = SHM_ZGATE_CLOSED - 1;
-  uint64_t v = atomic_fetch_or(gate, SHM_ZGATE_CLOSED);
+  const uint64_t inside = SHM_ZGATE_INSIDE;
+  uint64_t v = atomic_fetch_or(gate, SHM_ZGATE_CLOSED | (failed ? SHM_ZGATE_FAILED : 0));
   for (int spins = 0; (v & ~(uint64_t)0xFFFF) == zgate_word(seq) && (v & inside); spins++) {
     /* Writers stay inside for a batch, well under a millisecond; only the death of as many
      * members as are inside ends the wait early. */
@@ -303,6 +303,11 @@ int par__shm_zgate_enter(shm_state *st, int j, uint64_t seq) {
 }
 
 void par__shm_zgate_leave(shm_state *st, int j) { atomic_fetch_sub(&st->ctrl[j].zgate, 1); }
+
+int par__shm_zgate_failed(shm_state *st, int j, uint64_t seq) {
+  uint64_t v = atomic_load(&st->ctrl[j].zgate);
+  return (v & ~(uint64_t)0xFFFF) == zgate_word(seq) && (v & SHM_ZGATE_FAILED);
+}
 
 par_status par__shm_gate_write(shm_state *st, const shm_waitctx *wc, int j, uint64_t seq,
                                uint64_t addr, const void *src, size_t len) {

@@ -277,6 +277,10 @@ static par_status allreduce_zc(shm_state *st, const shm_waitctx *wc, const par__
     for (int k = 1; k < st->n; k++) par__shm_zgate_leave(st, (st->me + k) % st->n);
   }
   PAR_FORWARD_IF_ERROR(par__shm_wait_all(st, wc, post_next(st)));
+  /* Everyone posted, but one may have given up on this member meanwhile (the zgate, shm.h). */
+  for (int k = 1; k < st->n; k++)
+    if (par__shm_zgate_failed(st, (st->me + k) % st->n, op->seq))
+      return par__shm_left_op(st, wc, (st->me + k) % st->n);
   round_end(st);
   return PAR_OK;
 }
@@ -762,7 +766,7 @@ par_status par__shm_collective(par_group *g, shm_state *st, const par__op *op) {
         stage_for(st, bytes, chunk / n, -1);
         r = reduce_split(st, &wc, op, b);
       }
-      if (gated) par__shm_zgate_close(st, op->seq);
+      if (gated) par__shm_zgate_close(st, op->seq, r < 0);
       return r;
     }
     case PAR__REDUCE_SCATTER:
