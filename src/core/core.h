@@ -293,6 +293,11 @@ void par__copy_stream(void *dst, const void *src, size_t n);
  * par__copy_stream this process measured faster on its first pieces (PAR_SHM_STREAM forces
  * one). dst and src must not overlap. Thread-safe. */
 void par__copy_big(void *dst, const void *src, size_t n);
+/* par__copy_big without the fence that ends a non-temporal copy: for many small pieces in a
+ * row, whose writer calls par__copy_fence once before anyone may read them. */
+void par__copy_big_unfenced(void *dst, const void *src, size_t n);
+/* Orders the non-temporal stores before it before every store after it (sfence on x86). */
+void par__copy_fence(void);
 
 /* Tests only: 1 forces the portable (non-SIMD) kernels, 0 restores CPU dispatch. */
 void par__reduce_force_portable(int on);

@@ -185,7 +185,9 @@ par_status par__shm_region_map(par_world *w, int rank, uint32_t id, char **base,
     return PAR_ERR_SYSTEM;
   }
   r->size = (size_t)sb.st_size;
-  void *p = mmap(NULL, r->size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  /* Populated: the ops that write into it would otherwise take its page faults, one per page
+   * on first touch (and par__copy_big's first pieces would time them). */
+  void *p = mmap(NULL, r->size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
   close(fd);
   if (p == MAP_FAILED) {
     int e = errno;

@@ -270,10 +270,14 @@ static par_status allreduce_zc(shm_state *st, const shm_waitctx *wc, const par__
       for (int j = 0; j < st->n; j++) st->srcs[j] = b->src[j] + c * es;
       par__reduce(acc, st->srcs, st->n, m, op->dt, op->op, st->n);
       for (int k = direct; k < st->n; k++) {
-        int j = (st->me + k) % st->n;
-        put(big, b->dst[j] + c * es, acc, m * es);
+        char *to = b->dst[(st->me + k) % st->n] + c * es;
+        if (big > 1)
+          par__copy_big_unfenced(to, acc, m * es);
+        else
+          put(big, to, acc, m * es);
       }
     }
+    par__copy_fence(); /* the batch's non-temporal stores, once, before the gates and posts */
     for (int k = 1; k < st->n; k++) par__shm_zgate_leave(st, (st->me + k) % st->n);
   }
   PAR_FORWARD_IF_ERROR(par__shm_wait_all(st, wc, post_next(st)));
