@@ -13,7 +13,10 @@ prints par/MPI, par/Gloo and par/bound per op and size, then every target of the
 issue with its verdict. A --check pass runs every side once more on exact inputs and counts
 wrong elements. bench/stream.c measures the memory bandwidth before and after; the bound of an
 all-reduce follows from it: n ranks of S bytes must at least read every input and write every
-output once, 2*n*S bytes, so t >= 2*n*S / (the run's best 2-thread copy rate).
+output once, 2*n*S bytes, so t >= 2*n*S / (the run's best 2-thread copy rate). A short copy
+run before each repetition's launches at each rank count also gives the bound of that moment,
+and with it the (pairs) ratio to the bound, as the other sides' pairs: the VM's memory moves
+tens of percent within minutes.
 bench/handover.c records, before each repetition and after the last, how fast the cores pass
 data between them (a cache line's round trip, a 256 KiB block's handover): on a VM the host may
 move the virtual CPUs apart mid-run, and par's segment paths slow down with it.
@@ -341,6 +344,21 @@ def run_stream(progs, args):
     return [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
 
 
+def run_copy_rate(progs):
+    """The best 2-thread (1 on one CPU) copy rate in GB/s right now, from a short stream run;
+    None where it failed (the figure sharpens the bound, the run does not depend on it)."""
+    threads = "2" if (os.cpu_count() or 1) >= 2 else "1"
+    proc = subprocess.run([progs["stream"], "--json", "--mib", "128", "--reps", "4",
+                           "--threads", threads],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith("{") and proc.returncode == 0:
+            s = json.loads(line)
+            if s["kernel"] == "copy":
+                return dict(s, when="rep")
+    return None
+
+
 def run_handover(progs):
     """bench/handover.c: the cores' cache-line round trip and 256 KiB handover rate, or None
     (fewer than 2 CPUs, or it failed: the figure is a diagnostic, not a verdict)."""
@@ -362,9 +380,13 @@ def compare(args, progs, result):
     loads = [load1()]
     failures = []
     handover = []  # before each repetition and after the last
+    rates = []  # the copy rate before each repetition's launches at each rank count
     for rep in range(args.reps):
         handover.append(dict(run_handover(progs) or {}, rep=rep + 1))
         for ni, n in enumerate(args.ranks):
+            rate = run_copy_rate(progs)
+            if rate:
+                rates.append(dict(rate, rep=rep, ranks=n))
             k = (rep + ni) % len(impls)
             took = []
             for impl in impls[k:] + impls[:k]:
@@ -381,6 +403,7 @@ def compare(args, progs, result):
 
     handover.append(dict(run_handover(progs) or {}, rep="after"))
     result["handover"] = handover
+    result["rep_copy"] = rates
 
     # The check pass: each side verifies one op per case, same ops and sizes.
     wrong = {impl: 0 for impl in impls}
@@ -416,6 +439,16 @@ def pair_median(samples, a, b):
     return statistics.median(pairs) if pairs else None
 
 
+def bound_pair_median(samples, key, rates):
+    """The median over repetitions of the time over the bound at the copy rate measured just
+    before that repetition's launches at this rank count (key: (impl, n, op, size))."""
+    n, size = key[1], key[3]
+    at = {r["rep"]: r["best_gbs"] for r in rates if r["ranks"] == n}
+    d = samples.get(key, {})
+    pairs = [d[k] / (2.0 * size * n / (at[k] * 1e9) * 1e6) for k in sorted(d) if at.get(k)]
+    return statistics.median(pairs) if pairs else None
+
+
 def summarize(args, samples, bw_gbs, result):
     rows = []
     for n in args.ranks:
@@ -442,6 +475,9 @@ def summarize(args, samples, bw_gbs, result):
                 for impl, key in (("par", "par_bound"), ("par-zc", "par_zc_bound")):
                     row[key] = (t[impl] / row["bound_us"] if row["bound_us"] and t[impl]
                                 else None)
+                    row[key + "_pairs"] = (bound_pair_median(samples, (impl,) + k,
+                                                             result.get("rep_copy", []))
+                                           if row["bound_us"] else None)
                 for impl in IMPL_NAMES:
                     d = samples.get((impl,) + k, {})
                     row[impl.replace("-", "_") + "_samples"] = [d[r] for r in sorted(d)]
@@ -502,21 +538,25 @@ def print_header(result, args):
 
 def print_table(rows, result):
     print("#")
-    print("# %5s  %-14s  %6s  %9s  %9s  %9s  %7s  %7s  %8s  %7s  %9s  %9s  %9s  %8s" %
-          ("ranks", "op", "size", "par(us)", "mpi(us)", "gloo(us)", "par/mpi", "(pairs)",
-           "par/gloo", "(pairs)", "bound(us)", "par/bound", "zc(us)", "zc/bound"))
+    print("# %5s  %-14s  %6s  %9s  %9s  %9s  %7s  %7s  %8s  %7s  %9s  %9s  %7s  %9s  %8s  %7s"
+          % ("ranks", "op", "size", "par(us)", "mpi(us)", "gloo(us)", "par/mpi", "(pairs)",
+             "par/gloo", "(pairs)", "bound(us)", "par/bound", "(pairs)", "zc(us)", "zc/bound",
+             "(pairs)"))
 
     def f(v, fmt="%.3f"):
         return "-" if v is None else fmt % v
     for r in rows:
         gloo = fmt_us(r["gloo_us"]) + ("*" if r["gloo_emulated"] else "")
-        print("  %5d  %-14s  %6s  %9s  %9s  %9s  %7s  %7s  %8s  %7s  %9s  %9s  %9s  %8s" %
-              (r["ranks"], r["op"], fmt_size(r["bytes"]), fmt_us(r["par_us"]),
-               fmt_us(r["mpi_us"]), gloo, f(r["mpi_ratio"]), f(r["mpi_pair_ratio"]),
-               f(r["gloo_ratio"]), f(r["gloo_pair_ratio"]), fmt_us(r["bound_us"]),
-               f(r["par_bound"], "%.2f"), fmt_us(r["par_zc_us"]), f(r["par_zc_bound"], "%.2f")))
-    notes = ["# (pairs): the median of the ratios within each repetition; the verdicts use the "
-             "ratio of the medians", "# zc: parbench --zero-copy (par_alloc buffers), "
+        print("  %5d  %-14s  %6s  %9s  %9s  %9s  %7s  %7s  %8s  %7s  %9s  %9s  %7s  %9s  %8s  %7s"
+              % (r["ranks"], r["op"], fmt_size(r["bytes"]), fmt_us(r["par_us"]),
+                 fmt_us(r["mpi_us"]), gloo, f(r["mpi_ratio"]), f(r["mpi_pair_ratio"]),
+                 f(r["gloo_ratio"]), f(r["gloo_pair_ratio"]), fmt_us(r["bound_us"]),
+                 f(r["par_bound"], "%.2f"), f(r.get("par_bound_pairs"), "%.2f"),
+                 fmt_us(r["par_zc_us"]), f(r["par_zc_bound"], "%.2f"),
+                 f(r.get("par_zc_bound_pairs"), "%.2f")))
+    notes = ["# (pairs): the median of the ratios within each repetition (for the bound: at the "
+             "copy rate measured", "#   just before that repetition's launches); the verdicts "
+             "use the ratio of the medians", "# zc: parbench --zero-copy (par_alloc buffers), "
              "all-reduce at 64 MiB only; Gloo's all-reduce and broadcast run in place "
              "(its API), the others out of place as par's and MPI's"]
     if result["gloo_emulated"]:
@@ -538,12 +578,16 @@ def print_targets(targets):
                t["limit"], t["verdict"] + (" (%s)" % t["why"] if t["why"] else "")))
 
 
-def print_stream(stream, bw_gbs, bw_threads, llc, ranks):
+def print_stream(stream, bw_gbs, bw_threads, llc, ranks, rates):
     print("#")
     print("# memory bandwidth (bench/stream.c, 3 x 128 MiB arrays; best / median GB/s):")
     for s in stream:
         print("#   %-5s %d thread(s): %6.2f / %6.2f  [%s]" %
               (s["kernel"], s["threads"], s["best_gbs"], s["median_gbs"], s["when"]))
+    if rates:
+        print("#   copy  %d thread(s), best, before each repetition's launches (ranks: GB/s): %s"
+              % (rates[0]["threads"], ", ".join("%d: %.1f" % (r["ranks"], r["best_gbs"])
+                                                for r in rates)))
     print("# bound: an n-rank all-reduce of S bytes reads every input and writes every output at")
     print("#   least once, 2*n*S bytes, so t >= 2*n*S / %.2f GB/s (the best %d-thread copy rate"
           % (bw_gbs, bw_threads))
@@ -801,7 +845,7 @@ def main(argv):
     # The bound's bandwidth is the best 2-thread copy rate of this run, before or after (the
     # issue's definition; the highest rate gives the lowest, hence safe, bound).
     bw_threads = min(2, max(s["threads"] for s in stream))
-    bw_gbs = max(s["best_gbs"] for s in stream
+    bw_gbs = max(s["best_gbs"] for s in stream + result.get("rep_copy", [])
                  if s["kernel"] == "copy" and s["threads"] == bw_threads)
     result.update(stream=stream, bandwidth_gbs=bw_gbs, bandwidth_threads=bw_threads)
 
@@ -810,7 +854,8 @@ def main(argv):
     print_header(result, args)
     print_table(rows, result)
     print_targets(targets)
-    print_stream(stream, bw_gbs, bw_threads, result["llc_bytes"], args.ranks)
+    print_stream(stream, bw_gbs, bw_threads, result["llc_bytes"], args.ranks,
+                 result.get("rep_copy", []))
     print_handover(result.get("handover", []))
 
     n_pass = sum(1 for t in targets if t["verdict"] == "PASS")

@@ -3,7 +3,8 @@
 # table has every op at 1 MiB and the all-reduce at 8 B and 64 MiB with par's times, the MPI
 # column where an MPI is installed and the Gloo column where an interpreter has torch (else
 # n/a with the reason), every one of the issue's 32 targets is listed with a verdict, --check
-# finds 0 wrong elements on every side, the bound uses a 2-thread copy rate, and compare.json
+# finds 0 wrong elements on every side, the bound uses a 2-thread copy rate (with its pairs at the
+# rate measured before the repetition), and compare.json
 # records the machine (CPU, cores, caches) and the cores' handover (bench/handover.c). Then the Gloo side's own checks: gloo_bench.py's
 # --check catches an injected fault, and an interpreter without torch gives "n/a", not a crash.
 set -u
@@ -105,6 +106,20 @@ if "# par read: " not in text or "# par's shm tuning: chunk " not in text:
     bad.append("the header does not give par's reading of the machine and its tuning")
 if r["bandwidth_threads"] != min(2, m["cores"]) or not r["bandwidth_gbs"] > 0:
     bad.append(f"bound bandwidth {r['bandwidth_gbs']} at {r['bandwidth_threads']} threads")
+# The copy rate of the moment, before the repetition's launches, and the bound's pairs from it:
+# one repetition, so each is that launch's time over the bound at that rate, and the run's
+# bound (its best rate) is at most that bound.
+rc_ = [x for x in r.get("rep_copy", []) if x["ranks"] == 2]
+if len(rc_) != 1 or not rc_[0]["best_gbs"] > 0 or rc_[0]["best_gbs"] > r["bandwidth_gbs"]:
+    bad.append(f"copy rate before the repetition: {r.get('rep_copy')}")
+elif ar:
+    at = 2.0 * (64 << 20) * 2 / (rc_[0]["best_gbs"] * 1e9) * 1e6
+    for key, us in (("par_bound_pairs", ar.get("par_us")), ("par_zc_bound_pairs",
+                                                            ar.get("par_zc_us"))):
+        if not us or abs((ar.get(key) or 0) - us / at) > 1e-6 * us / at:
+            bad.append(f"64 MiB all-reduce {key} {ar.get(key)}, expected {us and us / at}")
+if "before each repetition's launches" not in text:
+    bad.append("the copy rates of the repetitions are not printed")
 # The cores' handover: before the repetition and after it, where there are 2 CPUs to pass
 # data between.
 h = [x for x in r["handover"] if "round_trip_ns" in x]
