@@ -290,8 +290,9 @@ void par__copy_out(void *dst, const void *src, size_t n);
 /* memcpy with non-temporal stores (reduce.c). dst and src must not overlap. */
 void par__copy_stream(void *dst, const void *src, size_t n);
 /* Copies a piece of an op's large output with whichever of par__copy_out and
- * par__copy_stream this process measured faster on its first pieces (PAR_SHM_STREAM forces
- * one). dst and src must not overlap. Thread-safe. */
+ * par__copy_stream this process measured faster on 32 pieces once it had written twice its
+ * L3 this way (PAR_SHM_STREAM forces one; reduce.c). dst and src must not overlap.
+ * Thread-safe. */
 void par__copy_big(void *dst, const void *src, size_t n);
 /* par__copy_big without the fence that ends a non-temporal copy: for many small pieces in a
  * row, whose writer calls par__copy_fence once before anyone may read them. */
