@@ -233,7 +233,8 @@ static par_status gather_shares(shm_state *st, const shm_waitctx *wc, const par_
  * much again). Works in place: share i of every buffer is read and written only by member i,
  * which reads a chunk of it from all inputs before it writes that chunk anywhere. The wait
  * for everyone's post at the end is the op's last synchronisation: after it no member touches
- * another's buffers.
+ * another's buffers. Only for all-reduces of at least SHM_ZC_MIN bytes, for which every member
+ * has opened its zgate (par__shm_collective).
  */
 static par_status allreduce_zc(shm_state *st, const shm_waitctx *wc, const par__op *op,
                                const shm_bufs *b) {
@@ -344,7 +345,7 @@ static par_status allreduce_sc(shm_state *st, const shm_waitctx *wc, const par__
                                shm_bufs *b) {
   size_t es = par_dtype_size(op->dt), bytes = op->count * es, lo, hi;
   PAR_FORWARD_IF_ERROR(sc_publish(st, wc, op, bytes, bytes, b, NULL, NULL, 0));
-  if (shm_bufs_all(b, st->n)) return allreduce_zc(st, wc, op, b);
+  if (bytes >= SHM_ZC_MIN && shm_bufs_all(b, st->n)) return allreduce_zc(st, wc, op, b);
   const char *in = op->sendbuf;
   char *out = op->recvbuf;
   int s, inplace = op->sendbuf == op->recvbuf;
@@ -755,14 +756,14 @@ par_status par__shm_collective(par_group *g, shm_state *st, const par__op *op) {
     case PAR__REDUCE: {
       int all = op->kind == PAR__ALLREDUCE;
       if (bytes <= SHM_TINY_MAX) return reduce_tiny(st, &wc, op, all);
-      if (all && st->cma && bytes >= p->cma_reduce_min && bytes <= p->cma_reduce_max)
-        return allreduce_sc(st, &wc, op, b);
-      /* An all-reduce that may take zero copy opens this member's output to the others'
-       * writes for the op (the zgate, shm.h). */
+      /* An all-reduce that may take zero copy, on any of the paths below, opens this member's
+       * output to the others' writes for the op (the zgate, shm.h). */
       int gated = all && bytes >= SHM_ZC_MIN;
       if (gated) par__shm_zgate_open(st, op->seq);
       par_status r;
-      if (st->n <= 2 || (bytes <= p->small_max && bytes <= chunk)) {
+      if (all && st->cma && bytes >= p->cma_reduce_min && bytes <= p->cma_reduce_max) {
+        r = allreduce_sc(st, &wc, op, b);
+      } else if (st->n <= 2 || (bytes <= p->small_max && bytes <= chunk)) {
         /* Timed with 2 members, where each reduces its one peer's staging. */
         stage_for(st, bytes, bytes < chunk ? bytes : chunk, st->n == 2 ? SHM_READ_REDUCE : -1);
         r = reduce_direct(st, &wc, op, b);
