@@ -347,7 +347,7 @@ def run_stream(progs, args):
 def run_copy_rate(progs):
     """The best 2-thread (1 on one CPU) copy rate in GB/s right now, from a short stream run;
     None where it failed (the figure sharpens the bound, the run does not depend on it)."""
-    threads = "2" if (os.cpu_count() or 1) >= 2 else "1"
+    threads = "2" if (os.cpu_count() or 2) >= 2 else "1"  # as run_stream counts CPUs
     proc = subprocess.run([progs["stream"], "--json", "--mib", "128", "--reps", "4",
                            "--threads", threads],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
