@@ -272,6 +272,9 @@ void par__shm_gate_close(shm_state *st, int writer, uint64_t seq) {
 
 static uint64_t zgate_word(uint64_t seq) { return seq << 16; }
 
+/* 1 when gate word v is for op seq, whatever its flags and count. */
+static int zgate_of(uint64_t v, uint64_t seq) { return (v & ~(uint64_t)0xFFFF) == zgate_word(seq); }
+
 void par__shm_zgate_open(shm_state *st, uint64_t seq) {
   atomic_store(&st->ctrl[st->me].zgate, zgate_word(seq));
 }
@@ -280,7 +283,7 @@ void par__shm_zgate_close(shm_state *st, uint64_t seq, int failed) {
   _Atomic uint64_t *gate = &st->ctrl[st->me].zgate;
   const uint64_t inside = SHM_ZGATE_INSIDE;
   uint64_t v = atomic_fetch_or(gate, SHM_ZGATE_CLOSED | (failed ? SHM_ZGATE_FAILED : 0));
-  for (int spins = 0; (v & ~(uint64_t)0xFFFF) == zgate_word(seq) && (v & inside); spins++) {
+  for (int spins = 0; zgate_of(v, seq) && (v & inside); spins++) {
     /* Writers stay inside for a batch, well under a millisecond; only the death of as many
      * members as are inside ends the wait early. */
     if (spins > 100) {
@@ -297,7 +300,7 @@ int par__shm_zgate_enter(shm_state *st, int j, uint64_t seq) {
   _Atomic uint64_t *gate = &st->ctrl[j].zgate;
   uint64_t v = atomic_load(gate);
   for (;;) {
-    if ((v & ~(uint64_t)0xFFFF) != zgate_word(seq) || (v & SHM_ZGATE_CLOSED)) return 0;
+    if (!zgate_of(v, seq) || (v & SHM_ZGATE_CLOSED)) return 0;
     if (atomic_compare_exchange_weak(gate, &v, v + 1)) return 1;
   }
 }
@@ -306,7 +309,7 @@ void par__shm_zgate_leave(shm_state *st, int j) { atomic_fetch_sub(&st->ctrl[j].
 
 int par__shm_zgate_failed(shm_state *st, int j, uint64_t seq) {
   uint64_t v = atomic_load(&st->ctrl[j].zgate);
-  return (v & ~(uint64_t)0xFFFF) == zgate_word(seq) && (v & SHM_ZGATE_FAILED);
+  return zgate_of(v, seq) && (v & SHM_ZGATE_FAILED);
 }
 
 par_status par__shm_gate_write(shm_state *st, const shm_waitctx *wc, int j, uint64_t seq,

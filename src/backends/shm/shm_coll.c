@@ -283,9 +283,8 @@ static par_status allreduce_zc(shm_state *st, const shm_waitctx *wc, const par__
   }
   PAR_FORWARD_IF_ERROR(par__shm_wait_all(st, wc, post_next(st)));
   /* Everyone posted, but one may have given up on this member meanwhile (the zgate, shm.h). */
-  for (int k = 1; k < st->n; k++)
-    if (par__shm_zgate_failed(st, (st->me + k) % st->n, op->seq))
-      return par__shm_left_op(st, wc, (st->me + k) % st->n);
+  for (int j = 0; j < st->n; j++)
+    if (j != st->me && par__shm_zgate_failed(st, j, op->seq)) return par__shm_left_op(st, wc, j);
   round_end(st);
   return PAR_OK;
 }
