@@ -275,6 +275,18 @@ void par__reduce(void *dst, const void *const *src, int nsrc, size_t count, par_
                  par_op op, int divisor);
 
 /*
+ * par__reduce's result written to each of dst[0..ndst), with non-temporal stores left
+ * unfenced when `stream` (the caller calls par__copy_fence before anyone may read them), else
+ * with ordinary stores. It reduces and writes a few hundred bytes at a time, so that the loads
+ * and the stores overlap in the memory system: for outputs far larger than the caches, where
+ * reducing a large block and then copying it out leaves the memory idle in turns. A
+ * destination may be a source only at the same elements (in place): each block is read from
+ * every source before it is written anywhere.
+ */
+void par__reduce_to(void *const *dst, int ndst, const void *const *src, int nsrc,
+                    size_t count, par_dtype dt, par_op op, int divisor, int stream);
+
+/*
  * memcpy for the data path (staging into the segment, copying out of it, send/recv slots):
  * memcpy itself, except where the destination lies just past the source modulo a page
  * ((dst - src) mod 4096 < 64) and the machine measured the store loop faster there
@@ -294,6 +306,9 @@ void par__copy_stream(void *dst, const void *src, size_t n);
  * L3 this way (PAR_SHM_STREAM forces one; reduce.c). dst and src must not overlap.
  * Thread-safe. */
 void par__copy_big(void *dst, const void *src, size_t n);
+/* How par__copy_big writes: 0 not decided yet (still timing, or not begun), 1 the store
+ * loop, 2 non-temporal stores. */
+int par__copy_big_choice(void);
 /* par__copy_big without the fence that ends a non-temporal copy: for many small pieces in a
  * row, whose writer calls par__copy_fence once before anyone may read them. */
 void par__copy_big_unfenced(void *dst, const void *src, size_t n);

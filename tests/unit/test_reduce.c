@@ -346,6 +346,64 @@ static void test_in_place(void **state) {
   par__reduce_force_portable(0);
 }
 
+/*
+ * par__reduce_to: every destination gets the reference's bits, nothing past its end is
+ * written, with ordinary and non-temporal stores, at destinations 8 bytes off alignment, and
+ * with the first destination being the first source (in place).
+ */
+static void check_reduce_to(const char *what) {
+  enum { NDST = 3, GUARD = 64 };
+  for (size_t d = 0; d < 8; d++) {
+    par_dtype dt = all_dtypes[d];
+    size_t es = par_dtype_size(dt);
+    for (size_t o = 0; o < 5; o++) {
+      for (size_t s = 0; s < 5; s++) {
+        for (size_t c = 0; c < 5; c++) {
+          for (int mode = 0; mode < 4; mode++) { /* bit 0: stream; bit 1: in place */
+            int nsrc = nsrcs[s], stream = mode & 1, in_place = mode >> 1;
+            size_t count = counts[c], bytes = count * es;
+            bufs b;
+            bufs_alloc(&b, count, dt);
+            for (int k = 0; k < nsrc; k++) fill(b.src[k], count, dt, 1);
+            ref_reduce(b.ref, b.src, nsrc, count, dt, all_ops[o], nsrc);
+            unsigned char *mem[NDST];
+            void *dst[NDST];
+            const void *srcs[8];
+            for (int k = 0; k < nsrc; k++) srcs[k] = b.src[k];
+            for (int k = 0; k < NDST; k++) {
+              assert_non_null(mem[k] = malloc(8 * k + bytes + GUARD));
+              memset(mem[k], 0xa5, 8 * k + bytes + GUARD);
+              dst[k] = mem[k] + 8 * k;
+            }
+            if (in_place) {
+              memcpy(dst[0], b.src[0], bytes);
+              srcs[0] = dst[0];
+            }
+            par__reduce_to(dst, NDST, srcs, nsrc, count, dt, all_ops[o], nsrc, stream);
+            par__copy_fence();
+            for (int k = 0; k < NDST; k++) {
+              expect_same(dst[k], b.ref, count, dt, all_ops[o], nsrc, what);
+              for (size_t i = 0; i < 8 * (size_t)k; i++) assert_int_equal(mem[k][i], 0xa5);
+              for (size_t i = 0; i < GUARD; i++)
+                assert_int_equal(mem[k][8 * k + bytes + i], 0xa5);
+              free(mem[k]);
+            }
+            bufs_free(&b);
+          }
+        }
+      }
+    }
+  }
+}
+
+static void test_reduce_to(void **state) {
+  (void)state;
+  check_reduce_to("reduce_to");
+  par__reduce_force_portable(1);
+  check_reduce_to("reduce_to (portable)");
+  par__reduce_force_portable(0);
+}
+
 /* One call over [0, count) and calls over pieces split at odd points give the same bits. */
 static void check_chunking(par_dtype dt, const char *what) {
   static const size_t cuts[] = {0, 1, 4, 7, 518, 1023, 1024, 1025, 3001, 4097, 8191, 10007};
@@ -760,6 +818,7 @@ int main(void) {
       cmocka_unit_test(test_matrix),
       cmocka_unit_test(test_matrix_portable),
       cmocka_unit_test(test_in_place),
+      cmocka_unit_test(test_reduce_to),
       cmocka_unit_test(test_chunking_invariance),
       cmocka_unit_test(test_integer_wraparound),
       cmocka_unit_test(test_min_max_signedness),

@@ -531,6 +531,7 @@ static void shm_fini(par_group *g) {
   if (st->base) munmap(st->base, st->size);
   if (!st->unlinked && st->me == 0 && st->n > 1) shm_unlink(st->name);
   free(st->srcs);
+  free(st->dsts);
   free(st->bufs.src);
   free(st->bufs.dst);
   free(st->bufs.inplace);
@@ -548,13 +549,14 @@ static par_status shm_init(par_group *g) {
   st->me = g->index;
   atomic_store(&st->sleeping_on, -1);
   st->srcs = calloc((size_t)g->n, sizeof(void *));
+  st->dsts = calloc((size_t)g->n, sizeof(void *));
   shm_bufs *b = &st->bufs;
   b->src = calloc((size_t)g->n, sizeof(char *));
   b->dst = calloc((size_t)g->n, sizeof(char *));
   b->inplace = calloc((size_t)g->n, 1);
   b->asrc = calloc((size_t)g->n, sizeof(uint64_t));
   b->adst = calloc((size_t)g->n, sizeof(uint64_t));
-  if (!st->srcs || !b->src || !b->dst || !b->inplace || !b->asrc || !b->adst) {
+  if (!st->srcs || !st->dsts || !b->src || !b->dst || !b->inplace || !b->asrc || !b->adst) {
     shm_fini(g);
     return par__error(PAR_ERR_NOMEM, "shm: out of memory");
   }

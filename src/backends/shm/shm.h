@@ -202,6 +202,7 @@ typedef struct shm_state {
   _Atomic int sleeping_on; /* the bell this process's waiting thread sleeps on, or -1 */
   int ring_due;            /* a post's ring is still to be done (par__shm_settle) */
   const void **srcs;       /* n pointers, scratch for reductions */
+  void **dsts;             /* n pointers, scratch for reductions' outputs */
   shm_bufs bufs;           /* the members' buffers in the running op (shm_coll.c) */
   int cma;                 /* every member can read every other's memory (process_vm_readv) */
   shm_paths paths;         /* the group's algorithm thresholds, from the header */

@@ -238,20 +238,20 @@ static par_status gather_shares(shm_state *st, const shm_waitctx *wc, const par_
  */
 static par_status allreduce_zc(shm_state *st, const shm_waitctx *wc, const par__op *op,
                                const shm_bufs *b) {
-  /* Pieces of 4 KiB, which the copies read from the L1d right after the reduction wrote
-   * them, while the outputs' write streams stay short. 2 ranks on the Zen 5 VM, 4 MiB / 64 MiB:
-   * 512 KiB pieces 247-275 us / 5.2-5.6 ms, 48 KiB 180-213 / 4.6-6.0, 4 KiB 118-128 / 4.5
-   * (two threads doing the same in one process: 48 KiB 3.5-3.75 ms, 4 KiB 2.75, 2 KiB 2.49,
-   * one fused pass 2.3-2.5). */
   size_t es = par_dtype_size(op->dt), lo, hi;
-  size_t per = (SHM_ZC_PIECE < st->hdr->chunk ? SHM_ZC_PIECE : st->hdr->chunk) / es;
   int s;
   PAR_FORWARD_IF_ERROR(round_begin(st, wc, 1, &s));
   share(op->count, es, st->n, st->me, &lo, &hi);
   int big = big_out(st, op->count * es);
-  /* Small outputs are reduced straight into this member's own (unless in place past member
-   * 0: the kernel overwrites its output before it reads a later input); the rest through a
-   * cached chunk of the segment's result area, copied out with the large-output copy. */
+  /* Outputs that stream to memory (big > 1) are reduced and written out a few hundred bytes
+   * at a time (par__reduce_to), once par__copy_big has chosen how to write them: 8 members
+   * at 64 MiB on the Zen 5 VM, 23.7-27.7 ms -> 17.3-23.6, 2 members 4.1-4.6 -> 3.8-4.3.
+   * Until then, and for smaller outputs, pieces of 4 KiB: reduced straight into this
+   * member's own output (unless in place past member 0: the kernel overwrites its output
+   * before it reads a later input) or into a cached chunk of the segment's result area, then
+   * copied out. There that is faster (2 members, 1 MiB, 26 against 30-35 us): the reduction
+   * writes into the output itself, and the copies read a whole piece from the L1d. */
+  size_t per = (SHM_ZC_PIECE < st->hdr->chunk ? SHM_ZC_PIECE : st->hdr->chunk) / es;
   int direct = !big && (!b->inplace[st->me] || st->me == 0);
   char *tmp = shm_area(st, st->me, s, 1);
   size_t batch = SHM_GATE_PIECE / es;
@@ -265,7 +265,15 @@ static par_status allreduce_zc(shm_state *st, const shm_waitctx *wc, const par__
       while (--in >= 1) par__shm_zgate_leave(st, (st->me + in) % st->n);
       return par__shm_left_op(st, wc, gone);
     }
-    for (size_t c = b0; c < b1; c += per) {
+    int how = big > 1 ? par__copy_big_choice() : 0;
+    for (int j = 0; how && j < st->n; j++) {
+      st->srcs[j] = b->src[j] + b0 * es;
+      st->dsts[j] = b->dst[(st->me + j) % st->n] + b0 * es;
+    }
+    if (how)
+      par__reduce_to(st->dsts, st->n, st->srcs, st->n, b1 - b0, op->dt, op->op, st->n,
+                     how == 2);
+    for (size_t c = b0; !how && c < b1; c += per) {
       size_t m = b1 - c < per ? b1 - c : per;
       char *acc = direct ? b->dst[st->me] + c * es : tmp;
       for (int j = 0; j < st->n; j++) st->srcs[j] = b->src[j] + c * es;
