@@ -90,7 +90,7 @@ static ALWAYS_INLINE void copy_stream_body(void *dst, const void *src, size_t n)
   const char *s = src;
   size_t head = (16 - ((uintptr_t)d & 15)) & 15;
   if (head > n) head = n;
-  memcpy(d, s, head);
+  if (head) memcpy(d, s, head); /* a call, rare: not per block of par__reduce_to */
   d += head, s += head, n -= head;
   for (; n >= 64; n -= 64, d += 64, s += 64) {
     __m128i a = _mm_loadu_si128((const __m128i *)s);
@@ -102,7 +102,7 @@ static ALWAYS_INLINE void copy_stream_body(void *dst, const void *src, size_t n)
     _mm_stream_si128((__m128i *)(d + 32), c);
     _mm_stream_si128((__m128i *)(d + 48), e);
   }
-  memcpy(d, s, n);
+  if (n) memcpy(d, s, n);
 #else
   memcpy(dst, src, n);
 #endif
@@ -125,7 +125,7 @@ static ALWAYS_INLINE void copy_store_body(void *dst, const void *src, size_t n) 
     _mm_storeu_si128((__m128i *)(d + 32), c);
     _mm_storeu_si128((__m128i *)(d + 48), e);
   }
-  memcpy(d, s, n);
+  if (n) memcpy(d, s, n);
 #else
   memcpy(dst, src, n);
 #endif
@@ -417,8 +417,15 @@ typedef void (*driver_fn)(void *dst, const void *const *src, int nsrc, size_t co
     _Alignas(64) ACC_T buf[ACC_IS_DST ? 1 : B];                                                \
     ACC_T *acc = ACC_IS_DST ? (ACC_T *)(void *)dst : buf;                                      \
     const int in_place = 0;                                                                    \
-    for (size_t off = 0; off < count; off += B) {                                              \
-      const size_t n = count - off < (size_t)B ? count - off : (size_t)B;                      \
+    size_t off = 0;                                                                            \
+    for (; count - off >= (size_t)B; off += B) { /* whole blocks: n a constant, unrolled */    \
+      const size_t n = B;                                                                      \
+      REDUCE_BLOCK(K, IN_T, ACC_T, OUT_T, FINISH);                                             \
+      for (int d = 0; d < ndst; d++)                                                           \
+        store_block((IN_T *)dstv[d] + off, dst, sizeof dst, stream);                           \
+    }                                                                                          \
+    if (off < count) {                                                                         \
+      const size_t n = count - off;                                                            \
       REDUCE_BLOCK(K, IN_T, ACC_T, OUT_T, FINISH);                                             \
       for (int d = 0; d < ndst; d++)                                                           \
         store_block((IN_T *)dstv[d] + off, dst, n * sizeof(IN_T), stream);                     \
