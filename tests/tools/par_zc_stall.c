@@ -6,7 +6,10 @@
  * the op; a child of that rank resumes it 1.5 s later. The others, when their op fails, fill
  * their output with 0x5A, wait 3 s (the stopped rank resumes meanwhile) and print how many of
  * its bytes changed: the members write into each other's outputs, and none may do so after
- * the owner's op returned. Each rank prints its status.
+ * the owner's op returned. Each rank prints its status. With a third argument DIE of 1 (and
+ * 3 ranks or more), rank 1 ends its process 0.1 s after the stop, while it waits for the
+ * stopped rank: rank 0 then closes its zgate with one member dead, outside every gate, and
+ * one stopped inside, and must wait for the stopped one all the same.
  */
 #include <par.h>
 #include <pthread.h>
@@ -24,6 +27,12 @@ static void sleep_s(double s) {
   nanosleep(&t, NULL);
 }
 
+static void *dier(void *arg) {
+  (void)arg;
+  sleep_s(delay + 0.1);
+  _exit(0);
+}
+
 static void *stopper(void *arg) {
   (void)arg;
   pid_t me = getpid();
@@ -38,11 +47,12 @@ static void *stopper(void *arg) {
 }
 
 int main(int argc, char **argv) {
-  if (argc != 3) {
-    fprintf(stderr, "usage: par_zc_stall DELAY_S MIB\n");
+  if (argc != 3 && argc != 4) {
+    fprintf(stderr, "usage: par_zc_stall DELAY_S MIB [DIE]\n");
     return 2;
   }
   delay = atof(argv[1]);
+  int die = argc == 4 && atoi(argv[3]) == 1;
   size_t bytes = (size_t)atoi(argv[2]) << 20, count = bytes / sizeof(float);
   par_world *w;
   if (par_world_create(NULL, &w) != PAR_OK) {
@@ -64,6 +74,7 @@ int main(int argc, char **argv) {
   par_group_set_timeout(g, 0.3);
   pthread_t t;
   if (me == last) pthread_create(&t, NULL, stopper, NULL);
+  if (die && me == 1 && me != last) pthread_create(&t, NULL, dier, NULL);
   par_status s = par_allreduce(g, in, out, count, PAR_F32, PAR_SUM);
   if (me == last) pthread_join(t, NULL);
   printf("rank %d: %s%s%s\n", me, par_status_name(s), s == PAR_OK ? "" : ": ",

@@ -285,10 +285,11 @@ void par__shm_zgate_close(shm_state *st, uint64_t seq, int failed) {
   uint64_t v = atomic_fetch_or(gate, SHM_ZGATE_CLOSED | (failed ? SHM_ZGATE_FAILED : 0));
   for (int spins = 0; zgate_of(v, seq) && (v & inside); spins++) {
     /* Writers stay inside for a batch, well under a millisecond; only the death of as many
-     * members as are inside ends the wait early. */
+     * writers as are inside, among those writing in this op, ends the wait early. */
     if (spins > 100) {
       uint64_t dead = 0;
-      for (int j = 0; j < st->n; j++) dead += j != st->me && peer_dead(st, j);
+      for (int j = 0; j < st->n; j++)
+        dead += j != st->me && atomic_load(&st->ctrl[j].zwriting) == seq + 1 && peer_dead(st, j);
       if ((v & inside) <= dead) return;
     }
     gate_backoff(spins);
@@ -296,7 +297,7 @@ void par__shm_zgate_close(shm_state *st, uint64_t seq, int failed) {
   }
 }
 
-int par__shm_zgate_enter(shm_state *st, int j, uint64_t seq) {
+static int zgate_enter(shm_state *st, int j, uint64_t seq) {
   _Atomic uint64_t *gate = &st->ctrl[j].zgate;
   uint64_t v = atomic_load(gate);
   for (;;) {
@@ -305,7 +306,24 @@ int par__shm_zgate_enter(shm_state *st, int j, uint64_t seq) {
   }
 }
 
-void par__shm_zgate_leave(shm_state *st, int j) { atomic_fetch_sub(&st->ctrl[j].zgate, 1); }
+/* The flag goes up before the first gate is entered and down after the last is left, so a
+ * writer that died inside a gate is always counted; one that died with the flag up but
+ * outside every gate is counted too, in that instant. */
+int par__shm_zgates_enter(shm_state *st, uint64_t seq) {
+  atomic_store(&st->ctrl[st->me].zwriting, seq + 1);
+  int in = 1;
+  while (in < st->n && zgate_enter(st, (st->me + in) % st->n, seq)) in++;
+  if (in == st->n) return -1;
+  int gone = (st->me + in) % st->n;
+  while (--in >= 1) atomic_fetch_sub(&st->ctrl[(st->me + in) % st->n].zgate, 1);
+  atomic_store(&st->ctrl[st->me].zwriting, 0);
+  return gone;
+}
+
+void par__shm_zgates_leave(shm_state *st) {
+  for (int k = 1; k < st->n; k++) atomic_fetch_sub(&st->ctrl[(st->me + k) % st->n].zgate, 1);
+  atomic_store(&st->ctrl[st->me].zwriting, 0);
+}
 
 int par__shm_zgate_failed(shm_state *st, int j, uint64_t seq) {
   uint64_t v = atomic_load(&st->ctrl[j].zgate);

@@ -22,7 +22,7 @@
 #include "coll/group.h"
 
 #define SHM_MAGIC 0x7061722d73686d31ull /* "par-shm1" */
-#define SHM_VERSION 10
+#define SHM_VERSION 11
 #define SHM_LINE 128 /* two cache lines: adjacent-line prefetch must not couple flags */
 #define SHM_MAX_CHUNK (64u << 20) /* PAR_SHM_CHUNK's maximum */
 #define SHM_P2P_CHUNK (32u << 10)
@@ -97,6 +97,9 @@ typedef struct shm_ctrl {
   /* Writes into this member's output by the others in a zero-copy all-reduce: op seq << 16 |
    * SHM_ZGATE_CLOSED | SHM_ZGATE_FAILED | writers inside. */
   _Atomic uint64_t zgate;
+  /* Op seq + 1 while this member enters, holds or leaves others' zgates, else 0: an owner
+   * closing its zgate counts the dead among these writers only. */
+  _Atomic uint64_t zwriting;
   _Atomic uint32_t cma; /* 0 not probed yet, 1 cannot read every peer, 2 can */
   uint32_t wmode[2];    /* how this member staged the round of this parity: SHM_WRITE_* */
   /* What reading the others' staged data costs this member (shm_stage.c): float ticks per
@@ -262,7 +265,8 @@ par_status par__shm_left_op(shm_state *st, const shm_waitctx *wc, int j);
  * output at once: a member opens its zgate before the op's first post and closes it before it
  * returns, however it returns; a writer enters the gate of every member it writes into for a
  * batch of at most SHM_GATE_PIECE bytes of its share, and stops with an error when one is
- * closed. Closing waits until no writer is inside, unless those inside are dead. A member
+ * closed. Closing waits until no writer is inside, unless as many writers as are inside are
+ * dead among those that were entering, holding or leaving gates (zwriting). A member
  * whose op failed closes its gate marked failed, and a writer that finishes after it (it was
  * stopped, say, and resumes once the other has timed out) fails too, although its own output
  * is whole: the members of an op agree that it failed. (One that finishes in the instant
@@ -273,9 +277,10 @@ par_status par__shm_left_op(shm_state *st, const shm_waitctx *wc, int j);
 #define SHM_ZGATE_INSIDE 0x3FFFu /* writers inside: up to 16383, more than a host has cores */
 void par__shm_zgate_open(shm_state *st, uint64_t seq);
 void par__shm_zgate_close(shm_state *st, uint64_t seq, int failed);
-/* 1: entered member j's zgate for op seq; 0: j has left the op (par__shm_left_op). */
-int par__shm_zgate_enter(shm_state *st, int j, uint64_t seq);
-void par__shm_zgate_leave(shm_state *st, int j);
+/* Enters the zgate of every other member for op seq: -1, or the first member found to have
+ * left the op (par__shm_left_op), after leaving those entered. */
+int par__shm_zgates_enter(shm_state *st, uint64_t seq);
+void par__shm_zgates_leave(shm_state *st);
 /* 1 when member j failed op seq (closed its zgate marked failed). */
 int par__shm_zgate_failed(shm_state *st, int j, uint64_t seq);
 

@@ -258,13 +258,8 @@ static par_status allreduce_zc(shm_state *st, const shm_waitctx *wc, const par__
   for (size_t b0 = lo; b0 < hi; b0 += batch) {
     size_t b1 = hi - b0 < batch ? hi : b0 + batch;
     /* Into the others' outputs only while they are in the op (their zgates, shm.h). */
-    int in = 1;
-    while (in < st->n && par__shm_zgate_enter(st, (st->me + in) % st->n, op->seq)) in++;
-    if (in < st->n) {
-      int gone = (st->me + in) % st->n;
-      while (--in >= 1) par__shm_zgate_leave(st, (st->me + in) % st->n);
-      return par__shm_left_op(st, wc, gone);
-    }
+    int gone = par__shm_zgates_enter(st, op->seq);
+    if (gone >= 0) return par__shm_left_op(st, wc, gone);
     int how = big > 1 ? par__copy_big_choice() : 0;
     for (int j = 0; how && j < st->n; j++) {
       st->srcs[j] = b->src[j] + b0 * es;
@@ -287,7 +282,7 @@ static par_status allreduce_zc(shm_state *st, const shm_waitctx *wc, const par__
       }
     }
     par__copy_fence(); /* the batch's non-temporal stores, once, before the gates and posts */
-    for (int k = 1; k < st->n; k++) par__shm_zgate_leave(st, (st->me + k) % st->n);
+    par__shm_zgates_leave(st);
   }
   PAR_FORWARD_IF_ERROR(par__shm_wait_all(st, wc, post_next(st)));
   /* Everyone posted, but one may have given up on this member meanwhile (the zgate, shm.h). */
