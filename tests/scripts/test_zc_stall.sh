@@ -16,7 +16,7 @@ for job in "2 0" "3 1"; do
   n=$1 die=$2 stopped=$(($1 - 1))
   for delay in 0.001 0.004 0.010; do
     runs=$((runs + 1))
-    out=$(PAR_LOG=error timeout 60 "$B/parrun" -n "$n" --timeout 50 "$B/par_zc_stall" "$delay" 128 \
+    out=$(PAR_LOG=error timeout 60 "$B/parrun" -n "$n" --timeout 50 "$B/par_zc_stall" "$delay" 64 \
           "$die" 2>&1)
     rc=$?
     echo "# $n ranks, stop after $delay s$([ "$die" = 1 ] && echo ", rank 1 dies 0.1 s later")"
