@@ -81,14 +81,18 @@
 /* Stores                                                                                   */
 /* ---------------------------------------------------------------------------------------- */
 
-/* Copies with non-temporal stores: the destination's lines go to memory without being read
- * first (no read-for-ownership) and without evicting the caches. For outputs far larger than
- * the caches, written once. */
-static ALWAYS_INLINE void copy_stream_body(void *dst, const void *src, size_t n) {
+/*
+ * Copies 64 bytes at a time, inline (par__reduce_to's blocks: memcpy would be a call per block
+ * and destination), with non-temporal stores when `stream`: the destination's lines go to
+ * memory without being read first (no read-for-ownership) and without evicting the caches,
+ * for outputs far larger than the caches, written once. Callers pass `stream` as a constant
+ * or the same for a whole block.
+ */
+static ALWAYS_INLINE void copy_body(void *dst, const void *src, size_t n, int stream) {
 #if defined(__x86_64__) && defined(__GNUC__)
   char *d = dst;
   const char *s = src;
-  size_t head = (16 - ((uintptr_t)d & 15)) & 15;
+  size_t head = stream ? (16 - ((uintptr_t)d & 15)) & 15 : 0; /* non-temporal: aligned */
   if (head > n) head = n;
   if (head) memcpy(d, s, head); /* a call, rare: not per block of par__reduce_to */
   d += head, s += head, n -= head;
@@ -97,46 +101,35 @@ static ALWAYS_INLINE void copy_stream_body(void *dst, const void *src, size_t n)
     __m128i b = _mm_loadu_si128((const __m128i *)(s + 16));
     __m128i c = _mm_loadu_si128((const __m128i *)(s + 32));
     __m128i e = _mm_loadu_si128((const __m128i *)(s + 48));
-    _mm_stream_si128((__m128i *)d, a);
-    _mm_stream_si128((__m128i *)(d + 16), b);
-    _mm_stream_si128((__m128i *)(d + 32), c);
-    _mm_stream_si128((__m128i *)(d + 48), e);
+    if (stream) {
+      _mm_stream_si128((__m128i *)d, a);
+      _mm_stream_si128((__m128i *)(d + 16), b);
+      _mm_stream_si128((__m128i *)(d + 32), c);
+      _mm_stream_si128((__m128i *)(d + 48), e);
+    } else {
+      _mm_storeu_si128((__m128i *)d, a);
+      _mm_storeu_si128((__m128i *)(d + 16), b);
+      _mm_storeu_si128((__m128i *)(d + 32), c);
+      _mm_storeu_si128((__m128i *)(d + 48), e);
+    }
   }
   if (n) memcpy(d, s, n);
 #else
+  (void)stream;
   memcpy(dst, src, n);
 #endif
 }
 
-
-/* Copies with ordinary stores, inline (par__reduce_to's blocks; memcpy would be a call per
- * block and destination). */
-static ALWAYS_INLINE void copy_store_body(void *dst, const void *src, size_t n) {
-#if defined(__x86_64__) && defined(__GNUC__)
-  char *d = dst;
-  const char *s = src;
-  for (; n >= 64; n -= 64, d += 64, s += 64) {
-    __m128i a = _mm_loadu_si128((const __m128i *)s);
-    __m128i b = _mm_loadu_si128((const __m128i *)(s + 16));
-    __m128i c = _mm_loadu_si128((const __m128i *)(s + 32));
-    __m128i e = _mm_loadu_si128((const __m128i *)(s + 48));
-    _mm_storeu_si128((__m128i *)d, a);
-    _mm_storeu_si128((__m128i *)(d + 16), b);
-    _mm_storeu_si128((__m128i *)(d + 32), c);
-    _mm_storeu_si128((__m128i *)(d + 48), e);
-  }
-  if (n) memcpy(d, s, n);
-#else
-  memcpy(dst, src, n);
-#endif
+static ALWAYS_INLINE void copy_stream_body(void *dst, const void *src, size_t n) {
+  copy_body(dst, src, n, 1);
 }
 
 /* Writes one reduced block of par__reduce_to to one of its destinations. */
 static ALWAYS_INLINE void store_block(void *dst, const void *src, size_t n, int stream) {
   if (stream)
-    copy_stream_body(dst, src, n);
+    copy_body(dst, src, n, 1);
   else
-    copy_store_body(dst, src, n);
+    copy_body(dst, src, n, 0);
 }
 
 /* ---------------------------------------------------------------------------------------- */
