@@ -411,7 +411,7 @@ typedef void (*driver_fn)(void *dst, const void *const *src, int nsrc, size_t co
     ACC_T *acc = ACC_IS_DST ? (ACC_T *)(void *)dst : buf;                                      \
     const int in_place = 0;                                                                    \
     size_t off = 0;                                                                            \
-    for (; count - off >= (size_t)B; off += B) { /* whole blocks: n a constant, unrolled */    \
+    for (; count - off >= (size_t)B; off += B) { /* whole blocks: n a constant */              \
       const size_t n = B;                                                                      \
       REDUCE_BLOCK(K, IN_T, ACC_T, OUT_T, FINISH);                                             \
       for (int d = 0; d < ndst; d++)                                                           \
