@@ -120,10 +120,6 @@ static ALWAYS_INLINE void copy_body(void *dst, const void *src, size_t n, int st
 #endif
 }
 
-static ALWAYS_INLINE void copy_stream_body(void *dst, const void *src, size_t n) {
-  copy_body(dst, src, n, 1);
-}
-
 /* Writes one reduced block of par__reduce_to to one of its destinations. */
 static ALWAYS_INLINE void store_block(void *dst, const void *src, size_t n, int stream) {
   if (stream)
@@ -752,7 +748,7 @@ void par__copy_fence(void) {
 }
 
 void par__copy_stream(void *dst, const void *src, size_t n) {
-  copy_stream_body(dst, src, n);
+  copy_body(dst, src, n, 1);
   par__copy_fence();
 }
 
@@ -796,7 +792,7 @@ int par__copy_big_choice(void) {
 static void copy_big(void *dst, const void *src, size_t n, int fence) {
   int c = par__copy_big_choice();
   if (c == 2 && !fence) {
-    copy_stream_body(dst, src, n);
+    copy_body(dst, src, n, 1);
     return;
   }
   if (c) {

@@ -261,24 +261,26 @@ static par_status allreduce_zc(shm_state *st, const shm_waitctx *wc, const par__
     int gone = par__shm_zgates_enter(st, op->seq);
     if (gone >= 0) return par__shm_left_op(st, wc, gone);
     int how = big > 1 ? par__copy_big_choice() : 0;
-    for (int j = 0; how && j < st->n; j++) {
-      st->srcs[j] = b->src[j] + b0 * es;
-      st->dsts[j] = b->dst[(st->me + j) % st->n] + b0 * es;
-    }
-    if (how)
+    if (how) {
+      for (int j = 0; j < st->n; j++) {
+        st->srcs[j] = b->src[j] + b0 * es;
+        st->dsts[j] = b->dst[(st->me + j) % st->n] + b0 * es;
+      }
       par__reduce_to(st->dsts, st->n, st->srcs, st->n, b1 - b0, op->dt, op->op, st->n,
                      how == 2);
-    for (size_t c = b0; !how && c < b1; c += per) {
-      size_t m = b1 - c < per ? b1 - c : per;
-      char *acc = direct ? b->dst[st->me] + c * es : tmp;
-      for (int j = 0; j < st->n; j++) st->srcs[j] = b->src[j] + c * es;
-      par__reduce(acc, st->srcs, st->n, m, op->dt, op->op, st->n);
-      for (int k = direct; k < st->n; k++) {
-        char *to = b->dst[(st->me + k) % st->n] + c * es;
-        if (big > 1)
-          par__copy_big_unfenced(to, acc, m * es);
-        else
-          put(big, to, acc, m * es);
+    } else {
+      for (size_t c = b0; c < b1; c += per) {
+        size_t m = b1 - c < per ? b1 - c : per;
+        char *acc = direct ? b->dst[st->me] + c * es : tmp;
+        for (int j = 0; j < st->n; j++) st->srcs[j] = b->src[j] + c * es;
+        par__reduce(acc, st->srcs, st->n, m, op->dt, op->op, st->n);
+        for (int k = direct; k < st->n; k++) {
+          char *to = b->dst[(st->me + k) % st->n] + c * es;
+          if (big > 1)
+            par__copy_big_unfenced(to, acc, m * es);
+          else
+            put(big, to, acc, m * es);
+        }
       }
     }
     par__copy_fence(); /* the batch's non-temporal stores, once, before the gates and posts */
