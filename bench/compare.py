@@ -8,7 +8,8 @@ parbench), bench/mpibench.c with mpicc and bench/stream.c with cc, and finds a P
 (par), parbench --zero-copy under parrun (par's par_alloc buffers; the 64 MiB all-reduce only),
 mpibench under mpirun (Open MPI) and gloo_bench.py under parrun (torch.distributed with gloo), on
 the sizes the targets name: f32 sum all-reduce at 8 B, 1 MiB and 64 MiB; allgather, broadcast,
-reduce_scatter and alltoall at 1 MiB and 64 MiB. Each side's figure is its median; the script
+reduce_scatter and alltoall at 1 MiB and 64 MiB, each after 5 untimed ops (--warmup; nccl-tests'
+default). Each side's figure is its median; the script
 prints par/MPI, par/Gloo and par/bound per op and size, then every target of the performance
 issue with its verdict. A --check pass runs every side once more on exact inputs and counts
 wrong elements. bench/stream.c measures the memory bandwidth before and after; the bound of an
@@ -313,7 +314,7 @@ def zc_case(args, n):
 def run_side(args, progs, impl, n, check, failures):
     """Every case of one side at n ranks, timed (check False) or verified once (check True);
     returns its rows, each with the case's "size", or None where a launch failed."""
-    warmup, rows = (0 if check else 1), []
+    warmup, rows = (0 if check else args.warmup), []
     if impl == "gloo":
         cs = [(size, ops, 1 if check else iters) for size, ops, iters in cases(args, n)]
         got = launch_or_note(progs, impl, n, gloo_args(cs, warmup, check), args.timeout,
@@ -516,9 +517,10 @@ TARGET_LABEL = {"mpi": "par / Open MPI", "gloo": "par / Gloo", "bound": "par / b
 def print_header(result, args):
     load, m = result["load1"], result["machine"]
     print("# par (shm) vs %s vs %s: f32, sum for the reductions; median of %d alternating "
-          "run(s) each" % (result.get("mpi_version") or "no MPI",
-                           "Gloo (torch %s, %s)" % (result["gloo_torch"], result["gloo_python"])
-                           if result["gloo_python"] else "no Gloo", args.reps))
+          "run(s) each, %d warm-up op(s) before each case" % (
+              result.get("mpi_version") or "no MPI",
+              "Gloo (torch %s, %s)" % (result["gloo_torch"], result["gloo_python"])
+              if result["gloo_python"] else "no Gloo", args.reps, args.warmup))
     print("# machine: %s, %d cores (%s)" % (m["cpu"], m["cores"], m["lscpu_topology"] or "?"))
     print("# caches of cpu0: " + (", ".join(
         "L%s %s %s (shared by CPUs %s)" % (c["level"], c["type"].lower(), c["size"],
@@ -677,6 +679,9 @@ def parse_args(argv):
     p.add_argument("--quick", action="store_true",
                    help="1 run each, all-reduce alone at 64 MiB with fewer iterations, "
                         "shorter STREAM (for tests)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="untimed ops before each timed case, on every side (default 5, "
+                        "nccl-tests' default; 1 with --quick)")
     p.add_argument("--ranks", default="2,8", help="rank counts (default 2,8)")
     p.add_argument("--mpirun", default="mpirun", help="the MPI launcher (default mpirun)")
     p.add_argument("--mpirun-args", default="",
@@ -699,8 +704,12 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if args.reps is None:
         args.reps = 1 if args.quick else 3
+    if args.warmup is None:
+        args.warmup = 1 if args.quick else 5
     if args.reps < 1 or args.sweep_reps < 1:
         p.error("--reps and --sweep-reps must be at least 1")
+    if args.warmup < 0:
+        p.error("--warmup must be 0 or more")
     try:
         args.ranks = [int(x) for x in args.ranks.split(",")]
     except ValueError:
@@ -833,7 +842,7 @@ def main(argv):
               "machine": m, "cpu": m["cpu"], "cores": m["cores"], "llc_bytes": llc_bytes(),
               "mpi_version": progs["mpi_version"], "gloo_python": gloo_py,
               "gloo_torch": gloo_torch, "missing": missing, "impls": impls,
-              "reps": args.reps, "quick": args.quick, "ranks": args.ranks}
+              "reps": args.reps, "warmup": args.warmup, "quick": args.quick, "ranks": args.ranks}
     for side, why in missing.items():
         log("compare: %s column n/a: %s" % (IMPL_NAMES[side], why))
     if gloo_py:

@@ -5,8 +5,9 @@
 # n/a with the reason), every one of the issue's 32 targets is listed with a verdict, --check
 # finds 0 wrong elements on every side, the bound uses a 2-thread copy rate (with its pairs at the
 # rate measured before the repetition), and compare.json
-# records the machine (CPU, cores, caches) and the cores' handover (bench/handover.c). Then the Gloo side's own checks: gloo_bench.py's
-# --check catches an injected fault, and an interpreter without torch gives "n/a", not a crash.
+# records the machine (CPU, cores, caches) and the cores' handover (bench/handover.c). Then the
+# Gloo side's own checks: gloo_bench.py's --check catches an injected fault, and an interpreter
+# without torch gives "n/a", not a crash; and --warmup reaches every side's launches.
 set -u
 
 B=$(cd "${1:?usage: test_compare.sh BUILD_DIR}" && pwd)
@@ -142,6 +143,31 @@ if [ -n "$TORCH_PY" ]; then
   n=$(grep -c '"wrong": 1' "$TMP/gloo")
   [ "$n" -eq 2 ] || fail "an injected fault gave $n rows with 1 wrong, not 2: $(cat "$TMP/gloo")"
 fi
+
+# --- --warmup reaches every side's launches (0 for the --check pass), and a bad one is refused
+msg=$(cd "$SRC/bench" && python3 -c '
+import sys, types
+sys.dont_write_bytecode = True
+import compare
+seen = []
+compare.launch_or_note = lambda progs, impl, n, a, timeout, failures: seen.append((impl, a)) or []
+args = types.SimpleNamespace(quick=True, warmup=7, timeout=60)
+for impl in ("par", "par-zc", "mpi", "gloo"):
+    for check in (False, True):
+        seen.clear()
+        compare.run_side(args, {}, impl, 2, check, [])
+        assert seen, impl
+        for _, a in seen:
+            w = a[a.index("--warmup") + 1]
+            assert w == ("0" if check else "7"), (impl, check, a)
+print("ok")' 2>&1) || fail "--warmup: $msg"
+[ "$msg" = ok ] || fail "--warmup: $msg"
+python3 "$SRC/bench/compare.py" --warmup -1 >"$TMP/neg" 2>&1
+rc=$?
+[ "$rc" -eq 2 ] && grep -q -- "--warmup must be 0 or more" "$TMP/neg" ||
+  fail "--warmup -1: exit $rc, $(cat "$TMP/neg")"
+grep -q "1 warm-up op(s) before each case" "$TMP/table" ||
+  fail "the header does not give the warm-up: $(head -1 "$TMP/table")"
 
 # --- no torch: n/a with the reason, never a crash --------------------------------------------
 printf '#!/bin/sh\necho "ModuleNotFoundError: No module named torch" >&2\nexit 1\n' >"$TMP/notorch"
