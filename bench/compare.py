@@ -641,8 +641,8 @@ def run_sweep(args, progs, bw_gbs, outdir):
         for n in args.ranks:
             for impl in (impls if (rep + n) % 2 == 0 else impls[::-1]):
                 t0 = time.time()
-                got = launch(progs, impl, n, bench_args(SWEEP_OPS, 4, 64 * MiB, 4, 0, 1, False),
-                             args.timeout)
+                got = launch(progs, impl, n, bench_args(SWEEP_OPS, 4, 64 * MiB, 4, 0, args.warmup,
+                                                        False), args.timeout)
                 for r in got:
                     r["impl"] = impl
                     r["size"] = sweep_size(r, n)
@@ -680,8 +680,8 @@ def parse_args(argv):
                    help="1 run each, all-reduce alone at 64 MiB with fewer iterations, "
                         "shorter STREAM (for tests)")
     p.add_argument("--warmup", type=int, default=None,
-                   help="untimed ops before each timed case, on every side (default 5, "
-                        "nccl-tests' default; 1 with --quick)")
+                   help="untimed ops before each timed case, on every side and in the sweep "
+                        "(default 5, nccl-tests' default; 1 with --quick)")
     p.add_argument("--ranks", default="2,8", help="rank counts (default 2,8)")
     p.add_argument("--mpirun", default="mpirun", help="the MPI launcher (default mpirun)")
     p.add_argument("--mpirun-args", default="",
