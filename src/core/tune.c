@@ -278,7 +278,8 @@ static void tuning_init(void) {
     par__machine_describe(m, line, sizeof line);
     par__log(PAR_LOG_DEBUG, "machine: %s", line);
     par__tuning_describe(&tuning, line, sizeof line);
-    par__log(PAR_LOG_DEBUG, "shm tuning: %s", line);
+    /* Each process derives its own; a group takes its member 0's (shm.h), so they may differ. */
+    par__log(PAR_LOG_DEBUG, "shm tuning: %s; a group takes its member 0's", line);
   }
 }
 
