@@ -120,7 +120,8 @@ static ALWAYS_INLINE void copy_body(void *dst, const void *src, size_t n, int st
 #endif
 }
 
-/* Writes one reduced block of par__reduce_to to one of its destinations. */
+/* Writes one reduced block of par__reduce_to to one of its destinations. The branch gives each
+ * inlined copy_body a constant `stream`, so neither store loop tests it per 64 bytes. */
 static ALWAYS_INLINE void store_block(void *dst, const void *src, size_t n, int stream) {
   if (stream)
     copy_body(dst, src, n, 1);
